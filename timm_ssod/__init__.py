@@ -1,2 +1,9 @@
 """timm_ssod: SSOD (Self-supervised Sampling for OOD Detection, ICLR 2024) for any timm backbone."""
+from .factory import create_model
+from .layout import UnsupportedBackboneError
+from .loss import BALANCE_SCHEMES, SSODLoss
+from .model import SSODOutput, SSODPrediction, attach_ssod, is_ssod_model
+from .posterior import id_probability, unified_posterior
+from .sampler import sample_patches, target_confidence
+
 __version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""Feature layouts: every timm backbone's last features as one (B, H*W, C) set of locations,
+and the model's own head applied to each location.
+
+timm models return their last features in one of three layouts:
+
+* NCHW maps (ResNet, DenseNet, RegNet, MobileNetV3, EfficientNet, ConvNeXt ...),
+* NHWC maps (Swin, and other models that set ``model.output_fmt = 'NHWC'``),
+* NLC token sequences with ``model.num_prefix_tokens`` leading class / distillation /
+  register tokens (ViT, DeiT, EVA ...).
+
+This module is the only place that knows about them. Everything else in timm_ssod sees
+``locations`` of shape (B, L, C) with L = H * W, plus the grid (H, W).
+"""
+import math
+from typing import Tuple
+
+import torch
+
+
+class UnsupportedBackboneError(ValueError):
+    """The backbone's features cannot be cut into spatial locations."""
+
+
+def _layout(model, feats: torch.Tensor) -> str:
+    if feats.ndim == 3:
+        return 'NLC'
+    if feats.ndim == 4:
+        fmt = getattr(model, 'output_fmt', 'NCHW')
+        fmt = getattr(fmt, 'value', fmt)  # timm.layers.Format is a str Enum
+        if fmt not in ('NCHW', 'NHWC'):
+            raise UnsupportedBackboneError(
+                f'{type(model).__name__}: forward_features() output format {fmt!r} is not supported '
+                '(SSOD handles NCHW, NHWC and NLC token features).')
+        return fmt
+    raise UnsupportedBackboneError(
+        f'{type(model).__name__}: forward_features() returned a tensor of shape {tuple(feats.shape)}; '
+        'SSOD needs a spatial feature map (B, C, H, W) / (B, H, W, C) or a token sequence (B, L, C). '
+        'Models that pool inside forward_features cannot be used.')
+
+
+def _token_grid(model, num_tokens: int, img_size: Tuple[int, int]) -> Tuple[int, int]:
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is not None and hasattr(patch_embed, 'dynamic_feat_size') and img_size is not None:
+        grid = tuple(patch_embed.dynamic_feat_size(tuple(img_size)))
+        if grid[0] * grid[1] == num_tokens:
+            return grid
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise UnsupportedBackboneError(
+            f'{type(model).__name__}: {num_tokens} patch tokens do not form a square grid and the '
+            'grid could not be read from model.patch_embed.')
+    return side, side
+
+
+def to_locations(model, feats: torch.Tensor, img_size=None) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """forward_features() output -> (locations (B, H*W, C), grid (H, W)).
+
+    Prefix tokens of NLC models are dropped; the rest is row-major over the grid.
+    """
+    layout = _layout(model, feats)
+    if layout == 'NLC':
+        tokens = feats[:, getattr(model, 'num_prefix_tokens', 0):]
+        return tokens, _token_grid(model, tokens.shape[1], img_size)
+    if layout == 'NHWC':
+        b, h, w, c = feats.shape
+        return feats.reshape(b, h * w, c), (h, w)
+    b, c, h, w = feats.shape
+    return feats.flatten(2).transpose(1, 2), (h, w)
+
+
+def pool_locations(locations: torch.Tensor) -> torch.Tensor:
+    """GAP over the spatial locations (Eq. 11 / 15): (B, L, C) -> (B, C)."""
+    return locations.mean(dim=1)
+
+
+def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """Apply the model's own ``forward_head`` to every location on its own.
+
+    Each location is given to the head in the backbone's layout as a 1x1 map (NCHW/NHWC) or
+    as a single-token sequence in which the token also fills every prefix slot (NLC), so any
+    pooling the head does (avg, max, class token, distillation tokens) returns that location.
+    Convolutional heads (MobileNetV3's conv_head), norms (ConvNeXt, ViT fc_norm) and
+    distilled heads are thereby respected. Returns (B, L, M).
+    """
+    b, n, c = locations.shape
+    flat = locations.reshape(b * n, c)
+    layout = _layout(model, feats)
+    if layout == 'NCHW':
+        single = flat[:, :, None, None]
+    elif layout == 'NHWC':
+        single = flat[:, None, None, :]
+    else:
+        slots = getattr(model, 'num_prefix_tokens', 0) + 1
+        single = flat[:, None, :].expand(b * n, slots, c)
+    logits = model.forward_head(single)
+    if isinstance(logits, (tuple, list)):  # distilled models in train mode return (cls, dist)
+        logits = (logits[0] + logits[1]) / 2
+    return logits.reshape(b, n, -1)
+

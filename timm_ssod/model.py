@@ -1,0 +1,148 @@
+"""The SSOD model: a timm classifier that also carries a binary ID/OOD head.
+
+``attach_ssod(model)`` keeps the timm model object itself (its class, weights, state_dict
+keys, ``pretrained_cfg``, ``forward``, ``forward_head``, ``reset_classifier`` ...) and adds:
+
+* ``model.ood_head``: the OOD head f_ood (Eq. 13), applied to every feature location;
+* ``model.forward_ssod(x)``: what the SSOD objective (Eq. 12 + 14) needs;
+* ``model.forward_ood_head(features)``: the pooled ID/OOD logits (Eq. 15);
+* ``model.predict(x)``: class posterior, P(ID | x) and the (M+1)-way posterior (Eq. 7).
+
+It does so by switching the instance to a subclass of its own class that mixes in
+``SSODMixin``, so a timm ResNet stays an instance of ``timm.models.ResNet`` and its
+state_dict is the plain model's plus ``ood_head.*``: timm checkpoints load into it
+(``strict=False``) and its backbone weights load back into the plain timm model.
+"""
+import warnings
+from typing import Dict, NamedTuple, Tuple, Type
+
+import torch
+import torch.nn as nn
+
+from .layout import head_per_location, pool_locations, to_locations
+from .posterior import id_probability, unified_posterior
+
+
+class SSODOutput(NamedTuple):
+    """Everything the SSOD objective needs, from one backbone pass."""
+    logits: torch.Tensor            # (B, M) the classifier's own output (Eq. 11)
+    patch_logits: torch.Tensor      # (B, L, M) the head at every location, no gradient
+    patch_ood_logits: torch.Tensor  # (B, L, 2) f_ood at every location (Eq. 13), [OOD, ID]
+    ood_logits: torch.Tensor        # (B, 2) f_ood on the pooled features (Eq. 15)
+    grid: Tuple[int, int]           # (H, W), L = H * W
+
+
+class SSODPrediction(NamedTuple):
+    """Inference output of ``predict``; probabilities are float32."""
+    logits: torch.Tensor       # (B, M)
+    class_probs: torch.Tensor  # (B, M)  P(w_i | x in ID): softmax of the logits
+    id_prob: torch.Tensor      # (B,)    P(x in ID | x), Eq. 15
+    posterior: torch.Tensor    # (B, M + 1) Eq. 7; last column = "unknown"
+
+
+class OODHead(nn.Module):
+    """f_ood: two logits [OOD, ID] from one C-dim feature vector. A single linear layer by
+    default (a 1x1 conv over the map); ``hidden > 0`` inserts one hidden layer with GELU."""
+
+    def __init__(self, in_features: int, hidden: int = 0):
+        super().__init__()
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        else:
+            self.net = nn.Linear(in_features, 2)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _merge_heads(logits):
+    # distilled timm models in distillation-training mode return (cls, dist) logits
+    return (logits[0] + logits[1]) / 2 if isinstance(logits, (tuple, list)) else logits
+
+
+class SSODMixin:
+    """Methods added to a timm model by ``attach_ssod``. Not used on its own."""
+    ood_head: OODHead
+    ssod_cfg: Dict
+
+    def _locations(self, feats, img_size):
+        locations, grid = to_locations(self, feats, img_size)
+        if locations.shape[-1] != self.ssod_cfg['num_features']:
+            raise RuntimeError(
+                f'{type(self).__name__}: forward_features() gives {locations.shape[-1]} channels per '
+                f"location but the OOD head was built for {self.ssod_cfg['num_features']} "
+                '(model.num_features); this architecture is not supported by SSOD.')
+        if grid[0] * grid[1] == 1 and not getattr(self, '_ssod_warned_1x1', False):
+            self._ssod_warned_1x1 = True
+            warnings.warn(
+                f'{type(self).__name__}: the feature map is 1x1 at this input size, so SSOD has a '
+                'single location per image and no background to sample. SSOD needs spatial maps: '
+                'use larger inputs or a smaller output stride.', stacklevel=3)
+        return locations, grid
+
+    def forward_ood_head(self, feats: torch.Tensor, img_size=None) -> torch.Tensor:
+        """Eq. 15's logits: f_ood(GAP(X)) from forward_features() output, (B, 2)."""
+        locations, _ = self._locations(feats, img_size)
+        return self.ood_head(pool_locations(locations))
+
+    def forward_ssod(self, x: torch.Tensor) -> SSODOutput:
+        """One backbone pass giving the classifier logits and the OOD head at every location
+        and on the pooled features. The per-location class logits are computed without
+        gradient: they only feed the sampler's targets (Eq. 12)."""
+        feats = self.forward_features(x)
+        logits = _merge_heads(self.forward_head(feats))
+        locations, grid = self._locations(feats, x.shape[-2:])
+        with torch.no_grad():
+            patch_logits = head_per_location(self, feats, locations)
+        patch_ood_logits = self.ood_head(locations)
+        ood_logits = self.ood_head(pool_locations(locations))
+        return SSODOutput(logits, patch_logits, patch_ood_logits, ood_logits, grid)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> SSODPrediction:
+        """Inference (Eq. 7 and 15) from one backbone pass. Call ``model.eval()`` first, as
+        for any timm model."""
+        feats = self.forward_features(x)
+        logits = _merge_heads(self.forward_head(feats))
+        ood_logits = self.forward_ood_head(feats, x.shape[-2:])
+        return SSODPrediction(logits, torch.softmax(logits.float(), dim=-1), id_probability(ood_logits),
+                              unified_posterior(logits, ood_logits))
+
+
+_SSOD_CLASSES: Dict[type, type] = {}
+
+
+def _ssod_class(base: Type[nn.Module]) -> type:
+    if base not in _SSOD_CLASSES:
+        _SSOD_CLASSES[base] = type(f'SSOD{base.__name__}', (SSODMixin, base),
+                                   {'__module__': __name__, '__doc__': base.__doc__})
+    return _SSOD_CLASSES[base]
+
+
+def is_ssod_model(model: nn.Module) -> bool:
+    """True for a model made by ``attach_ssod`` / ``create_model(..., ssod=True)``."""
+    return isinstance(model, SSODMixin)
+
+
+def attach_ssod(model: nn.Module, ood_hidden: int = 0, backbone: str = None) -> nn.Module:
+    """Turn a timm classifier into an SSOD model in place (see the module docstring) and
+    return it. ``backbone`` is the timm name, recorded in ``model.ssod_cfg``."""
+    if is_ssod_model(model):
+        raise ValueError('model is already an SSOD model')
+    for needed in ('forward_features', 'forward_head', 'num_features'):
+        if not hasattr(model, needed):
+            raise ValueError(f'{type(model).__name__} has no {needed}(): SSOD needs a timm '
+                             'classifier with forward_features / forward_head')
+    num_features = int(model.num_features)
+    model.__class__ = _ssod_class(type(model))
+    ref = next(model.parameters(), None)
+    model.ood_head = OODHead(num_features, ood_hidden)
+    if ref is not None:
+        model.ood_head.to(device=ref.device, dtype=ref.dtype)
+    model.ssod_cfg = dict(backbone=backbone or model.pretrained_cfg.get('architecture'),
+                          num_features=num_features, ood_hidden=int(ood_hidden))
+    return model
