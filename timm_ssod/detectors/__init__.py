@@ -1,0 +1,22 @@
+"""Post-hoc OOD detectors, one per file, behind one interface (``base.Detector``):
+``fit(model, loader)`` / ``fit_outputs(batches)``, then ``score(model, x)`` /
+``score_outputs(outputs)``; higher score = more in-distribution."""
+from .base import (Detector, ModelOutputs, NotFittedError, apply_classifier, collect_outputs,
+                   compute_outputs)
+from .energy import Energy, energy_score
+from .klm import KLMatching
+from .knn import KNN
+from .mahalanobis import Mahalanobis
+from .maxlogit import MaxLogit
+from .msp import MSP
+from .odin import ODIN
+from .react import ReAct
+from .registry import DETECTORS, create_detector
+from .ssod import SSOD
+from .ssod_msp import SSODMSP
+from .vim import ViM, principal_dim
+
+__all__ = ['Detector', 'ModelOutputs', 'NotFittedError', 'apply_classifier', 'collect_outputs',
+           'compute_outputs', 'DETECTORS', 'create_detector', 'MSP', 'MaxLogit', 'Energy',
+           'energy_score', 'ODIN', 'KLMatching', 'Mahalanobis', 'KNN', 'ReAct', 'ViM',
+           'principal_dim', 'SSOD', 'SSODMSP']

@@ -1,0 +1,112 @@
+"""ViM: virtual-logit matching.
+
+With the last layer logits = W f + b (W: M x D):
+
+    u = -pinv(W) b                       (the origin of the feature space, W u + b = 0)
+    P = the top D_p eigenvectors of (1/N) sum_i (f_i - u)(f_i - u)^T on ID data
+    r(x) = || (I - P P^T)(f(x) - u) ||    (norm of the residual off the principal space)
+    alpha = sum_i max_k logits_ik / sum_i r(x_i)   (on the ID fit data)
+    score(x) = -(alpha * r(x) - logsumexp(logits(x)))
+
+Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022; the
+covariance is taken about u (``EmpiricalCovariance(assume_centered=True)`` on f - u in
+their code).
+
+D_p (``dim``): the paper uses 1000 for D = 2048 and 512 for D = 768 (their code: 1000 if
+D >= 2048 else 512). Default here, ``principal_dim(D)``: 1000 if D >= 1536, 512 if
+D >= 768, else D // 2 (so small test backbones keep half their dimensions).
+
+Streaming fit in two passes over the data: pass 1 accumulates the scatter about u and the
+max logits; pass 2, once P is known, the residual norms for alpha. ``fit(model, loader)``
+runs the loader twice; ``fit_outputs`` needs a re-iterable. W and b are read from
+``outputs.classifier`` by probing it (b = classifier(0), W = classifier(I) - b), so any
+affine last layer works, including distilled DeiT's pair of heads.
+"""
+from typing import Optional
+
+import torch
+
+from .base import Detector, ModelOutputs
+
+
+def principal_dim(num_features: int) -> int:
+    """Default D_p for a feature dimension D (see the module docstring)."""
+    if num_features >= 1536:
+        return 1000
+    if num_features >= 768:
+        return 512
+    return max(num_features // 2, 1)
+
+
+def affine_params(classifier, num_features: int, like: torch.Tensor):
+    """(W (M, D), b (M,)) in float64 of an affine ``classifier``; raises if it is not affine."""
+    eye = torch.eye(num_features, dtype=like.dtype, device=like.device)
+    with torch.no_grad():
+        b = classifier(torch.zeros_like(eye[:1])).double()[0]
+        w = (classifier(eye).double() - b).T
+        probe = torch.randn(2, num_features, generator=torch.Generator().manual_seed(0)).to(like)
+        expected = probe.double() @ w.T + b
+        got = classifier(probe).double()
+    if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + expected.abs().max().item())):
+        raise ValueError('vim needs an affine last layer (logits = W f + b); '
+                         'this classifier is not affine')
+    return w, b
+
+
+class ViM(Detector):
+    """ViM (see the module docstring)."""
+    name = 'vim'
+    needs_fit = True
+    fit_passes = 2
+
+    def __init__(self, dim: Optional[int] = None):
+        super().__init__()
+        self.dim = dim
+
+    def _reset(self):
+        self._scatter = None
+
+    def _update(self, outputs: ModelOutputs, targets, pass_index):
+        f = outputs.features.double()
+        if pass_index == 0:
+            if self._scatter is None:
+                if outputs.classifier is None:
+                    raise ValueError('vim needs outputs.classifier (the model last layer); use '
+                                     'fit(model, loader) or outputs from compute_outputs')
+                w, b = affine_params(outputs.classifier, f.shape[1], outputs.features)
+                self.u = -(torch.linalg.pinv(w) @ b)
+                self._scatter = f.new_zeros(f.shape[1], f.shape[1])
+                self._n = 0
+                self._max_logit_sum = 0.0
+            z = f - self.u
+            self._scatter += z.T @ z
+            self._n += f.shape[0]
+            self._max_logit_sum += outputs.logits.double().amax(dim=-1).sum().item()
+        else:
+            self._residual_sum += self.residual_norm(f).sum().item()
+
+    def _finish(self, pass_index):
+        if pass_index == 0:
+            d = self._scatter.shape[0]
+            dim = principal_dim(d) if self.dim is None else int(self.dim)
+            if not 0 < dim < d:
+                raise ValueError(f'vim: the principal dimension must be in (0, {d}), got {dim}')
+            self.dim_used = dim
+            eigvals, eigvecs = torch.linalg.eigh(self._scatter / self._n)  # ascending
+            self.null_space = eigvecs[:, : d - dim]  # all but the top `dim` eigenvectors
+            self._residual_sum = 0.0
+            del self._scatter
+        else:
+            if self._residual_sum <= 0:
+                raise ValueError('vim: the ID features have no residual off the principal space '
+                                 '(use a smaller dim)')
+            self.alpha = self._max_logit_sum / self._residual_sum
+
+    def residual_norm(self, features: torch.Tensor) -> torch.Tensor:
+        """(B,) ||(f - u) projected off the principal space||, float64."""
+        z = features.double() - self.u.to(features.device)
+        return (z @ self.null_space.to(features.device)).norm(dim=-1)
+
+    def _score(self, outputs: ModelOutputs):
+        energy = torch.logsumexp(outputs.logits.double(), dim=-1)
+        return (energy - self.alpha * self.residual_norm(outputs.features)).float()
