@@ -64,5 +64,5 @@ def random_background(rng: np.random.Generator, size: Size) -> np.ndarray:
     kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
     img = kind(rng, size)
     if rng.random() < 0.7:
-        img = img + rng.normal(0, rng.uniform(1, 8), size=img.shape).astype(np.float32)
+        img = img + rng.uniform(1, 8) * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(img, 0, 255).astype(np.float32)

@@ -46,10 +46,14 @@ def dots(rng: np.random.Generator, size: Size) -> np.ndarray:
 
 
 def fractal_noise(rng: np.random.Generator, size: Size) -> np.ndarray:
-    """Perlin-like fractal value noise (4 octaves), mapped between two colours."""
+    """Perlin-like fractal value noise (4 octaves from ~8 px features down), optionally
+    turbulent (folded at mid-grey), mapped between two colours."""
+    cells = max(size) // 8
     t = np.zeros(size, dtype=np.float32)
     for octave in range(4):
-        t += value_noise(rng, size, cells=4 * 2 ** octave) * 0.5 ** octave
+        t += value_noise(rng, size, cells=cells * 2 ** octave) * 0.6 ** octave
+    if rng.random() < 0.5:
+        t = np.abs(t - np.median(t))
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     return _two_colour(rng, t)
 

@@ -1,0 +1,125 @@
+"""Image folders on disk: write any dataset as an ImageFolder, read any folder as OOD data."""
+import os
+import warnings
+from typing import Callable, List, Optional
+
+import torch.utils.data
+from PIL import Image
+
+try:
+    from timm.data.readers.img_extensions import get_img_extensions
+except ImportError:  # older timm
+    def get_img_extensions(as_set=False):
+        ext = ('.png', '.jpg', '.jpeg')
+        return set(ext) if as_set else ext
+
+OOD_FOLDER = 'ood'
+
+
+def write_image_folder(dataset, root: str) -> str:
+    """Write every ``(PIL image, label)`` of ``dataset`` as PNG to an ImageFolder layout:
+    ``root/<classes[label]>/<index>.png``, label -1 to ``root/ood/<index>.png``.
+
+    The dataset's ``transform`` is bypassed while writing. Each file is written under a
+    temporary name and renamed with ``os.replace``, so a reader never sees a half file.
+    SyntheticDataset class names are sorted, so timm's folder reader gives the same labels.
+    Returns ``root``.
+    """
+    classes = getattr(dataset, 'classes', None) or []
+    width = max(5, len(str(len(dataset) - 1)))
+    transform = getattr(dataset, 'transform', None)
+    if transform is not None:
+        dataset.transform = None
+    try:
+        for index in range(len(dataset)):
+            img, label = dataset[index][:2]
+            if not isinstance(img, Image.Image):
+                raise TypeError(f'write_image_folder needs PIL images, got {type(img).__name__}')
+            label = int(label)
+            folder = os.path.join(root, OOD_FOLDER if label < 0 else (classes[label] if classes else str(label)))
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f'{index:0{width}d}.png')
+            tmp = os.path.join(folder, f'.{index:0{width}d}.{os.getpid()}.tmp')
+            img.convert('RGB').save(tmp, format='PNG')
+            os.replace(tmp, path)
+    finally:
+        if transform is not None:
+            dataset.transform = transform
+    return root
+
+
+def find_image_files(root: str) -> List[str]:
+    """Sorted paths of all image files under ``root``, recursively, hidden files skipped."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'OOD image folder not found (or not a directory): {root!r}')
+    extensions = {e.lower() for e in get_img_extensions(as_set=True)}
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+        files += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith('.') and os.path.splitext(f)[1].lower() in extensions]
+    return sorted(files)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file fully and convert it to RGB (grayscale, RGBA, palette, ...)."""
+    with Image.open(path) as img:
+        if img.mode == 'P' and 'transparency' in img.info:
+            img = img.convert('RGBA')  # avoids PIL's palette-transparency warning
+        return img.convert('RGB')
+
+
+class ImageFolderOOD(torch.utils.data.Dataset):
+    """Every image file under ``root`` (recursively, any folder layout, sorted paths) as an
+    OOD dataset returning ``(PIL RGB image, -1)``; extensions are timm's image extensions.
+
+    Decoding is lazy, so a corrupt file is only found in ``__getitem__``. With
+    ``skip_corrupt=True`` (default) it is replaced by the next file that decodes (the
+    dataset length does not change, one image then appears twice) and a warning names
+    the skipped file, once per file. With ``skip_corrupt=False`` an ``OSError`` naming
+    the file is raised. A missing folder raises FileNotFoundError, a folder without
+    image files ValueError.
+    """
+
+    def __init__(self, root: str, transform: Optional[Callable] = None, skip_corrupt: bool = True):
+        self.root = str(root)
+        self.files = find_image_files(self.root)
+        if not self.files:
+            raise ValueError(f'no image files ({", ".join(get_img_extensions())}) found under {self.root!r}')
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+        self.classes: List[str] = []
+        self._corrupt = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> Image.Image:
+        path = self.files[index]
+        try:
+            return load_rgb(path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise OSError(f'cannot decode image file {path!r}: {e}') from e
+
+    def __getitem__(self, index: int):
+        n = len(self.files)
+        if not -n <= index < n:
+            raise IndexError(f'index {index} out of range for {n} images')
+        index %= n
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._corrupt:
+                continue
+            try:
+                img = self._load(i)
+                break
+            except OSError as e:
+                if not self.skip_corrupt:
+                    raise
+                self._corrupt.add(i)
+                warnings.warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})', stacklevel=2)
+        else:
+            raise OSError(f'no image under {self.root!r} could be decoded')
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, -1
