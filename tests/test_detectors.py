@@ -1,7 +1,6 @@
 """Detectors: formulas on hand-made outputs, streaming fit == one-shot fit, and every
 detector end to end on tiny timm models (pretrained=False, 32x32 inputs)."""
 import math
-import types
 import warnings
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import timm_ssod
 from timm_ssod.detectors import (DETECTORS, KNN, MSP, ODIN, SSOD, SSODMSP, Energy, KLMatching,
                                  Mahalanobis, MaxLogit, ModelOutputs, NotFittedError, ReAct, ViM,
                                  apply_classifier, compute_outputs, create_detector)
@@ -30,19 +30,6 @@ def _one_thread():
 def _tiny(name, **kwargs):
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, num_classes=3, **kwargs).eval()
-
-
-def _fake_ssod(model):
-    """A plain timm model plus forward_ood_head(forward_features output) -> (B, 2),
-    the contract of timm_ssod's SSOD models."""
-    torch.manual_seed(1)
-    model.fake_ood = nn.Linear(model.num_features, 2)
-
-    def forward_ood_head(self, f):
-        return self.fake_ood(self.forward_head(f, pre_logits=True))
-
-    model.forward_ood_head = types.MethodType(forward_ood_head, model)
-    return model
 
 
 def _outputs(n=60, d=16, m=4, seed=0, with_ood=False):
@@ -284,9 +271,6 @@ def test_ssod_needs_ssod_model():
 
 
 def test_ssod_with_real_ssod_model():
-    timm_ssod = pytest.importorskip('timm_ssod')
-    if not hasattr(timm_ssod, 'create_model'):
-        pytest.skip('timm_ssod.create_model not available')
     torch.manual_seed(0)
     model = timm_ssod.create_model('resnet18', ssod=True, num_classes=3).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -301,7 +285,8 @@ def test_ssod_with_real_ssod_model():
 
 @pytest.fixture(scope='module')
 def tiny_setup():
-    model = _fake_ssod(_tiny('resnet18'))
+    torch.manual_seed(0)
+    model = timm_ssod.create_model('resnet18', num_classes=3).eval()
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(24, 3, 32, 32, generator=g), torch.arange(24) % 3)
     return model, DataLoader(data, batch_size=8), torch.randn(5, 3, 32, 32, generator=g)

@@ -187,7 +187,7 @@ def test_deepcopy_keeps_ssod_class():
 
 def test_torch_compile_forward_path():
     torch._dynamo.reset()
-    model = timm_ssod.create_model('resnet18', num_classes=3).eval()
+    model = timm_ssod.create_model('test_resnet', num_classes=3).eval()  # timm's tiny test net
     x = torch.randn(2, 3, 64, 64)
     compiled = torch.compile(model, backend='inductor')
     with torch.no_grad():

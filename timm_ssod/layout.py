@@ -92,8 +92,11 @@ def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> to
     else:
         slots = getattr(model, 'num_prefix_tokens', 0) + 1
         single = flat[:, None, :].expand(b * n, slots, c)
-    logits = model.forward_head(single)
-    if isinstance(logits, (tuple, list)):  # distilled models in train mode return (cls, dist)
-        logits = (logits[0] + logits[1]) / 2
-    return logits.reshape(b, n, -1)
+    return merge_heads(model.forward_head(single)).reshape(b, n, -1)
+
+
+def merge_heads(logits):
+    """Distilled timm models in distillation-training mode return (cls, dist) logits; their
+    mean is what the model predicts at eval. Other models' logits pass through."""
+    return (logits[0] + logits[1]) / 2 if isinstance(logits, (tuple, list)) else logits
 

@@ -19,7 +19,7 @@ from typing import Dict, NamedTuple, Tuple, Type
 import torch
 import torch.nn as nn
 
-from .layout import head_per_location, pool_locations, to_locations
+from .layout import head_per_location, merge_heads, pool_locations, to_locations
 from .posterior import id_probability, unified_posterior
 
 
@@ -59,11 +59,6 @@ class OODHead(nn.Module):
         return self.net(x)
 
 
-def _merge_heads(logits):
-    # distilled timm models in distillation-training mode return (cls, dist) logits
-    return (logits[0] + logits[1]) / 2 if isinstance(logits, (tuple, list)) else logits
-
-
 class SSODMixin:
     """Methods added to a timm model by ``attach_ssod``. Not used on its own."""
     ood_head: OODHead
@@ -94,7 +89,7 @@ class SSODMixin:
         and on the pooled features. The per-location class logits are computed without
         gradient: they only feed the sampler's targets (Eq. 12)."""
         feats = self.forward_features(x)
-        logits = _merge_heads(self.forward_head(feats))
+        logits = merge_heads(self.forward_head(feats))
         locations, grid = self._locations(feats, x.shape[-2:])
         with torch.no_grad():
             patch_logits = head_per_location(self, feats, locations)
@@ -107,10 +102,21 @@ class SSODMixin:
         """Inference (Eq. 7 and 15) from one backbone pass. Call ``model.eval()`` first, as
         for any timm model."""
         feats = self.forward_features(x)
-        logits = _merge_heads(self.forward_head(feats))
+        logits = merge_heads(self.forward_head(feats))
         ood_logits = self.forward_ood_head(feats, x.shape[-2:])
         return SSODPrediction(logits, torch.softmax(logits.float(), dim=-1), id_probability(ood_logits),
                               unified_posterior(logits, ood_logits))
+
+    # Hub (timm_ssod.hub): thin methods, so ``model.save_pretrained(...)`` reads like transformers
+    def save_pretrained(self, save_directory, **kwargs):
+        """Write model.safetensors, config.json and README.md (``timm_ssod.hub.save_pretrained``)."""
+        from .hub import save_pretrained
+        return save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the ``save_pretrained`` folder to the Hub (``timm_ssod.hub.push_to_hub``)."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 _SSOD_CLASSES: Dict[type, type] = {}

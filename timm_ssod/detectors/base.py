@@ -8,13 +8,15 @@ tensors stay on the model's / the inputs' device.
 A score is higher for in-distribution inputs.
 """
 import functools
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from ..layout import merge_heads
+from ..model import is_ssod_model
 
 __all__ = ['ModelOutputs', 'compute_outputs', 'apply_classifier', 'collect_outputs',
            'Detector', 'NotFittedError']
@@ -36,11 +38,6 @@ def apply_classifier(model: nn.Module, features: Tensor) -> Tensor:
     if isinstance(classifier, (tuple, list)):
         return torch.stack([c(features) for c in classifier]).mean(dim=0)
     return classifier(features)
-
-
-def _merge_heads(logits):
-    # distilled timm models in distillation-training mode return (cls, dist) logits
-    return (logits[0] + logits[1]) / 2 if isinstance(logits, (tuple, list)) else logits
 
 
 @dataclass
@@ -68,25 +65,13 @@ class ModelOutputs:
                             None if any(o is None for o in ood) else torch.cat(ood), outputs[0].classifier)
 
 
-def _ood_head_takes_img_size(model) -> bool:
-    try:
-        return 'img_size' in inspect.signature(model.forward_ood_head).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def compute_outputs(model: nn.Module, x: Tensor) -> ModelOutputs:
     """One backbone pass -> ``ModelOutputs``. Runs under the caller's grad mode and the
     model's current train/eval mode (call ``model.eval()`` first, as for any timm model)."""
     f = model.forward_features(x)
     features = model.forward_head(f, pre_logits=True)
-    logits = _merge_heads(model.forward_head(f))
-    ood_logits = None
-    if hasattr(model, 'forward_ood_head'):
-        if _ood_head_takes_img_size(model):
-            ood_logits = model.forward_ood_head(f, img_size=x.shape[-2:])
-        else:
-            ood_logits = model.forward_ood_head(f)
+    logits = merge_heads(model.forward_head(f))
+    ood_logits = model.forward_ood_head(f, img_size=x.shape[-2:]) if is_ssod_model(model) else None
     return ModelOutputs(features, logits, ood_logits, functools.partial(apply_classifier, model))
 
 

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import Detector, ModelOutputs, _merge_heads
+from ..layout import merge_heads
+from .base import Detector, ModelOutputs
 
 
 class ODIN(Detector):
@@ -36,7 +37,7 @@ class ODIN(Detector):
 
     @staticmethod
     def _logits(model, x):
-        return _merge_heads(model.forward_head(model.forward_features(x)))
+        return merge_heads(model.forward_head(model.forward_features(x)))
 
     def score(self, model, x: torch.Tensor) -> torch.Tensor:
         x = x.detach()
