@@ -1,5 +1,6 @@
 """timm_ssod: SSOD (Self-supervised Sampling for OOD Detection, ICLR 2024) for any timm backbone."""
 from .factory import create_model
+from .hub import CheckpointError, HubError, push_to_hub, push_training_run, save_pretrained
 from .layout import UnsupportedBackboneError
 from .loss import BALANCE_SCHEMES, SSODLoss
 from .model import SSODOutput, SSODPrediction, attach_ssod, is_ssod_model

@@ -1,0 +1,414 @@
+"""Hub: save / load round trips, the loopback Hub (download, offline, faults), safety, timm
+interop, push with a fake HfApi, the model card, and pushing a training run. No internet."""
+import argparse
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import timm_ssod
+from timm_ssod.hub import CheckpointError, HubError
+
+from backbones import BACKBONES
+from hub_server import HubServer, patch_hub_env
+
+NUM_CLASSES = 4
+FILES = {'model.safetensors', 'config.json', 'README.md'}
+EVAL = {'id_accuracy': 0.9417,
+        'results': {'ssod': {'svhn': {'fpr95': 0.0523, 'auroc': 0.98941, 'aupr_in': 0.991, 'aupr_out': 0.97},
+                             'textures': {'fpr95': 0.1, 'auroc': 0.955}},
+                    'msp': {'svhn': {'fpr95': 0.4, 'auroc': 0.9}}}}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny inputs: one thread is faster, and much faster when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(name='resnet18', seed=0, **extra):
+    kwargs, size = BACKBONES[name]
+    torch.manual_seed(seed)
+    model = timm_ssod.create_model(name, num_classes=NUM_CLASSES, **kwargs, **extra).eval()
+    with torch.no_grad():  # non-trivial OOD head and BN statistics, so a lost tensor shows
+        list(model.ood_head.parameters())[-1].copy_(torch.tensor([0.3, -0.2]))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+    return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def same_prediction(a, b, x):
+    pa, pb = a.predict(x), b.predict(x)
+    return all(torch.equal(u, v) for u, v in zip(pa, pb))
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """A saved resnet18 SSOD folder, with label names and the training settings."""
+    model, x = make()
+    model.ssod_cfg.update(gamma=0.9, lam=0.5, balance='lwb')
+    folder = tmp_path_factory.mktemp('saved') / 'ssod-r18'
+    model.save_pretrained(folder, label_names=['a', 'b', 'c', 'd'], eval_results=EVAL,
+                          model_card={'training_data': 'synthetic/id'})
+    return model, x, folder
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, saved):
+    with HubServer() as server:
+        server.commit = server.add_folder('org/ssod-r18', saved[2])
+        server.cache = patch_hub_env(monkeypatch, tmp_path / 'hf', server.url)
+        yield server
+
+
+# --------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize('name', ['resnet18', 'swin_tiny_patch4_window7_224', 'vit_tiny_patch16_224'])
+def test_save_load_round_trip(tmp_path, name):
+    model, x = make(name)
+    folder = model.save_pretrained(tmp_path / 'out')
+    assert {p.name for p in folder.iterdir()} == FILES
+    assert [p.name for p in tmp_path.iterdir()] == ['out']  # no temporary folder left
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'ssod' and config['num_classes'] == NUM_CLASSES
+    assert config['ssod'] == {'backbone': name, 'num_features': model.num_features, 'ood_hidden': 0}
+    assert config['model_args']['backbone'] == name and 'pretrained_cfg' in config
+    assert set(load_file(str(folder / 'model.safetensors'))) == set(model.state_dict())
+
+    loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert type(loaded) is type(model) and loaded.ssod_cfg == model.ssod_cfg
+    assert same_prediction(model, loaded, x)
+    again = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()  # timm itself
+    assert timm_ssod.is_ssod_model(again) and same_prediction(model, again, x)
+
+
+def test_ssod_false_gives_the_plain_backbone(saved):
+    model, x, folder = saved
+    plain = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True, ssod=False).eval()
+    assert not timm_ssod.is_ssod_model(plain) and type(plain) is timm.models.ResNet
+    assert torch.equal(plain(x), model(x))
+    assert not {'backbone', 'ood_hidden', 'ssod', 'allow_pickle'} & set(plain._model_args)
+
+
+def test_timm_ssod_entrypoint_builds_new_models_too(saved):
+    m = timm.create_model('ssod', backbone='resnet18', num_classes=3)
+    assert timm_ssod.is_ssod_model(m) and m.num_classes == 3 and 'ssod' in timm.list_models('ssod')
+    with pytest.raises(ValueError, match='needs backbone='):
+        timm.create_model('ssod')
+    fresh = timm_ssod.create_model(f'local-dir:{saved[2]}', pretrained=False)  # architecture only
+    assert fresh.ssod_cfg == saved[0].ssod_cfg and not torch.equal(fresh.fc.weight, saved[0].fc.weight)
+
+
+def test_ood_hidden_and_training_settings_survive(tmp_path):
+    model, x = make(ood_hidden=8)
+    model.ssod_cfg.update(gamma=0.9, lam=1.5, balance='dr')
+    loaded = timm_ssod.create_model(f'local-dir:{model.save_pretrained(tmp_path / "m")}', pretrained=True).eval()
+    assert loaded.ssod_cfg == dict(model.ssod_cfg, backbone='resnet18') and same_prediction(model, loaded, x)
+
+
+def test_num_classes_change_reinitialises_only_the_classifier(saved, caplog):
+    model, x, folder = saved
+    with caplog.at_level(logging.WARNING, logger='timm_ssod.hub'):
+        m = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True, num_classes=7).eval()
+    assert 'classifier (fc) is re-initialised' in caplog.text and '4 classes' in caplog.text
+    assert m.fc.out_features == 7
+    source = model.state_dict()
+    for key, value in m.state_dict().items():
+        if not key.startswith('fc.'):
+            assert torch.equal(value, source[key]), key  # backbone and ood_head.* kept
+    assert torch.equal(m.predict(x).id_prob, model.predict(x).id_prob)
+
+
+def test_atomic_save_replaces_files_only_when_complete(tmp_path, monkeypatch):
+    model, x = make()
+    folder = tmp_path / 'out'
+    model.save_pretrained(folder)
+    (folder / 'notes.txt').write_text('kept')
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    other, _ = make(seed=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('disk full')
+    monkeypatch.setattr('timm_ssod.hub.render_model_card', broken)
+    with pytest.raises(RuntimeError, match='disk full'):
+        other.save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']          # no temp folder left
+    monkeypatch.undo()
+
+    other.save_pretrained(folder)
+    assert (folder / 'notes.txt').read_text() == 'kept'
+    assert same_prediction(other, timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval(), x)
+
+
+# ------------------------------------------------------------------------------ bad folders
+def write_config(folder: Path, **changes):
+    config = json.loads((folder / 'config.json').read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+def copy_folder(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_truncated_safetensors(saved, tmp_path):
+    folder = copy_folder(saved[2], tmp_path / 'trunc')
+    data = (folder / 'model.safetensors').read_bytes()
+    (folder / 'model.safetensors').write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=r'model\.safetensors.*truncated or corrupt'):
+        timm_ssod.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_bad_configs(saved, tmp_path):
+    unknown = copy_folder(saved[2], tmp_path / 'unknown')
+    ssod_block = json.loads((unknown / 'config.json').read_text())['ssod']
+    write_config(unknown, ssod=dict(ssod_block, backbone='resnet9000'))
+    with pytest.raises(CheckpointError, match="backbone 'resnet9000'.*does not know"):
+        timm_ssod.create_model(f'local-dir:{unknown}', pretrained=True)
+    no_block = copy_folder(saved[2], tmp_path / 'noblock')
+    write_config(no_block, ssod=None)
+    with pytest.raises(CheckpointError, match="no 'ssod' block"):
+        timm_ssod.create_model(f'local-dir:{no_block}', pretrained=True)
+    with pytest.raises(CheckpointError, match="no 'ssod' block"):
+        timm.create_model(f'local-dir:{no_block}', pretrained=True)
+    with pytest.raises(HubError, match='does not exist'):
+        timm_ssod.create_model(f'local-dir:{tmp_path / "missing"}', pretrained=True)
+
+
+def test_plain_timm_folder_gets_a_fresh_ood_head(tmp_path):
+    torch.manual_seed(0)
+    plain = timm.create_model('resnet18', num_classes=NUM_CLASSES).eval()
+    timm.models.save_for_hf(plain, tmp_path / 'plain', safe_serialization=True)
+    x = torch.randn(1, 3, 64, 64)
+    m = timm_ssod.create_model(f'local-dir:{tmp_path / "plain"}', pretrained=True).eval()
+    assert timm_ssod.is_ssod_model(m) and torch.equal(m.predict(x).logits, plain(x))
+    assert timm_ssod.create_model(f'local-dir:{tmp_path / "plain"}', pretrained=True, ssod=False).__class__ \
+        is timm.models.ResNet
+
+
+def test_pickle_only_folder_needs_opt_in(saved, tmp_path):
+    model, x, src = saved
+    folder = copy_folder(src, tmp_path / 'pickle')
+    (folder / 'model.safetensors').unlink()
+    torch.save(model.state_dict(), folder / 'pytorch_model.bin')
+    write_config(folder, model_args=dict(json.loads((folder / 'config.json').read_text())['model_args'],
+                                         allow_pickle=True))  # a repo cannot opt in for the user
+    for create in (timm_ssod.create_model, timm.create_model):
+        with pytest.raises(CheckpointError, match='allow_pickle=True'):
+            create(f'local-dir:{folder}', pretrained=True)
+    loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True, allow_pickle=True).eval()
+    assert same_prediction(model, loaded, x)
+
+    class Payload:  # any non-tensor object: refused by weights_only, never unpickled
+        def __reduce__(self):
+            return (os.system, ('echo pwned',))
+    torch.save({'x': Payload()}, folder / 'pytorch_model.bin')
+    with pytest.raises(CheckpointError, match='weights_only=True'):
+        timm_ssod.create_model(f'local-dir:{folder}', pretrained=True, allow_pickle=True)
+
+
+# ---------------------------------------------------------------------------- loopback Hub
+def test_hub_download_then_offline_from_cache(hub, saved, monkeypatch, tmp_path):
+    model, x, _ = saved
+    loaded = timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True).eval()
+    assert same_prediction(model, loaded, x)
+    assert loaded.pretrained_cfg['label_names'] == ['a', 'b', 'c', 'd']
+    assert ('cdn', 'GET') in {r[:2] for r in hub.requests}  # weights came through the LFS redirect
+    by_commit = timm.create_model(f'hf-hub:org/ssod-r18@{hub.commit}', pretrained=True).eval()
+    assert timm_ssod.is_ssod_model(by_commit) and same_prediction(model, by_commit, x)
+
+    patch_hub_env(monkeypatch, tmp_path / 'hf', offline=True)
+    hub.requests.clear()
+    for name in ('hf-hub:org/ssod-r18', f'hf-hub:org/ssod-r18@{hub.commit}'):
+        assert same_prediction(model, timm_ssod.create_model(name, pretrained=True).eval(), x)
+    assert same_prediction(model, timm.create_model('hf-hub:org/ssod-r18', pretrained=True).eval(), x)
+    assert hub.requests == []  # nothing asked of the network
+
+
+def test_offline_missing_file_names_repo_file_and_way_out(hub, monkeypatch, tmp_path):
+    assert huggingface_hub.model_info('org/ssod-r18').sha == hub.commit  # the server's API endpoint
+    timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=False)   # caches config.json only
+    patch_hub_env(monkeypatch, tmp_path / 'hf', offline=True)
+    with pytest.raises(HubError) as e:
+        timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
+    assert all(s in str(e.value) for s in ('model.safetensors', "'org/ssod-r18'", 'HF_HUB_OFFLINE', 'local-dir:'))
+    patch_hub_env(monkeypatch, tmp_path / 'empty', offline=True)
+    with pytest.raises(HubError, match=r"config\.json of Hub repo 'org/ssod-r18' is not in the local Hub cache"):
+        timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
+
+
+def test_missing_repo_revision_and_file(hub):
+    with pytest.raises(HubError, match="'org/nope' was not found"):
+        timm_ssod.create_model('hf-hub:org/nope', pretrained=True)
+    with pytest.raises(HubError, match="revision 'v9' does not exist"):
+        timm_ssod.create_model('hf-hub:org/ssod-r18@v9', pretrained=True)
+    hub.add_files('org/empty', {'README.md': b'hi'})
+    with pytest.raises(HubError, match="has no file config.json"):
+        timm_ssod.create_model('hf-hub:org/empty', pretrained=True)
+
+
+@pytest.mark.parametrize('faults', [['short-length'], ['drop'] * 6], ids=['wrong-length', 'dropped'])
+def test_interrupted_download_is_a_clear_error_and_a_retry_succeeds(hub, saved, faults, monkeypatch):
+    model, x, _ = saved
+    monkeypatch.setattr(huggingface_hub.file_download.time, 'sleep', lambda s: None)  # its 1 s between retries
+    hub.fail('model.safetensors', *faults)
+    with pytest.raises(HubError, match=r'downloading model\.safetensors .*failed.*retry'):
+        timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
+    repo = hub.cache / 'models--org--ssod-r18'
+    assert not (repo / 'snapshots' / hub.commit / 'model.safetensors').exists()
+    blobs = list((repo / 'blobs').iterdir())  # config.json's blob, at most an *.incomplete besides
+    assert all(p.name.endswith('.incomplete') or p.stat().st_size < 10_000 for p in blobs), blobs
+    assert same_prediction(model, timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True).eval(), x)
+
+
+def test_download_resumes_after_one_dropped_connection(hub, saved):
+    model, x, _ = saved
+    hub.fail('model.safetensors', 'close-mid-file')
+    assert same_prediction(model, timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True).eval(), x)
+    assert any(r[0] == 'cdn' and r[3] for r in hub.requests)  # the retry asked for the rest (Range)
+
+
+def test_pickle_only_hub_repo(hub, saved, tmp_path):
+    model, x, src = saved
+    folder = copy_folder(src, tmp_path / 'pickle')
+    (folder / 'model.safetensors').unlink()
+    torch.save(model.state_dict(), folder / 'pytorch_model.bin')
+    hub.add_folder('org/pickle', folder)
+    with pytest.raises(CheckpointError, match='has no model.safetensors.*allow_pickle=True'):
+        timm_ssod.create_model('hf-hub:org/pickle', pretrained=True)
+    loaded = timm_ssod.create_model('hf-hub:org/pickle', pretrained=True, allow_pickle=True).eval()
+    assert same_prediction(model, loaded, x)
+
+
+# ------------------------------------------------------------------------------------- push
+class FakeHfApi:
+    """HfApi's network boundary: records calls, keeps a copy of each uploaded folder."""
+    calls, uploads = [], []
+
+    def __init__(self, token=None, **kwargs):
+        self.calls.append(('init', token))
+
+    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):
+        self.calls.append(('create_repo', repo_id, private))
+        return huggingface_hub.RepoUrl(f'https://huggingface.co/{repo_id}')
+
+    def create_branch(self, repo_id, branch, exist_ok=False, **kwargs):
+        self.calls.append(('create_branch', repo_id, branch))
+
+    def upload_folder(self, repo_id, folder_path, revision=None, create_pr=None, commit_message=None, **kwargs):
+        self.calls.append(('upload_folder', repo_id, revision))
+        self.uploads.append({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+        return 'commit-info'
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    FakeHfApi.calls, FakeHfApi.uploads = [], []
+    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeHfApi)
+    return FakeHfApi
+
+
+def test_push_uploads_exactly_the_saved_folder(fake_api, saved, tmp_path):
+    model, x, _ = saved
+    assert model.push_to_hub('org/ssod-r18', private=True, revision='v1', eval_results=EVAL) == 'commit-info'
+    assert ('create_repo', 'org/ssod-r18', True) in fake_api.calls
+    assert ('create_branch', 'org/ssod-r18', 'v1') in fake_api.calls
+    uploaded = fake_api.uploads[0]
+    folder = timm_ssod.save_pretrained(model, tmp_path / 'local', repo_id='org/ssod-r18', eval_results=EVAL)
+    assert uploaded == {p.name: p.read_bytes() for p in folder.iterdir()}
+    copy = tmp_path / 'uploaded'
+    copy.mkdir()
+    for name, data in uploaded.items():
+        (copy / name).write_bytes(data)
+    assert same_prediction(model, timm_ssod.create_model(f'local-dir:{copy}', pretrained=True).eval(), x)
+
+
+# ------------------------------------------------------------------------------- model card
+def test_model_card_front_matter_and_table_equal_the_eval_json(saved):
+    card = (saved[2] / 'README.md').read_text()
+    front = card.split('---')[1]
+    assert 'library_name: timm' in front
+    for tag in ('out-of-distribution-detection', 'timm_ssod', 'image-classification'):
+        assert f'- {tag}' in front
+    assert 'ID accuracy (top-1): **94.17%**' in card and '`resnet18`' in card and 'synthetic/id' in card
+    rows = {}
+    for line in card.splitlines():
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if line.startswith('| ') and len(cells) == 6 and cells[0] in EVAL['results']:
+            rows[cells[0], cells[1]] = [None if c == '–' else float(c) for c in cells[2:]]
+    keys = ('fpr95', 'auroc', 'aupr_in', 'aupr_out')
+    for detector, sets in EVAL['results'].items():
+        for ood_set, metrics in sets.items():
+            expected = [round(100 * metrics[k], 2) if k in metrics else None for k in keys]
+            assert rows.pop((detector, ood_set)) == expected
+    ssod_sets = EVAL['results']['ssod'].values()
+    assert rows.pop(('ssod', '**average**'))[:2] == [round(100 * sum(m[k] for m in ssod_sets) / 2, 2)
+                                                      for k in keys[:2]]
+    assert rows == {}
+    assert '| sampler threshold γ (Eq. 12) (`gamma`) | 0.9 |' in card
+
+
+def test_model_card_usage_snippet_runs(saved, capsys):
+    model, x, folder = saved
+    card = (folder / 'README.md').read_text()
+    code = re.search(r'```python\n(.*?)```', card, re.S).group(1)
+    assert "'hf-hub:your-org/ssod-r18'" in code
+    exec(compile(code.replace('hf-hub:your-org/ssod-r18', f'local-dir:{folder}'), 'README.md', 'exec'), {})
+    out = capsys.readouterr().out
+    assert 'label:' in out and 'P(in-distribution):' in out and 'P(unknown):' in out
+
+
+def test_bad_eval_json_is_refused_before_writing(tmp_path):
+    model, _ = make()
+    with pytest.raises(ValueError, match=r"\['ssod'\]\['svhn'\]\['auroc'\].*got None"):
+        model.save_pretrained(tmp_path / 'm', eval_results={'results': {'ssod': {'svhn': {'fpr95': 0.5}}}})
+    with pytest.raises(ValueError, match=r"\['fpr95'\] must be a fraction.*got 5.2"):  # percent, not fraction
+        model.save_pretrained(tmp_path / 'm', eval_results={'results': {'d': {'s': {'fpr95': 5.2, 'auroc': .9}}}})
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- training runs
+@pytest.mark.parametrize('args_type', [dict, argparse.Namespace])
+def test_push_training_run_and_cli(tmp_path, fake_api, args_type):
+    model, x = make()
+    run = tmp_path / 'run'
+    run.mkdir()
+    args = dict(model='resnet18', num_classes=None, gp=None, bn_momentum=None, bn_eps=None, in_chans=None,
+                input_size=None, img_size=64, model_kwargs={}, ssod=True, gamma=0.9, ood_lambda=0.5, balance='lw',
+                ood_weight=0.3, ood_hidden=0, dataset='synthetic/id', dataset_kwargs={'num_images': 300},
+                mean=None, std=None, crop_pct=None, interpolation='')
+    torch.save({'epoch': 3, 'arch': 'resnet18', 'state_dict': model.state_dict(), 'optimizer': {},
+                'args': args_type(**args), 'metric': 0.1}, run / 'model_best.pth.tar')
+    from timm_ssod.cli import main
+    assert main(['push', str(run), 'org/run', '--save-dir', str(tmp_path / 'out')]) == 0
+    loaded = timm_ssod.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    assert same_prediction(model, loaded, x)
+    assert loaded.ssod_cfg == dict(model.ssod_cfg, gamma=0.9, lam=0.5, balance='lw', ood_weight=0.3)
+    assert tuple(loaded.pretrained_cfg['input_size']) == (3, 64, 64)
+    assert '`synthetic/id` (num_images=300)' in (tmp_path / 'out' / 'README.md').read_text()
+
+    eval_json = tmp_path / 'eval.json'
+    eval_json.write_text(json.dumps(EVAL))
+    assert main(['push', str(run), 'org/run', '--eval-json', str(eval_json), '--private']) == 0
+    assert ('create_repo', 'org/run', True) in fake_api.calls
+    assert 'ID accuracy (top-1): **94.17%**' in fake_api.uploads[-1]['README.md'].decode()
+    assert main(['push', str(tmp_path / 'nothing'), 'org/run']) == 1

@@ -1,0 +1,358 @@
+"""Save, push and load SSOD models in timm's Hugging Face Hub format.
+
+Folder layout (what ``save_pretrained`` writes and ``push_to_hub`` uploads), the same files
+as timm's ``save_for_hf`` / ``push_to_hf_hub``:
+
+* ``model.safetensors``: the model's ``state_dict()`` = the timm backbone's keys plus
+  ``ood_head.*``. No pickle is ever written.
+* ``config.json``: written by timm's own ``save_config_for_hf`` (``num_classes``,
+  ``label_names``, ``pretrained_cfg`` with the preprocessing, ``model_args``), with
+  ``"architecture": "ssod"``, ``model_args.backbone`` / ``model_args.ood_hidden``, and an
+  ``"ssod"`` block = the model's ``ssod_cfg`` (``backbone``, ``num_features``, ``ood_hidden``
+  and whatever training added: ``gamma``, ``lam``, ``balance`` ...). That is everything
+  needed to rebuild the model.
+* ``README.md``: the model card (``model_card.py``), generated, never hand-written.
+
+How ``timm.create_model('hf-hub:org/name')`` returns an SSOD model (timm interop):
+importing ``timm_ssod`` registers one entrypoint, ``ssod``, in timm's model registry
+(``timm.list_models('ssod')``). timm reads ``config.json``, finds ``architecture: ssod`` and
+calls that entrypoint with the ``pretrained_cfg`` and ``model_args`` it parsed, exactly as
+for its own models. The entrypoint re-reads the ``ssod`` block, builds the backbone with
+``timm.create_model(backbone, pretrained_cfg=...)`` and loads its weights through timm's own
+``load_pretrained`` (so classifier re-initialisation for another ``num_classes``, input-conv
+adaptation and the model family's checkpoint filter all behave as in timm), then attaches
+the OOD head and loads ``ood_head.*``. The weights reach timm as an in-memory state dict
+(``pretrained_cfg_overlay=dict(state_dict=...)``), read by us from safetensors; timm copies
+it once (``dataclasses.asdict``), so loading briefly holds the weights twice. ``timm.create_model('ssod', backbone='resnet50')``
+also works (a fresh SSOD model, like ``timm_ssod.create_model('resnet50')``). Without
+``import timm_ssod``, timm answers "Unknown model (ssod)". We chose a registry entrypoint
+over patching timm's functions: it is timm's public extension point, and the
+``architecture`` field keeps meaning "the entrypoint that rebuilds this model".
+
+``timm_ssod.create_model('hf-hub:...' | 'local-dir:...')`` reads ``config.json`` first:
+* an SSOD folder: the entrypoint above; ``ssod=False`` gives the plain timm backbone with
+  the backbone weights (``ood_head.*`` dropped);
+* a plain timm folder (no ``ssod`` block, e.g. ``hf-hub:timm/resnet50.a1_in1k``): the timm
+  model with its weights, and with ``ssod=True`` a freshly initialised OOD head (logged);
+* ``architecture: ssod`` without the block, or an unknown backbone: ``CheckpointError``.
+
+Safety: weights are read from ``model.safetensors`` only; a ``pytorch_model.bin``-only repo
+is refused unless ``allow_pickle=True`` is passed (then ``torch.load(weights_only=True)``).
+``allow_pickle`` found in a repo's ``config.json`` is ignored: only the caller can opt in
+(``timm_ssod.create_model`` hands it to the entrypoint through a context variable that
+config.json cannot reach; a direct ``timm.create_model(..., allow_pickle=True)`` is honoured
+unless config.json's ``model_args`` also holds ``allow_pickle``).
+No code from a repo is imported or executed. See ``hub_files.py`` for the errors.
+"""
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import timm
+import torch.nn as nn
+from timm.models import parse_model_name, register_model
+from timm.models._hub import save_config_for_hf
+
+from .hub_files import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, HubError, Source, read_config,
+                        read_state_dict, split_ood_head)
+from .model import attach_ssod, is_ssod_model
+from .model_card import load_eval_results, render_model_card
+
+__all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'ssod', 'HubError',
+           'CheckpointError', 'SSOD_ARCHITECTURE', 'push_training_run', 'save_training_run', 'model_from_checkpoint']
+
+_logger = logging.getLogger(__name__)
+
+SSOD_ARCHITECTURE = 'ssod'  # config.json "architecture" of SSOD folders = the timm entrypoint below
+README_NAME = 'README.md'
+# create-time options, never reconstruction arguments of the model
+_OPTION_KWARGS = ('ssod', 'allow_pickle')
+_SSOD_KWARGS = ('backbone', 'ood_hidden')
+# allow_pickle of a timm_ssod.create_model call, out of reach of config.json's model_args
+_CALLER_ALLOW_PICKLE: ContextVar[Optional[bool]] = ContextVar('timm_ssod_allow_pickle', default=None)
+
+
+# ----------------------------------------------------------------------------------------- save
+def save_pretrained(model: nn.Module, save_directory: Union[str, Path], *, eval_results=None,
+                    model_card: Optional[Dict] = None, label_names=None, repo_id: Optional[str] = None,
+                    model_args: Optional[Dict] = None, data_config: Optional[Dict] = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``save_directory``.
+
+    Args:
+        eval_results: evaluation JSON (path or dict), ``{"id_accuracy": f, "results":
+            {detector: {ood_set: {"fpr95": f, "auroc": f, ...}}}}`` with fractions; rendered
+            in percent in the model card.
+        model_card: extra card fields: ``training_data`` (text), ``datasets`` (Hub dataset
+            ids), ``license``, ``description``, ``base_model``.
+        label_names: class names, stored in config.json (default: the model's, if any).
+        repo_id: the Hub id the folder is meant for (used in the card's usage snippet).
+        model_args / data_config: passed to timm's ``save_config_for_hf`` (explicit
+            reconstruction arguments; the preprocessing used in training).
+
+    The folder is written atomically: into a temporary folder next to it, then renamed
+    into place; into an existing folder, each file is replaced only once all new files
+    are complete (``config.json`` last). Returns the folder path.
+    """
+    if not is_ssod_model(model):
+        raise TypeError('save_pretrained needs an SSOD model (timm_ssod.create_model(..., ssod=True)); '
+                        'save a plain timm model with timm.models.save_for_hf')
+    target = Path(save_directory)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f'{target} exists and is not a folder')
+    evals = load_eval_results(eval_results) if eval_results is not None else None  # fail before writing
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex[:8]}.partial'
+    tmp.mkdir()  # mode 0o777 minus the umask, like any new folder
+    try:
+        _write_folder(model, tmp, evals, model_card, label_names, repo_id or f'your-org/{target.name}',
+                      model_args, data_config)
+        _move_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, model_args, data_config):
+    from safetensors.torch import save_file
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={'format': 'pt'})
+
+    block = _ssod_block_for(model)
+    args = dict(model_args or {}, backbone=block['backbone'], ood_hidden=block['ood_hidden'])
+    model_config = {'architecture': SSOD_ARCHITECTURE, 'ssod': block}
+    if label_names is None and model.pretrained_cfg.get('num_classes') == model.num_classes:
+        label_names = model.pretrained_cfg.get('label_names')
+    if label_names:
+        if len(label_names) != model.num_classes:
+            raise ValueError(f'{len(label_names)} label_names for a model with {model.num_classes} classes')
+        model_config['label_names'] = dict(label_names) if isinstance(label_names, dict) else list(label_names)
+    with _export_model_args(model):
+        save_config_for_hf(model, str(folder / CONFIG_NAME), model_config=model_config, model_args=args,
+                           data_config=data_config)
+    with open(folder / CONFIG_NAME, encoding='utf-8') as f:
+        config = json.load(f)
+    card = render_model_card(config, repo_id=repo_id, eval_results=evals, card=model_card)
+    (folder / README_NAME).write_text(card, encoding='utf-8')
+    for name in (WEIGHTS_NAME, README_NAME, CONFIG_NAME):
+        _fsync(folder / name)
+
+
+def _ssod_block_for(model) -> Dict:
+    block = dict(model.ssod_cfg)
+    block['backbone'] = model.pretrained_cfg.get('architecture') or block.get('backbone')
+    if not block['backbone'] or not timm.is_model(block['backbone']):
+        raise ValueError(f"cannot tell the timm name of this model's backbone ({block['backbone']!r})")
+    for key, value in block.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'model.ssod_cfg[{key!r}] = {value!r} cannot be stored in config.json') from e
+    return block
+
+
+@contextmanager
+def _export_model_args(model):
+    """Hide create-time options (allow_pickle, ssod, ...) from timm's export of model_args."""
+    saved = getattr(model, '_model_args', None)
+    model._model_args = {k: v for k, v in (saved or {}).items() if k not in _OPTION_KWARGS + _SSOD_KWARGS}
+    try:
+        yield
+    finally:
+        if saved is None:
+            del model._model_args
+        else:
+            model._model_args = saved
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(tmp: Path, target: Path):
+    try:
+        os.rename(tmp, target)  # atomic; succeeds when target is absent (or an empty folder)
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+    for name in (WEIGHTS_NAME, README_NAME, CONFIG_NAME):  # config.json last: it marks a model folder
+        os.replace(tmp / name, target / name)
+
+
+# ----------------------------------------------------------------------------------------- push
+def push_to_hub(model: nn.Module, repo_id: str, *, token: Optional[str] = None, private: Optional[bool] = None,
+                revision: Optional[str] = None, create_pr: bool = False,
+                commit_message: str = 'Add SSOD model (timm_ssod)', **save_kwargs):
+    """``save_pretrained`` into a temporary folder and upload it to the Hub repo ``repo_id``
+    (created if missing; ``revision``: a branch, created if missing). The token comes from
+    ``token`` or the usual places (``HF_TOKEN``, ``hf auth login``). ``save_kwargs`` go to
+    ``save_pretrained`` (``eval_results``, ``model_card``, ``label_names`` ...). The README
+    is always the generated card, replacing the repo's. Returns the ``CommitInfo``."""
+    from huggingface_hub import HfApi
+    from . import __version__
+    api = HfApi(token=token, library_name='timm_ssod', library_version=__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(model, Path(tmp) / repo_id.split('/')[-1], repo_id=repo_id, **save_kwargs)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                                 create_pr=create_pr, commit_message=commit_message)
+
+
+# ----------------------------------------------------------------------------------------- load
+def is_ssod_config(config: Dict) -> bool:
+    """True for the config.json of a folder written by ``save_pretrained``."""
+    return config.get('architecture') == SSOD_ARCHITECTURE
+
+
+def create_from_source(model_name: str, ssod: bool = True, pretrained: bool = False, ood_hidden: int = 0,
+                       allow_pickle: bool = False, **kwargs) -> nn.Module:
+    """``timm_ssod.create_model`` for ``hf-hub:`` / ``local-dir:`` names (see the module doc)."""
+    kind, name = parse_model_name(model_name)
+    source = Source(kind, name, kwargs.get('cache_dir'))
+    config = read_config(source)
+    if is_ssod_config(config):
+        if ood_hidden:
+            kwargs['ood_hidden'] = ood_hidden
+        token = _CALLER_ALLOW_PICKLE.set(bool(allow_pickle))
+        try:
+            model = timm.create_model(model_name, pretrained=pretrained, ssod=ssod, **kwargs)
+        finally:
+            _CALLER_ALLOW_PICKLE.reset(token)
+        drop = _OPTION_KWARGS + (() if ssod else _SSOD_KWARGS)
+        model._model_args = {k: v for k, v in model._model_args.items() if k not in drop}
+        return model
+    arch = config['architecture']
+    if 'ssod' in config:
+        raise CheckpointError(f"{CONFIG_NAME} of {source} has an 'ssod' block but architecture '{arch}' (not "
+                              f"'{SSOD_ARCHITECTURE}'): it was not written by save_pretrained; re-save the model.")
+    if not timm.is_model(arch):
+        raise CheckpointError(f"{CONFIG_NAME} of {source} names architecture '{arch}', which timm "
+                              f"{timm.__version__} does not know, and it has no 'ssod' block.")
+    state_dict = read_state_dict(source, allow_pickle) if pretrained else None
+    model = _create_timm(model_name, state_dict, source, config.get('num_classes'), **kwargs)
+    if ssod:
+        _logger.info(f"{source} is a plain timm model (no 'ssod' block in {CONFIG_NAME}): "
+                     f'the OOD head is freshly initialised.')
+        attach_ssod(model, ood_hidden=ood_hidden, backbone=arch)
+    return model
+
+
+def _create_timm(model_name: str, state_dict, source: Source, ckpt_classes=None, pretrained_cfg=None,
+                 **kwargs) -> nn.Module:
+    """``timm.create_model`` with weights we read ourselves (safetensors only), handed to
+    timm's ``load_pretrained`` as an in-memory state dict."""
+    if state_dict is None:
+        return timm.create_model(model_name, pretrained=False, pretrained_cfg=pretrained_cfg, **kwargs)
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {}, source='', state_dict=state_dict)
+    model = timm.create_model(model_name, pretrained=True, pretrained_cfg=pretrained_cfg,
+                              pretrained_cfg_overlay=overlay, **kwargs)
+    model.pretrained_cfg.pop('state_dict', None)
+    model.pretrained_cfg['source'] = source.kind
+    if ckpt_classes is not None and model.num_classes != ckpt_classes:
+        classifier = model.pretrained_cfg.get('classifier')
+        _logger.warning(f'{source} has {ckpt_classes} classes and num_classes={model.num_classes} was asked: '
+                        f'the classifier ({classifier}) is re-initialised, the other weights are loaded.')
+    return model
+
+
+def _ssod_block(config: Dict, source: Source) -> Dict:
+    block = config.get('ssod')
+    if not isinstance(block, dict):
+        raise CheckpointError(f"{CONFIG_NAME} of {source} names architecture '{SSOD_ARCHITECTURE}' but has no "
+                              "'ssod' block: it cannot be rebuilt. Re-save the model with save_pretrained.")
+    problems = [k for k, t in (('backbone', str), ('num_features', int), ('ood_hidden', int))
+                if not isinstance(block.get(k), t)]
+    if problems:
+        raise CheckpointError(f"the 'ssod' block of {CONFIG_NAME} of {source} lacks a valid "
+                              f"{', '.join(problems)}: {block}")
+    if not timm.is_model(block['backbone']):
+        raise CheckpointError(
+            f"{CONFIG_NAME} of {source} names backbone '{block['backbone']}', which timm {timm.__version__} "
+            'does not know: upgrade timm, or check the name (timm.list_models()).')
+    return block
+
+
+def _build(source: Source, config: Dict, pretrained_cfg: Dict, pretrained: bool, ssod: bool,
+           allow_pickle: bool, kwargs: Dict) -> nn.Module:
+    block = _ssod_block(config, source)
+    for key in _SSOD_KWARGS:
+        given = kwargs.pop(key, None)
+        if given is not None and given != block[key]:
+            raise CheckpointError(f"{source}: {key}={given!r} was asked (or is in {CONFIG_NAME}'s model_args) but "
+                                  f"the 'ssod' block says {block[key]!r}; the saved weights need the latter.")
+    if kwargs.get('pretrained_model_args'):
+        kwargs['pretrained_model_args'] = {k: v for k, v in kwargs['pretrained_model_args'].items()
+                                           if k not in _OPTION_KWARGS + _SSOD_KWARGS}
+    backbone, ood_state = None, None
+    if pretrained:
+        backbone, ood_state = split_ood_head(read_state_dict(source, allow_pickle))
+        if ssod and not ood_state:
+            raise CheckpointError(f'the weights of {source} have no ood_head.* tensors although {CONFIG_NAME} '
+                                  "has an 'ssod' block.")
+    cfg = dict(pretrained_cfg or {}, architecture=block['backbone'])
+    model = _create_timm(block['backbone'], backbone, source, config.get('num_classes'), pretrained_cfg=cfg,
+                         **kwargs)
+    if not ssod:
+        return model
+    attach_ssod(model, ood_hidden=block['ood_hidden'], backbone=block['backbone'])
+    if model.ssod_cfg['num_features'] != block['num_features']:
+        raise CheckpointError(f"{source}: the rebuilt backbone has {model.ssod_cfg['num_features']} features, "
+                              f"the 'ssod' block says {block['num_features']}; check the model arguments.")
+    model.ssod_cfg.update(block)
+    if ood_state is not None:
+        try:
+            model.ood_head.load_state_dict(ood_state)
+        except RuntimeError as e:
+            raise CheckpointError(f'the ood_head.* weights of {source} do not fit the OOD head described by '
+                                  f'{CONFIG_NAME}: {e}') from e
+    return model
+
+
+@register_model
+def ssod(pretrained: bool = False, backbone: Optional[str] = None, ood_hidden: Optional[int] = None,
+         ssod: bool = True, allow_pickle: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+         cache_dir=None, pretrained_model_args: Optional[Dict] = None, **kwargs) -> nn.Module:
+    """timm entrypoint of SSOD models (``architecture: ssod`` in config.json).
+
+    ``timm.create_model('hf-hub:org/name' | 'local-dir:path', pretrained=True)`` rebuilds a
+    saved SSOD model; ``timm.create_model('ssod', backbone='resnet50', ...)`` makes a new
+    one. ``ssod=False`` gives the plain backbone; ``allow_pickle=True`` allows a
+    ``pytorch_model.bin``-only folder.
+    """
+    if _CALLER_ALLOW_PICKLE.get() is not None:  # called by timm_ssod.create_model
+        allow_pickle = _CALLER_ALLOW_PICKLE.get()
+    elif pretrained_model_args and 'allow_pickle' in pretrained_model_args:
+        _logger.warning('ignoring allow_pickle found in config.json model_args: only the caller can allow pickle')
+        allow_pickle = False
+    if isinstance(pretrained_cfg, str):
+        raise ValueError(f"'{SSOD_ARCHITECTURE}' has no pretrained tags; load a saved SSOD model with "
+                         "'hf-hub:org/name' or 'local-dir:/path'")
+    source = Source.from_pretrained_cfg(pretrained_cfg, cache_dir)
+    if source is None:
+        if backbone is None:
+            raise ValueError(f"timm.create_model('{SSOD_ARCHITECTURE}') needs backbone=<timm model name>, or load "
+                             "a saved SSOD model with 'hf-hub:org/name' / 'local-dir:/path'")
+        from .factory import create_model
+        return create_model(backbone, ssod=ssod, pretrained=pretrained, ood_hidden=ood_hidden or 0,
+                            pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                            cache_dir=cache_dir, **kwargs)
+    kwargs.update(backbone=backbone, ood_hidden=ood_hidden, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                  cache_dir=cache_dir, pretrained_model_args=pretrained_model_args)
+    return _build(source, read_config(source), pretrained_cfg, pretrained, ssod, allow_pickle, kwargs)
+
+
+# training runs (hub_push.py); re-exported here, where `timm-ssod train --push-to-hub` looks
+from .hub_push import model_from_checkpoint, push_training_run, save_training_run  # noqa: E402,F401
