@@ -349,7 +349,7 @@ def test_torchrun_two_processes_gloo_writes_one_set_of_outputs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert 'Process 0, total 2, device cpu' in log
-    assert '[21 images]' in log  # exact count: the sampler's padding is dropped before reducing
+    assert '[21 images, all ranks]' in log  # exact count: the sampler's padding is dropped before reducing
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1, runs
     assert {p.name for p in runs[0].iterdir()} == OUTPUT_FILES | {'checkpoint-0.pth.tar', 'checkpoint-1.pth.tar'}

@@ -255,8 +255,19 @@ def _batches(loader, args, device):
         yield input, target
 
 
+def _log_test_batch(batch_idx, last_idx, batch_time_m, sums, batch_sums, log_suffix):
+    """timm's per-interval validation line (this rank's images)."""
+    n, bn = max(sums[3].item(), 1.0), max(batch_sums[3].item(), 1.0)
+    _logger.info(
+        f'Test{log_suffix}: [{batch_idx:>4d}/{last_idx}]  '
+        f'Time: {batch_time_m.val:.3f} ({batch_time_m.avg:.3f})  '
+        f'Loss: {batch_sums[0] / bn:>7.3f} ({sums[0] / n:>6.3f})  '
+        f'Acc@1: {100 * batch_sums[1] / bn:>7.3f} ({100 * sums[1] / n:>7.3f})  '
+        f'Acc@5: {100 * batch_sums[2] / bn:>7.3f} ({100 * sums[2] / n:>7.3f})')
+
+
 @torch.no_grad()
-def _score_loader(model, loader, detectors, args, device, amp_autocast, with_targets: bool):
+def _score_loader(model, loader, detectors, args, device, amp_autocast, with_targets: bool, log_suffix: str = ''):
     """One pass: (sums of loss/top1/top5/count, {detector: local scores}) of the valid samples."""
     if detectors:
         from .detectors import compute_outputs  # only OOD validation needs the detectors
@@ -264,7 +275,8 @@ def _score_loader(model, loader, detectors, args, device, amp_autocast, with_tar
     remaining = _valid_count(loader) if args.distributed else None
     sums = torch.zeros(4, dtype=torch.float64)
     scores = {d.name: [] for d in detectors}
-    for input, target in _batches(loader, args, device):
+    batch_time_m, end, last_idx = utils.AverageMeter(), time.time(), len(loader) - 1
+    for batch_idx, (input, target) in enumerate(_batches(loader, args, device)):
         keep = input.size(0) if remaining is None else max(0, min(input.size(0), remaining))
         if remaining is not None:
             remaining -= input.size(0)
@@ -282,8 +294,13 @@ def _score_loader(model, loader, detectors, args, device, amp_autocast, with_tar
             k5 = min(5, logits.shape[-1])
             top = logits.topk(k5, dim=-1).indices
             hit = top == target[:, None]
-            sums += torch.tensor([F.cross_entropy(logits, target, reduction='sum').item(),
-                                  hit[:, :1].sum().item(), hit.sum().item(), keep], dtype=torch.float64)
+            batch_sums = torch.tensor([F.cross_entropy(logits, target, reduction='sum').item(),
+                                       hit[:, :1].sum().item(), hit.sum().item(), keep], dtype=torch.float64)
+            sums += batch_sums
+            batch_time_m.update(time.time() - end)
+            end = time.time()
+            if utils.is_primary(args) and (batch_idx % args.log_interval == 0 or batch_idx == last_idx):
+                _log_test_batch(batch_idx, last_idx, batch_time_m, sums, batch_sums, log_suffix)
     return sums, {k: torch.cat(v) if v else torch.zeros(0) for k, v in scores.items()}
 
 
@@ -302,12 +319,12 @@ def validate(
     ``fpr95`` / ``auroc``: the first detector's mean over the OOD sets."""
     start = time.time()
     sums, id_scores = _score_loader(model, loader, detectors if ood_loaders else (), args, device,
-                                    amp_autocast, with_targets=True)
+                                    amp_autocast, with_targets=True, log_suffix=log_suffix)
     sums = _all_reduce_sum(sums.to(device), args.distributed).cpu().tolist()
     n = max(sums[3], 1.0)
     metrics = OrderedDict([('loss', sums[0] / n), ('top1', 100. * sums[1] / n), ('top5', 100. * sums[2] / n)])
     if utils.is_primary(args):
-        _logger.info(f'Test{log_suffix}: [{int(sums[3])} images]  Time: {time.time() - start:.3f}  '
+        _logger.info(f'Test{log_suffix}: [{int(sums[3])} images, all ranks]  Time: {time.time() - start:.3f}  '
                      f'Loss: {metrics["loss"]:>6.3f}  Acc@1: {metrics["top1"]:>7.3f}  Acc@5: {metrics["top5"]:>7.3f}')
     if not ood_loaders or not detectors:
         return metrics, {}
