@@ -1,0 +1,396 @@
+"""``timm-ssod visualize`` / ``python -m timm_ssod.visualize``: the paper's figures for your models.
+
+* Fig. 2 (``sampler.png``): one row per image. First the image as the model sees it (after
+  timm's eval transform); then, per model, the per-location confidence on the labelled class
+  (the predicted class for unlabelled images) upsampled to the image, the sampler's labels
+  (Eq. 12) as a grid: ID green, OOD red, ignored grey, and for SSOD models the per-location
+  P(ID) of the OOD head (Eq. 15 at every location).
+* Fig. 6 (``hist_<set>.png``, with ``--hist``): ID-vs-OOD score histograms of the SSOD score
+  and the best of ``--hist-detectors`` (``timm_ssod.report.plot_histograms``).
+
+    # the first 4 test images of the built-in benchmark, a vanilla and an SSOD run side by side
+    timm-ssod visualize --checkpoint output/demo/vanilla/model_best.pth.tar \\
+        --compare output/demo/ssod/model_best.pth.tar --hist --ood backgrounds=synthetic/backgrounds
+    # your own images (files and/or folders) with a saved model
+    timm-ssod visualize --model local-dir:saved/ssod-resnet18 --images cat.jpg more_photos/
+
+Models load as in ``timm-ssod eval`` (``timm_ssod.eval_model``); ``--compare`` takes a checkpoint
+file or a model name (``local-dir:PATH``, ``hf-hub:org/name``). gamma: ``--gamma``, else the
+model's ``ssod_cfg``, else the training run's ``--gamma``, else 0.95. matplotlib is an optional
+dependency: ``pip install "timm-ssod[plot]"``.
+"""
+import argparse
+import os
+import sys
+from datetime import datetime
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.utils import ParseKwargs
+
+from .layout import head_per_location, merge_heads, to_locations
+from .model import is_ssod_model
+from .posterior import ID_INDEX, OOD_INDEX, id_probability
+from .sampler import IGNORED, sample_patches, target_confidence
+
+__all__ = ['label_overlay', 'location_maps', 'render_sampler_figure', 'require_matplotlib', 'LocationMaps',
+           'PlotDependencyError', 'main']
+
+LABEL_COLORS = {ID_INDEX: (0.0, 0.8, 0.0), OOD_INDEX: (0.9, 0.0, 0.0), IGNORED: (0.55, 0.55, 0.55)}
+PANEL_INCHES, LEGEND_INCHES, DPI = 2.5, 0.5, 96  # figure = (cols * 240) x (rows * 240 + 48) pixels
+DEFAULT_GAMMA, DEFAULT_IMAGES = 0.95, 4
+CMAP = 'jet'
+
+
+class PlotDependencyError(ImportError):
+    """matplotlib (the ``plot`` extra) is not installed."""
+
+
+def require_matplotlib():
+    """``(Figure, FigureCanvasAgg)``; PlotDependencyError saying how to install matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise PlotDependencyError('matplotlib is not installed, and the figures need it: '
+                                  'pip install "timm-ssod[plot]"') from e
+    return Figure, FigureCanvasAgg
+
+
+def label_overlay(labels, alpha: float = 0.5) -> np.ndarray:
+    """Sampler labels (H, W) (1 ID, 0 OOD, -1 ignored) -> RGBA (H, W, 4) float32 in [0, 1]."""
+    labels = np.asarray(labels)
+    rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
+    for value, color in LABEL_COLORS.items():
+        rgba[labels == value] = (*color, alpha)
+    if not np.isin(labels, list(LABEL_COLORS)).all():
+        raise ValueError(f'sampler labels must be 1, 0 or -1, got {sorted(set(labels.ravel().tolist()))}')
+    return rgba
+
+
+class LocationMaps(NamedTuple):
+    """What Fig. 2 shows of one image for one model (maps are (H, W) numpy arrays)."""
+    confidence: np.ndarray       # softmax of the per-location logits, on class `cls`
+    labels: np.ndarray           # Eq. 12 labels of `confidence` at `gamma`
+    p_id: Optional[np.ndarray]   # per-location P(ID) (SSOD models), else None
+    cls: int                     # the label, or the prediction when `labelled` is False
+    labelled: bool
+    predicted: int               # the image-level prediction
+    image_p_id: Optional[float]  # Eq. 15 on the pooled features (SSOD models)
+    gamma: float
+
+
+@torch.no_grad()
+def location_maps(model, x: torch.Tensor, targets=None, gamma: float = DEFAULT_GAMMA) -> List[LocationMaps]:
+    """Per-image maps of ``model`` (eval mode) on preprocessed images ``x`` (B, C, H, W).
+    ``targets`` (B,) ints; -1 or None: unlabelled, the predicted class is used."""
+    if is_ssod_model(model):
+        out = model.forward_ssod(x)
+        logits, patch_logits, grid = out.logits, out.patch_logits, out.grid
+        p_id, image_p_id = id_probability(out.patch_ood_logits).view(-1, *grid), id_probability(out.ood_logits)
+    else:
+        feats = model.forward_features(x)
+        logits = merge_heads(model.forward_head(feats))
+        locations, grid = to_locations(model, feats, x.shape[-2:])
+        patch_logits, p_id, image_p_id = head_per_location(model, feats, locations), None, None
+    predicted = logits.argmax(dim=-1)
+    targets = torch.full_like(predicted, -1) if targets is None else torch.as_tensor(targets).to(predicted)
+    cls = torch.where(targets >= 0, targets, predicted)
+    confidence = target_confidence(patch_logits, cls).view(-1, *grid)
+    labels = sample_patches(confidence, gamma)
+    return [LocationMaps(confidence[i].cpu().numpy(), labels[i].cpu().numpy(),
+                         None if p_id is None else p_id[i].cpu().numpy(), int(cls[i]), bool(targets[i] >= 0),
+                         int(predicted[i]), None if image_p_id is None else float(image_p_id[i]), float(gamma))
+            for i in range(x.shape[0])]
+
+
+def _upsample(m: np.ndarray, size) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(size), mode='bilinear', align_corners=False)[0, 0].numpy()
+
+
+def _panel(ax, image, overlay=None, title='', **kwargs):
+    h, w = image.shape[:2]
+    ax.imshow(image, extent=(0, w, h, 0))
+    if overlay is not None:
+        ax.imshow(overlay, extent=(0, w, h, 0), **kwargs)
+    ax.set_title(title, fontsize=7)
+    ax.set_axis_off()
+
+
+def _grid_lines(ax, image, grid):
+    h, w = image.shape[:2]
+    for i in range(1, grid[0]):
+        ax.axhline(i * h / grid[0], color='white', lw=0.6)
+    for j in range(1, grid[1]):
+        ax.axvline(j * w / grid[1], color='white', lw=0.6)
+
+
+def render_sampler_figure(views, maps, tags, names, class_names=None):
+    """Fig. 2 as a matplotlib Figure (Agg canvas attached): a row per image.
+
+    views[m][i]: image i as model m sees it, (h, w, 3) floats in [0, 1]; maps[m][i]: its
+    ``LocationMaps``; tags[m]: the model's column title; names[i]: the image's name."""
+    Figure, FigureCanvasAgg = require_matplotlib()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    def cname(k):
+        return class_names[k] if class_names and 0 <= k < len(class_names) else f'class {k}'
+
+    cols = 1 + sum(3 if m[0].p_id is not None else 2 for m in maps)
+    rows = len(names)
+    fig = Figure(figsize=(cols * PANEL_INCHES, rows * PANEL_INCHES + LEGEND_INCHES))
+    FigureCanvasAgg(fig)
+    height = rows * PANEL_INCHES + LEGEND_INCHES
+    bottom = LEGEND_INCHES / height
+    gs = fig.add_gridspec(rows, cols, left=0.01, right=0.99, top=1 - 0.3 / height, bottom=bottom + 0.1 / height,
+                          wspace=0.04, hspace=0.3)
+    for i, name in enumerate(names):
+        first = maps[0][i]
+        _panel(fig.add_subplot(gs[i, 0]), views[0][i],
+               title=f'{name}\n' + (f'label: {cname(first.cls)}' if first.labelled else 'unlabelled'))
+        col = 1
+        for m, tag in enumerate(tags):
+            mp, view = maps[m][i], views[m][i]
+            size = view.shape[:2]
+            which = 'label' if mp.labelled else 'pred.'
+            _panel(fig.add_subplot(gs[i, col]), view, _upsample(mp.confidence, size), cmap=CMAP, vmin=0, vmax=1,
+                   alpha=0.5, title=f'{tag}: confidence on\n{cname(mp.cls)} ({which}); pred. {cname(mp.predicted)}')
+            counts = {v: int((mp.labels == v).sum()) for v in LABEL_COLORS}
+            ax = fig.add_subplot(gs[i, col + 1])
+            _panel(ax, view, label_overlay(mp.labels), interpolation='nearest',
+                   title=f'{tag}: sampler, γ={mp.gamma:g}\nID {counts[ID_INDEX]} / OOD {counts[OOD_INDEX]} / '
+                         f'ign. {counts[IGNORED]}')
+            _grid_lines(ax, view, mp.labels.shape)
+            col += 2
+            if mp.p_id is not None:
+                _panel(fig.add_subplot(gs[i, col]), view, _upsample(mp.p_id, size), cmap=CMAP, vmin=0, vmax=1,
+                       alpha=0.5, title=f'{tag}: P(ID) per location\nimage P(ID) = {mp.image_p_id:.2f}')
+                col += 1
+    handles = [Patch(facecolor=LABEL_COLORS[ID_INDEX], label='ID: c ≥ γ'),
+               Patch(facecolor=LABEL_COLORS[OOD_INDEX], label='OOD: c < 1 − γ'),
+               Patch(facecolor=LABEL_COLORS[IGNORED], label='ignored')]
+    fig.legend(handles=handles, loc='lower left', ncol=3, fontsize=7, frameon=False, bbox_to_anchor=(0.01, 0.0))
+    cax = fig.add_axes((0.62, bottom * 0.45, 0.3, bottom * 0.2))
+    fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), cax=cax, orientation='horizontal')
+    cax.tick_params(labelsize=6)
+    cax.set_title('confidence / P(ID)', fontsize=7)
+    return fig
+
+
+def save_figure(fig, path: str) -> str:
+    """Write ``fig`` as PNG atomically (a temporary file renamed onto ``path``)."""
+    from .checkpoint import atomic_write
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=DPI))
+    return path
+
+
+# -- command line ------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = p.add_argument_group('models (loaded as by timm-ssod eval)')
+    g.add_argument('--model', metavar='NAME', default=None,
+                   help='timm model name, or local-dir:PATH / hf-hub:org/name (default: the arch in --checkpoint)')
+    g.add_argument('--checkpoint', metavar='PATH', default=None, help='weights: training checkpoint, state dict '
+                                                                      'or .safetensors')
+    g.add_argument('--compare', metavar='CKPT_OR_NAME', default=None,
+                   help='a second model, drawn beside the first: a checkpoint file or local-dir:/hf-hub: name')
+    g.add_argument('--compare-model', metavar='NAME', default=None, help='timm name for a --compare checkpoint that '
+                                                                         'does not record it')
+    g.add_argument('--labels', nargs=2, metavar=('A', 'B'), default=None,
+                   help='column titles of the models (default: SSOD / vanilla)')
+    g.add_argument('--no-ssod', action='store_true', help='draw the models as plain timm models')
+    g.add_argument('--no-ema', action='store_true', help='use state_dict, not state_dict_ema, of a checkpoint')
+    g.add_argument('--num-classes', type=int, default=None)
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V')
+    g.add_argument('--img-size', type=int, default=None, metavar='N', help='input size (default: the model\'s)')
+    g.add_argument('--gamma', type=float, default=None, help='sampler threshold (default: the model\'s, else 0.95)')
+    g = p.add_argument_group('images')
+    g.add_argument('--images', nargs='+', default=None, metavar='PATH', help='image files and/or folders '
+                                                                             '(unlabelled: the predicted class)')
+    g.add_argument('--dataset', default='synthetic/id', help='otherwise a dataset, as in timm-ssod eval '
+                                                             '(default synthetic/id; synthetic/<OOD set> works too)')
+    g.add_argument('--data-dir', metavar='DIR', default=None)
+    g.add_argument('--split', default='test', help='dataset split (default: test)')
+    g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
+                   help='dataset arguments (default for synthetic data: the training run\'s img_size / seed)')
+    g.add_argument('-n', '--num-images', type=int, default=None,
+                   help=f'first N images of the dataset (default {DEFAULT_IMAGES}), or of --images (default all)')
+    g = p.add_argument_group('histograms (Fig. 6)')
+    g.add_argument('--hist', action='store_true', help='also draw ID-vs-OOD score histograms of --model')
+    g.add_argument('--ood', nargs='+', action='extend', default=[], metavar='NAME=SPEC',
+                   help='OOD sets as in timm-ssod eval (default with synthetic data: all built-in sets)')
+    g.add_argument('--hist-detectors', nargs='+', default=['msp', 'energy', 'ssod'], metavar='NAME',
+                   help='scores to compute (detectors without fitting); plotted: ssod and the best other one')
+    g.add_argument('--hist-samples', type=int, default=300, metavar='N', help='images per set (default 300)')
+    g = p.add_argument_group('run')
+    g.add_argument('--output', metavar='DIR', default=None, help='default: output/visualize/<timestamp>')
+    g.add_argument('--name', default='sampler.png', help='file name of the Fig. 2 PNG (default sampler.png)')
+    g.add_argument('--device', default=None)
+    g.add_argument('--batch-size', '-b', type=int, default=64)
+    g.add_argument('--seed', type=int, default=0, help='seed of the histogram subsampling')
+    g.add_argument('--quiet', action='store_true')
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``visualize`` on the ``timm-ssod`` subparsers (``timm_ssod.cli``)."""
+    p = subparsers.add_parser('visualize', help="the paper's figures: sampler maps (Fig. 2), score histograms "
+                                                '(Fig. 6)', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+class _Loaded(NamedTuple):
+    model: torch.nn.Module
+    info: dict
+    transform: object
+    data_config: dict
+    gamma: float
+    train_args: dict
+
+
+def _load(name, checkpoint, args, device) -> _Loaded:
+    from timm.data import create_transform, resolve_data_config
+    from .eval_model import load_eval_model, read_checkpoint
+    model, info = load_eval_model(name, checkpoint, ssod=not args.no_ssod, use_ema=not args.no_ema,
+                                  num_classes=args.num_classes, model_kwargs=args.model_kwargs)
+    train_args = {}
+    if checkpoint and not str(checkpoint).endswith('.safetensors'):  # gamma / dataset of the training run
+        train_args = read_checkpoint(checkpoint, use_ema=False)[1].get('args') or {}
+    data_args = dict(info['data_args'])
+    if args.img_size:
+        data_args.pop('input_size', None)
+        data_args['img_size'] = args.img_size
+    data_config = resolve_data_config(data_args, model=model)
+    gamma = args.gamma or (getattr(model, 'ssod_cfg', None) or {}).get('gamma') or train_args.get('gamma') \
+        or DEFAULT_GAMMA
+    return _Loaded(model.to(device), info, create_transform(**data_config, is_training=False), data_config,
+                   float(gamma), train_args)
+
+
+def _dataset_kwargs(args, train_args) -> dict:
+    from .eval_data import is_synthetic
+    kwargs = {}
+    if is_synthetic(args.dataset) and is_synthetic(train_args.get('dataset') or ''):
+        trained = train_args.get('dataset_kwargs') or {}
+        kwargs = {k: trained[k] for k in ('img_size', 'seed') if k in trained}
+    return dict(kwargs, **args.dataset_kwargs)
+
+
+def _images(args, num_classes, dataset_kwargs):
+    """``(names, PIL images, labels, class names)``."""
+    from .data import find_image_files, load_rgb
+    from .eval_data import build_id_dataset
+    if args.images:
+        files = []
+        for path in args.images:
+            if os.path.isdir(path):
+                found = find_image_files(path)
+                if not found:
+                    raise ValueError(f'--images {path!r}: no image files in this folder')
+                files += found
+            elif os.path.isfile(path):
+                files.append(path)
+            else:
+                raise FileNotFoundError(f'--images {path!r}: no such file or folder')
+        files = files[:args.num_images] if args.num_images else files
+        return [os.path.basename(f) for f in files], [load_rgb(f) for f in files], [-1] * len(files), None
+    ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)
+    n = min(len(ds), args.num_images or DEFAULT_IMAGES)
+    ds.transform = None
+    items = [ds[i] for i in range(n)]
+    classes = getattr(ds, 'classes', None) or getattr(ds, 'id_classes', None)
+    return ([f'{args.dataset or "image"} {args.split} #{i}' for i in range(n)], [im.convert('RGB') for im, _ in items],
+            [int(y) for _, y in items], classes)
+
+
+def _view(x: torch.Tensor, data_config) -> np.ndarray:
+    """A preprocessed image (C, H, W) back to (H, W, 3) in [0, 1] for display."""
+    mean = torch.tensor(data_config['mean']).view(-1, 1, 1)
+    std = torch.tensor(data_config['std']).view(-1, 1, 1)
+    return (x.cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _histograms(loaded: _Loaded, args, dataset_kwargs, out_dir, device) -> List[str]:
+    from .eval_data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, default_ood_specs,
+                            is_synthetic, make_loader)
+    from .evaluate import evaluate
+    from .report import plot_histograms
+    num_classes = loaded.model.num_classes
+    if not args.ood and not is_synthetic(args.dataset):
+        raise EvalDataError('--hist needs OOD data: give --ood NAME=FOLDER ... (or NAME=synthetic/<set>)')
+    synth = {k: v for k, v in dataset_kwargs.items() if k in ('img_size', 'seed')} if is_synthetic(args.dataset) else {}
+    id_set = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)
+    ood_sets = build_ood_datasets(args.ood or default_ood_specs(), args.data_dir, args.split,
+                                  dict(synth, num_classes=num_classes))
+
+    def loader(ds):
+        return make_loader(cut(ds, args.hist_samples, args.seed), loaded.transform, args.batch_size, 0, device)
+
+    result, scores = evaluate(loaded.model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()},
+                              args.hist_detectors, device=device, progress=not args.quiet, seed=args.seed,
+                              detector_kwargs={'odin': {'std': loaded.data_config['std']}}, return_scores=True)
+    for det, why in result['skipped'].items():
+        print(f'histograms: {det} skipped ({why})')
+    return plot_histograms(scores, result, out_dir)
+
+
+def _visualize(args) -> int:
+    require_matplotlib()  # fail before any model is loaded
+    from .checkpoint import check_output_dir
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    models = [_load(args.model, args.checkpoint, args, device)]
+    if args.compare:
+        spec = args.compare
+        models.append(_load(args.compare_model, spec, args, device) if os.path.isfile(spec)
+                      else _load(spec, None, args, device))
+    tags = list(args.labels or ['SSOD' if m.info['ssod'] else 'vanilla' for m in models])
+    if len(tags) == 2 and tags[0] == tags[1]:
+        tags = [f'{t} ({ab})' for t, ab in zip(tags, 'AB')]
+    if len({m.model.num_classes for m in models}) > 1:
+        raise ValueError(f'the models have different class counts ({[m.model.num_classes for m in models]})')
+    out_dir = args.output or os.path.join('output', 'visualize', datetime.now().strftime('%Y%m%d-%H%M%S'))
+    check_output_dir(out_dir)
+
+    dataset_kwargs = _dataset_kwargs(args, models[0].train_args)
+    names, images, labels, classes = _images(args, models[0].model.num_classes, dataset_kwargs)
+    views, maps = [], []
+    for m in models:
+        x = torch.stack([m.transform(im) for im in images])
+        views.append([_view(xi, m.data_config) for xi in x])
+        maps.append([mp for start in range(0, len(x), args.batch_size)
+                     for mp in location_maps(m.model, x[start:start + args.batch_size].to(device),
+                                             labels[start:start + args.batch_size], m.gamma)])
+    paths = [save_figure(render_sampler_figure(views, maps, tags, names, classes), os.path.join(out_dir, args.name))]
+    if args.hist:
+        paths += _histograms(models[0], args, dataset_kwargs, out_dir, device)
+    for note in (n for m in models for n in m.info['notes']):
+        print(f'note: {note}')
+    print('\n'.join(f'wrote {p}' for p in paths))
+    return 0
+
+
+def run(args: argparse.Namespace, prog: str = 'timm-ssod visualize') -> int:
+    """Draw the figures of parsed arguments; 0 on success, 1 with a message on bad input."""
+    try:
+        return _visualize(args)
+    except (ValueError, OSError, PlotDependencyError, FloatingPointError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_ssod.visualize') -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), prog)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
