@@ -82,7 +82,9 @@ def test_vanilla_vs_ssod_figure_and_histograms(ckpts, capsys):
     assert rc == 0, capsys.readouterr().err
     cols = 1 + 2 + 3  # image | vanilla: confidence, sampler | SSOD: confidence, sampler, P(ID)
     assert _png_size(out / 'sampler.png') == ('PNG', (cols * PANEL_PX, 2 * PANEL_PX + LEGEND_PX))
-    assert _png_size(out / 'hist_bg.png')[0] == 'PNG'
+    fmt, (w, h) = _png_size(out / 'hist_bg.png')  # panels: best of vanilla, ssod and best of SSOD
+    assert fmt == 'PNG' and abs(w - 3 * 4.2 * 110) <= 1 and abs(h - 3.4 * 110) <= 1
+    assert 'ssod skipped' in capsys.readouterr().out  # the vanilla model has no SSOD score
     assert not list(out.glob('*.partial'))
 
 

@@ -5,12 +5,12 @@
   (the predicted class for unlabelled images) upsampled to the image, the sampler's labels
   (Eq. 12) as a grid: ID green, OOD red, ignored grey, and for SSOD models the per-location
   P(ID) of the OOD head (Eq. 15 at every location).
-* Fig. 6 (``hist_<set>.png``, with ``--hist``): ID-vs-OOD score histograms of the SSOD score
-  and the best of ``--hist-detectors`` (``timm_ssod.report.plot_histograms``).
+* Fig. 6 (``hist_<set>.png``, with ``--hist``): ID-vs-OOD score histograms, per model its SSOD
+  score and its best of ``--hist-detectors`` (``timm_ssod.report.plot_histograms``).
 
     # the first 4 test images of the built-in benchmark, a vanilla and an SSOD run side by side
-    timm-ssod visualize --checkpoint output/demo/vanilla/model_best.pth.tar \\
-        --compare output/demo/ssod/model_best.pth.tar --hist --ood backgrounds=synthetic/backgrounds
+    timm-ssod visualize --checkpoint output/demo/finetune_vanilla/last.pth.tar \\
+        --compare output/demo/finetune_ssod/last.pth.tar --hist --ood backgrounds=synthetic/backgrounds
     # your own images (files and/or folders) with a saved model
     timm-ssod visualize --model local-dir:saved/ssod-resnet18 --images cat.jpg more_photos/
 
@@ -220,11 +220,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('-n', '--num-images', type=int, default=None,
                    help=f'first N images of the dataset (default {DEFAULT_IMAGES}), or of --images (default all)')
     g = p.add_argument_group('histograms (Fig. 6)')
-    g.add_argument('--hist', action='store_true', help='also draw ID-vs-OOD score histograms of --model')
+    g.add_argument('--hist', action='store_true', help='also draw ID-vs-OOD score histograms')
     g.add_argument('--ood', nargs='+', action='extend', default=[], metavar='NAME=SPEC',
                    help='OOD sets as in timm-ssod eval (default with synthetic data: all built-in sets)')
     g.add_argument('--hist-detectors', nargs='+', default=['msp', 'energy', 'ssod'], metavar='NAME',
-                   help='scores to compute (detectors without fitting); plotted: ssod and the best other one')
+                   help='scores to compute (detectors without fitting); plotted per model: ssod and the best other')
     g.add_argument('--hist-samples', type=int, default=300, metavar='N', help='images per set (default 300)')
     g = p.add_argument_group('run')
     g.add_argument('--output', metavar='DIR', default=None, help='default: output/visualize/<timestamp>')
@@ -317,11 +317,11 @@ def _view(x: torch.Tensor, data_config) -> np.ndarray:
     return (x.cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _histograms(loaded: _Loaded, args, dataset_kwargs, out_dir, device) -> List[str]:
+def _score(loaded: _Loaded, args, dataset_kwargs, device):
+    """``evaluate(..., return_scores=True)`` of one model on --hist-samples images of each set."""
     from .eval_data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, default_ood_specs,
                             is_synthetic, make_loader)
     from .evaluate import evaluate
-    from .report import plot_histograms
     num_classes = loaded.model.num_classes
     if not args.ood and not is_synthetic(args.dataset):
         raise EvalDataError('--hist needs OOD data: give --ood NAME=FOLDER ... (or NAME=synthetic/<set>)')
@@ -333,12 +333,33 @@ def _histograms(loaded: _Loaded, args, dataset_kwargs, out_dir, device) -> List[
     def loader(ds):
         return make_loader(cut(ds, args.hist_samples, args.seed), loaded.transform, args.batch_size, 0, device)
 
-    result, scores = evaluate(loaded.model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()},
-                              args.hist_detectors, device=device, progress=not args.quiet, seed=args.seed,
-                              detector_kwargs={'odin': {'std': loaded.data_config['std']}}, return_scores=True)
-    for det, why in result['skipped'].items():
-        print(f'histograms: {det} skipped ({why})')
-    return plot_histograms(scores, result, out_dir)
+    return evaluate(loaded.model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()}, args.hist_detectors,
+                    device=device, progress=not args.quiet, seed=args.seed,
+                    detector_kwargs={'odin': {'std': loaded.data_config['std']}}, return_scores=True)
+
+
+def _histograms(models: List[_Loaded], tags, args, dataset_kwargs, out_dir, device) -> List[str]:
+    """Fig. 6 through ``plot_histograms``. One model: its SSOD score and best baseline. Two
+    models: each one's SSOD score (if any) and best baseline, as detectors named 'det (tag)'."""
+    from .evaluate import EvalScores
+    from .report import best_baseline, plot_histograms
+    scored = [_score(m, args, dataset_kwargs, device) for m in models]
+    for tag, (result, _) in zip(tags, scored):
+        for det, why in result['skipped'].items():
+            print(f'histograms of {tag}: {det} skipped ({why})')
+    if len(scored) == 1:
+        return plot_histograms(scored[0][1], scored[0][0], out_dir)
+    merged = EvalScores({}, {name: {} for name in scored[0][1].ood_scores}, None, 0)
+    results, shown = {}, []
+    for tag, (result, scores) in zip(tags, scored):
+        for det in scores.id_scores:
+            key = f'{det} ({tag})'
+            merged.id_scores[key] = scores.id_scores[det]
+            for name in merged.ood_scores:
+                merged.ood_scores[name][key] = scores.ood_scores[name][det]
+            results[key] = result['results'][det]
+        shown += [f'{det} ({tag})' for det in ('ssod', best_baseline(result)) if det in scores.id_scores]
+    return plot_histograms(merged, {'results': results}, out_dir, detectors=shown)
 
 
 def _visualize(args) -> int:
@@ -369,7 +390,7 @@ def _visualize(args) -> int:
                                              labels[start:start + args.batch_size], m.gamma)])
     paths = [save_figure(render_sampler_figure(views, maps, tags, names, classes), os.path.join(out_dir, args.name))]
     if args.hist:
-        paths += _histograms(models[0], args, dataset_kwargs, out_dir, device)
+        paths += _histograms(models, tags, args, dataset_kwargs, out_dir, device)
     for note in (n for m in models for n in m.info['notes']):
         print(f'note: {note}')
     print('\n'.join(f'wrote {p}' for p in paths))
