@@ -22,7 +22,7 @@ from typing import List, Optional
 RAW_COMMANDS = {
     'train': ('timm_ssod.train', 'run', 'train a timm model with the SSOD objective (timm train.py flags, --config YAML)'),
 }
-SUBPARSER_MODULES = ('timm_ssod.cli_eval', 'timm_ssod.cli_push', 'timm_ssod.visualize', 'timm_ssod.cli_demo')
+SUBPARSER_MODULES = ('timm_ssod.cli_eval', 'timm_ssod.cli_push', 'timm_ssod.visualize', 'timm_ssod.demo')
 
 
 def _import_optional(name: str):

@@ -1,0 +1,211 @@
+"""The paper's fine-tuning protocol on the built-in benchmark, as one reusable function.
+
+``run_protocol`` is what ``timm-ssod demo`` and the benchmarks (``benchmarks/quality.py``,
+``benchmarks/ablations.py``) run:
+
+1. **stage 1**: a short vanilla (cross-entropy) training of the backbone from scratch, a
+   stand-in for the pretrained weights that cannot be downloaded here (the paper fine-tunes
+   pretrained backbones, A.4);
+2. **stage 2**: from those weights, a vanilla fine-tune and an SSOD fine-tune with the same
+   budget, data, augmentation, optimizer and seed: the only difference is the objective;
+3. **evaluation** with the harness (``timm_ssod.evaluate.evaluate``) of both fine-tuned models
+   on the ID test split and every OOD set's test split: the SSOD scores on the SSOD model, the
+   post-hoc baselines on the vanilla model and, labelled as such, on the SSOD model too.
+
+Every training run is a real ``timm-ssod train`` run (``timm_ssod.train.main``) in
+``<out_dir>/<stage>/``; the evaluation uses the last checkpoint of each fine-tune (equal
+budgets, no selection). The synthetic data are the fixed benchmark (data seed 0); ``seed``
+is the training seed (weights init, augmentation, batch order).
+"""
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from timm.data import create_loader, resolve_data_config
+
+from .checkpoint import atomic_write_text
+from .data import OOD_SETS, create_dataset
+from .evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
+from .eval_model import load_eval_model
+from .report import format_table, write_results
+
+__all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
+           'BASELINES', 'ROW_LABELS']
+
+_logger = logging.getLogger(__name__)
+
+BASELINES = tuple(d for d in DEFAULT_DETECTORS if d not in SSOD_DETECTORS)
+# how a (model, detector) pair is named in the combined table
+ROW_LABELS = {'ssod': '{det} (SSOD model)', 'vanilla': '{det} (vanilla model)'}
+
+
+def _kv(mapping: Mapping) -> List[str]:
+    return [f'{k}={v}' for k, v in mapping.items()]
+
+
+def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping, img_size: int, num_images: int,
+                num_val: int, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int, ssod: bool,
+                initial_checkpoint: Optional[str] = None, gamma: float = 0.95, lam: float = 1.0,
+                balance: str = 'lwb', workers: int = 0, log_interval: int = 20,
+                extra_args: Sequence[str] = ()) -> Dict:
+    """One ``timm-ssod train`` run into ``<out_dir>/<name>``: AdamW, cosine schedule without
+    warm-up, mild augmentation (objects stay in the crop), no label smoothing (it would cap
+    the class confidence below gamma). Returns ``dict(checkpoint=<last.pth.tar>, argv,
+    seconds, val_top1)``."""
+    from .train import main as train_main
+    argv = ['--dataset', 'synthetic/id', '--dataset-kwargs', *_kv(dict(num_images=num_images, img_size=img_size)),
+            '--val-split', 'val', '--val-dataset-kwargs', f'num_images={num_val}', '--num-classes', str(num_classes),
+            '--model', backbone, '--img-size', str(img_size),
+            '--opt', 'adamw', '--lr', str(lr), '--weight-decay', '0.05', '--sched', 'cosine', '--warmup-epochs', '0',
+            '--epochs', str(epochs), '-b', str(batch_size), '--workers', str(workers),
+            '--scale', '0.6', '1.0', '--color-jitter', '0.2', '--smoothing', '0', '--seed', str(seed),
+            '--output', out_dir, '--experiment', name, '--checkpoint-hist', '1', '--log-interval', str(log_interval)]
+    if model_kwargs:
+        argv += ['--model-kwargs', *_kv(model_kwargs)]
+    if initial_checkpoint:
+        argv += ['--initial-checkpoint', initial_checkpoint]
+    argv += ['--ssod', '--gamma', str(gamma), '--ood-lambda', str(lam), '--balance', balance] if ssod else ['--no-ssod']
+    argv += list(extra_args)
+    start = time.time()
+    result = train_main(argv)
+    metrics = result.get('eval_metrics') or {}
+    return dict(checkpoint=os.path.join(result['output_dir'], 'last.pth.tar'), argv=argv,
+                seconds=round(time.time() - start, 1), val_top1=metrics.get('top1'))
+
+
+def _loader(model, dataset, img_size: int, batch_size: int, workers: int):
+    """The evaluation transforms of training's validation (timm's eval transforms at the
+    training size), images in order."""
+    cfg = resolve_data_config({'img_size': img_size}, model=model)
+    return create_loader(dataset, input_size=cfg['input_size'], batch_size=batch_size, is_training=False,
+                         use_prefetcher=False, interpolation=cfg['interpolation'], mean=cfg['mean'], std=cfg['std'],
+                         crop_pct=cfg['crop_pct'], num_workers=workers)
+
+
+def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]], *, img_size: int, num_classes: int,
+                        ood_sets: Iterable[str] = OOD_SETS, num_test: int = 600, num_ood: int = 600,
+                        num_fit: int = 2000, split: str = 'test', batch_size: int = 128, workers: int = 0,
+                        progress: bool = True, seed: int = 0, return_scores: bool = False):
+    """The harness on one checkpoint: ID ``split`` (``num_test`` images), each OOD set's
+    ``split`` (``num_ood`` images), detectors that fit fitted on the first ``num_fit``
+    ID training images (no augmentation). ``split='val'`` gives validation scores, for
+    choices (e.g. a mixing weight) that must not see the test sets."""
+    model, _ = load_eval_model(checkpoint=checkpoint)
+
+    def data(name, split_, n):
+        ds = create_dataset(name, split=split_, img_size=img_size, num_images=n, num_classes=num_classes)
+        return _loader(model, ds, img_size, batch_size, workers)
+
+    ood = OrderedDict((s, data(f'synthetic/{s}', split, num_ood)) for s in ood_sets)
+    cfg = resolve_data_config({'img_size': img_size}, model=model)
+    kwargs = {'odin': {'std': cfg['std']}} if 'odin' in detectors else None
+    return evaluate(model, data('synthetic/id', split, num_test), ood, detectors=detectors,
+                    fit_loader=data('synthetic/id', 'train', num_fit) if num_fit else None, progress=progress,
+                    seed=seed, detector_kwargs=kwargs, return_scores=return_scores)
+
+
+def merge_results(results: Mapping[str, Dict]) -> Dict:
+    """One harness-style result whose rows are ``'<detector> (<model> model)'``, SSOD scores
+    first, from ``{'ssod': result, 'vanilla': result}``; ``id_accuracy`` per model."""
+    rows, average = OrderedDict(), OrderedDict()
+    order = [(m, d) for m in ('ssod',) if m in results for d in results[m]['results'] if d not in BASELINES]
+    order += [(m, d) for m in ('vanilla', 'ssod') if m in results for d in results[m]['results'] if d in BASELINES]
+    for model, det in order:
+        label = ROW_LABELS.get(model, '{det} (' + model + ')').format(det=det)
+        rows[label] = results[model]['results'][det]
+        average[label] = results[model][AVERAGE][det]
+    first = next(iter(results.values()))
+    return {'model': first['model'], 'id_accuracy': {m: r['id_accuracy'] for m, r in results.items()},
+            'num_id': first['num_id'], 'num_ood': first['num_ood'], 'num_used': first['num_used'],
+            'results': rows, AVERAGE: average, 'skipped': {}, 'notes': first.get('notes', [])}
+
+
+def protocol_table(merged: Dict, title: str = '') -> str:
+    """The paper-style markdown table (``report.format_table``) of ``merge_results``, with
+    one ID-accuracy line per model instead of format_table's single one."""
+    acc = ', '.join(f'{m} fine-tune {100 * a:.2f}%' for m, a in merged['id_accuracy'].items() if a is not None)
+    body = format_table(dict(merged, id_accuracy=None)).split('\n', 2)[2]  # drop format_table's model/accuracy line
+    head = [title, ''] if title else []
+    return '\n'.join(head + [f"Model: {merged['model']}, ID accuracy ({merged['num_id']} test images): {acc}", '',
+                             body])
+
+
+def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = None, img_size: int = 64,
+                 num_images: int = 4000, stage1_epochs: int = 4, finetune_epochs: int = 2, seed: int = 0,
+                 gamma: float = 0.95, lam: float = 1.0, balance: str = 'lwb',
+                 detectors: Sequence[str] = DEFAULT_DETECTORS, out_dir: str = './output/protocol', *,
+                 num_classes: int = 6, num_val: int = 300, num_test: int = 600, num_ood: int = 600,
+                 num_fit: int = 2000, ood_sets: Sequence[str] = OOD_SETS, lr: float = 2e-3,
+                 finetune_lr: float = 5e-4, batch_size: int = 64, workers: int = 0,
+                 stage1_checkpoint: Optional[str] = None, vanilla: bool = True, progress: bool = True,
+                 log_interval: int = 20, train_args: Sequence[str] = ()) -> Dict:
+    """Run the protocol (module docstring) into ``out_dir`` and return its record::
+
+        {"config": {...every argument...}, "stage1": {"checkpoint", "seconds", "val_top1", "argv"},
+         "finetune": {"ssod": {...}, "vanilla": {...}},
+         "eval": {"ssod": <evaluate() result>, "vanilla": <evaluate() result>},
+         "table": <merge_results(eval)>, "table_md": "...", "seconds": {...}}
+
+    ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
+    seeds or ablation settings, like fixed pretrained weights) instead of training one.
+    ``vanilla=False``: only the SSOD fine-tune (ablations). ``detectors``: the baselines run
+    on both models, SSOD detectors on the SSOD model only. Writes ``protocol.json`` and
+    ``table.md`` in ``out_dir`` and each model's ``eval/<model>/results.{json,csv,md}``.
+    """
+    model_kwargs = dict(model_kwargs or {})
+    config = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
+                  stage1_epochs=stage1_epochs, finetune_epochs=finetune_epochs, seed=seed, gamma=gamma, lam=lam,
+                  balance=balance, detectors=list(detectors), num_classes=num_classes, num_val=num_val,
+                  num_test=num_test, num_ood=num_ood, num_fit=num_fit, ood_sets=list(ood_sets), lr=lr,
+                  finetune_lr=finetune_lr, batch_size=batch_size, stage1_checkpoint=stage1_checkpoint,
+                  vanilla=vanilla, train_args=list(train_args))
+    out_dir = os.path.abspath(out_dir)
+    start = time.time()
+    common = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
+                  num_val=num_val, num_classes=num_classes, batch_size=batch_size, seed=seed, workers=workers,
+                  log_interval=log_interval, extra_args=train_args)
+    steps = 1 + (stage1_checkpoint is None) + 2 * (1 + vanilla)
+    step = iter(range(1, steps + 1))
+
+    if stage1_checkpoint is None:
+        _logger.info(f'[protocol {next(step)}/{steps}] stage 1: vanilla {backbone} from scratch, {stage1_epochs} '
+                     f'epochs on {num_images} images at {img_size}px (stand-in for pretrained weights)')
+        stage1 = train_stage('stage1_vanilla', out_dir, epochs=stage1_epochs, lr=lr, ssod=False, **common)
+        stage1_checkpoint = stage1['checkpoint']
+    else:
+        stage1 = dict(checkpoint=stage1_checkpoint, seconds=0.0, val_top1=None, argv=None)
+
+    runs = ['ssod'] + (['vanilla'] if vanilla else [])
+    finetune = OrderedDict()
+    for kind in runs:
+        what = f'SSOD (gamma {gamma}, lambda {lam}, {balance})' if kind == 'ssod' else 'vanilla (cross-entropy)'
+        _logger.info(f'[protocol {next(step)}/{steps}] fine-tune {what}: {finetune_epochs} epochs from stage 1, '
+                     f'seed {seed}')
+        finetune[kind] = train_stage(f'finetune_{kind}', out_dir, epochs=finetune_epochs, lr=finetune_lr,
+                                     ssod=kind == 'ssod', initial_checkpoint=stage1_checkpoint, gamma=gamma,
+                                     lam=lam, balance=balance, **common)
+
+    results = OrderedDict()
+    for kind in runs:
+        dets = [d for d in detectors if kind == 'ssod' or d not in SSOD_DETECTORS]
+        _logger.info(f'[protocol {next(step)}/{steps}] evaluate the {kind} model: {", ".join(dets)} on the ID test '
+                     f'split and {", ".join(ood_sets)}')
+        t = time.time()
+        results[kind] = evaluate_checkpoint(finetune[kind]['checkpoint'], dets, img_size=img_size,
+                                            num_classes=num_classes, ood_sets=ood_sets, num_test=num_test,
+                                            num_ood=num_ood, num_fit=num_fit, workers=workers, progress=progress)
+        finetune[kind]['eval_seconds'] = round(time.time() - t, 1)
+        write_results(results[kind], os.path.join(out_dir, 'eval', kind))
+
+    merged = merge_results(results)
+    table_md = protocol_table(merged, f'{backbone}: SSOD vs vanilla fine-tuning, seed {seed}')
+    seconds = dict(stage1=stage1['seconds'], **{f'finetune_{k}': v['seconds'] for k, v in finetune.items()},
+                   **{f'eval_{k}': v['eval_seconds'] for k, v in finetune.items()}, total=round(time.time() - start, 1))
+    record = dict(config=config, stage1=stage1, finetune=finetune, eval=results, table=merged, table_md=table_md,
+                  seconds=seconds)
+    atomic_write_text(os.path.join(out_dir, 'protocol.json'), json.dumps(record, indent=2, allow_nan=False) + '\n')
+    atomic_write_text(os.path.join(out_dir, 'table.md'), table_md + '\n')
+    return record
