@@ -281,7 +281,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--synchronize-step', action='store_true', default=False,
                        help='torch.cuda.synchronize() end of each step')
     group.add_argument('--deterministic', action='store_true', default=False,
-                       help='torch.use_deterministic_algorithms(True) and no cudnn.benchmark (bit-exact GPU resumes)')
+                       help='torch.use_deterministic_algorithms(True) and no cudnn.benchmark, for bit-exact resumes '
+                            'on GPU (CUDA also needs CUBLAS_WORKSPACE_CONFIG=:4096:8); CPU runs are exact without it')
     group.add_argument('--pin-mem', action='store_true', default=False,
                        help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
     group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
