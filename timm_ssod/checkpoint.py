@@ -20,6 +20,7 @@ import argparse
 import glob
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 from timm.utils import CheckpointSaver
 from timm.utils.model import get_state_dict
+
+from .hub_files import CheckpointError
 
 try:  # timm >= 1.0.2x: resumable saver bookkeeping and summary trimming
     from timm.utils.summary import trim_summary
@@ -216,14 +219,39 @@ def _copy_into(src: str, f) -> None:
 
 
 # -- resume ----------------------------------------------------------------------------------
+def unreadable_checkpoint(path: str, e: BaseException, what: str = 'checkpoint') -> CheckpointError:
+    """The error for a checkpoint that ``torch.load(weights_only=True)`` could not read: refused
+    pickled objects, or a truncated / corrupt file (torch's own first line is often misleading,
+    e.g. a truncated file read with ``mmap=True`` is said to need ``_use_new_zipfile_serialization``)."""
+    if isinstance(e, pickle.UnpicklingError) or isinstance(e.__cause__, pickle.UnpicklingError):
+        found = re.search(r'Unsupported globals?: (GLOBAL )?[\w.]+(, [\w.]+)*', f'{e} {e.__cause__ or ""}')
+        detail = found.group(0).rstrip('.') if found else type(e).__name__
+        return CheckpointError(f'{what} {path!r} was refused by torch.load(weights_only=True): it holds pickled '
+                               f'objects other than tensors and plain containers ({detail}). Such files are never '
+                               'unpickled; re-save the weights as a plain state dict or safetensors if you trust it.')
+    text = str(e).strip()
+    return CheckpointError(f'{what} {path!r} is truncated or corrupt and cannot be read ({type(e).__name__}: '
+                           f'{text.splitlines()[0] if text else ""}).')
+
+
 def load_training_state(path: str) -> Dict[str, Any]:
-    """A training checkpoint as a dict, ``weights_only=True``, tensors memory-mapped."""
-    # argparse.Namespace: timm's own checkpoints store their args as one (a plain attribute bag)
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    """A training checkpoint as a dict, ``weights_only=True``, tensors memory-mapped. A file
+    that cannot be read (truncated, corrupt, or holding pickled objects other than tensors and
+    plain containers) raises ``CheckpointError`` saying which."""
+    try:
+        # argparse.Namespace: timm's own checkpoints store their args as one (a plain attribute bag)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            except RuntimeError:  # mmap needs the zip format: a legacy torch.save file, or a truncated one
+                state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise unreadable_checkpoint(path, e, 'training checkpoint') from e
     if not isinstance(state, dict) or 'state_dict' not in state:
-        raise ValueError(f'{path!r} is not a training checkpoint (no state_dict): cannot --resume from it; '
-                         'use --initial-checkpoint to start from its weights')
+        raise CheckpointError(f'{path!r} is not a training checkpoint (no state_dict): cannot --resume from it; '
+                              'use --initial-checkpoint to start from its weights')
     return state
 
 

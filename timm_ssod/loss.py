@@ -89,8 +89,8 @@ class SSODLoss(nn.Module):
         self.cls_loss = cls_loss if cls_loss is not None else nn.CrossEntropyLoss()
 
     def forward(self, out, target: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        cls = self.cls_loss(out.logits, target)  # first: its error names an out-of-range target
         labels = sample_patches(target_confidence(out.patch_logits, target), self.gamma)
-        cls = self.cls_loss(out.logits, target)
         ood = ood_term(out.patch_ood_logits, labels, self.balance, self.ood_weight)
         stats = {
             'cls_loss': cls.detach(),

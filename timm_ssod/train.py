@@ -39,14 +39,15 @@ from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_config
 from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import load_checkpoint, resume_checkpoint, safe_model_name
+from timm.models import load_checkpoint, load_state_dict, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3, NativeScaler
 
-from .checkpoint import (AtomicCheckpointSaver, NonFiniteWeightsError, OutputDirError, atomic_write_text,
-                         check_output_dir, estimate_checkpoint_bytes, load_training_state, remove_partial_files,
-                         resolve_resume, rng_state, set_rng_state, trim_summary)
+from .checkpoint import (AtomicCheckpointSaver, CheckpointError, NonFiniteWeightsError, OutputDirError,
+                         atomic_write_text, check_output_dir, estimate_checkpoint_bytes, load_training_state,
+                         remove_partial_files, resolve_resume, rng_state, set_rng_state, trim_summary,
+                         unreadable_checkpoint)
 from .factory import create_model
 from .loss import SSODLoss
 from .train_args import eval_metric_names, is_decreasing, parse_args
@@ -56,7 +57,8 @@ from .train_loop import NonFiniteLossError, SSODTrainForward, seed_epoch, train_
 _logger = logging.getLogger('train')
 
 # errors with a message meant for the user: the CLI prints them without a traceback
-USER_ERRORS = (OutputDirError, NonFiniteLossError, NonFiniteWeightsError, FileNotFoundError, TrainConfigError)
+USER_ERRORS = (OutputDirError, NonFiniteLossError, NonFiniteWeightsError, FileNotFoundError, TrainConfigError,
+               CheckpointError)
 
 
 def _setup_logging(rank: int) -> None:
@@ -109,14 +111,24 @@ def _create_model(args, num_classes: Optional[int]) -> nn.Module:
 def load_initial_checkpoint(model: nn.Module, path: str) -> None:
     """Load weights (timm's ``load_checkpoint``, ``weights_only=True``, EMA weights if present)
     with ``strict=False``, where only ``ood_head.*`` may be missing (a plain timm checkpoint
-    into an SSOD model) or unexpected (an SSOD checkpoint into a plain model)."""
+    into an SSOD model) or unexpected (an SSOD checkpoint into a plain model). A file that cannot
+    be read is a ``CheckpointError`` (truncated / corrupt, or refused by ``weights_only``); weights
+    that do not fit the model a ``RuntimeError`` naming the first mismatch."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'--initial-checkpoint {path!r}: no such file')
+    if os.path.splitext(path)[-1].lower() in ('.npz', '.npy'):  # timm: the model's own numpy loader
+        return load_checkpoint(model, path, strict=False)
     try:
-        result = load_checkpoint(model, path, strict=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'--initial-checkpoint {path!r}: no such file') from None
+        state_dict = load_state_dict(path, use_ema=True)  # weights_only=True
+    except Exception as e:
+        raise unreadable_checkpoint(path, e, '--initial-checkpoint') from e
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if 'size mismatch' in line), lines[0] if lines else '')
         raise RuntimeError(f'--initial-checkpoint {path!r} does not fit {type(model).__name__} (different '
-                           f'architecture or --num-classes?): {str(e).splitlines()[0]}') from e
+                           f'architecture or --num-classes?): {detail}') from e
     missing = [k for k in result.missing_keys if not k.startswith('ood_head.')]
     unexpected = [k for k in result.unexpected_keys if not k.startswith('ood_head.')]
     if missing or unexpected:
@@ -306,7 +318,12 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
 
     # datasets first: the number of classes is read from them when --num-classes is not given
     dataset_train, dataset_eval = build_datasets(args)
-    num_classes = args.num_classes or dataset_num_classes(dataset_train)
+    data_classes = dataset_num_classes(dataset_train)
+    if args.num_classes and data_classes and data_classes > args.num_classes:
+        raise TrainConfigError(f'--num-classes {args.num_classes}, but the training set has {data_classes} classes: '
+                               f'its labels up to {data_classes - 1} do not fit the classifier. Leave --num-classes '
+                               'out (it is read from the data) or map the classes with --class-map.')
+    num_classes = args.num_classes or data_classes
     ood_sets = build_ood_sets(args, num_classes)
     detectors = _detectors(args) if ood_sets else []
     known_metrics = eval_metric_names(list(ood_sets), [d.name for d in detectors])
