@@ -223,14 +223,17 @@ RESUME_FLAGS = ['--epochs', '3', '--balance', 'dr', '--drop-path', '0.1', '--mod
 
 @pytest.fixture(scope='module')
 def reference_runs(tmp_path_factory):
-    """Uninterrupted 3-epoch runs (in this process), by number of loader workers."""
+    """Uninterrupted 3-epoch runs, by number of loader workers. Like the runs they are compared
+    with, each is a fresh process: global torch state left by other tests in this process
+    (thread pools, backend flags) must not decide whether the weights match bit for bit."""
     cache = {}
 
     def get(workers):
         if workers not in cache:
             out = tmp_path_factory.mktemp(f'reference{workers}')
             start = time.time()
-            train(base_argv(out, workers=workers) + RESUME_FLAGS + ['--experiment', 'full'])
+            done = cli(base_argv(out, workers=workers) + RESUME_FLAGS + ['--experiment', 'full'])
+            assert done.returncode == 0, done.stderr
             cache[workers] = (out / 'full', time.time() - start)
         return cache[workers]
     return get
