@@ -27,14 +27,6 @@ pytestmark = pytest.mark.filterwarnings('ignore:knn. the ID bank has')  # k=50 >
 ALL = ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn', 'react', 'vim', 'ssod', 'ssod_msp')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()  # LAPACK and convs crawl when threads compete for the 2 shared cores
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ssod_model(seed=0, num_classes=6):
     torch.manual_seed(seed)
     return timm_ssod.create_model('resnet18', num_classes=num_classes).eval()

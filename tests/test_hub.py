@@ -27,15 +27,6 @@ EVAL = {'id_accuracy': 0.9417,
                     'msp': {'svhn': {'fpr95': 0.4, 'auroc': 0.9}}}}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny inputs: one thread is faster, and much faster when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name='resnet18', seed=0, **extra):
     kwargs, size = BACKBONES[name]
     torch.manual_seed(seed)

@@ -29,14 +29,6 @@ from hub_server import HubServer, patch_hub_env
 MODEL, IMG = 'test_resnet', 64  # timm's tiny ResNet: a 2x2 feature map at 64 px
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(num_classes=3, seed=0):
     torch.manual_seed(seed)
     return timm_ssod.create_model(MODEL, num_classes=num_classes).eval()

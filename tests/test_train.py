@@ -44,14 +44,6 @@ def base_argv(out, model='test_resnet', model_kwargs=(), epochs=1, workers=0, im
             '--seed', '3']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train(argv):
     return train_mod.main([str(a) for a in argv])
 

@@ -18,14 +18,6 @@ IMG = 96  # resnet18 -> a 3x3 map
 PANEL_PX, LEGEND_PX = round(visualize.PANEL_INCHES * visualize.DPI), round(visualize.LEGEND_INCHES * visualize.DPI)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp('viz')

@@ -1,0 +1,14 @@
+"""Shared test set-up."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tests use tiny models, for which one thread is faster; and small LAPACK / matmul
+    calls slow down a hundredfold when two threads compete with other processes for the
+    2 cores of a CI machine. Each test starts with one thread; the count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
