@@ -25,15 +25,6 @@ RAW_COMMANDS = {
 SUBPARSER_MODULES = ('timm_ssod.cli_eval', 'timm_ssod.cli_push', 'timm_ssod.visualize', 'timm_ssod.demo')
 
 
-def _import_optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:  # this subcommand is not part of the installed package
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='timm-ssod', description='SSOD (Self-supervised Sampling for OOD Detection) for any timm backbone')
@@ -42,9 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, help_text) in RAW_COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     for module_name in SUBPARSER_MODULES:
-        module = _import_optional(module_name)
-        if module is not None:
-            module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
