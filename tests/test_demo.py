@@ -2,10 +2,23 @@
 documented structure (no accuracy assertions: the quick sizes learn nothing)."""
 import json
 
+import pytest
+import torch
+
 from timm_ssod.cli import main as cli_main
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import DEFAULT_DETECTORS, SSOD_DETECTORS
 from timm_ssod.protocol import BASELINES
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    # tiny models: a second thread buys nothing and, when other jobs share the 2 cores, makes
+    # each step several times slower (threads waiting for each other)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_demo_quick_writes_table_and_results(tmp_path, capsys):

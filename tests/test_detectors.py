@@ -17,16 +17,6 @@ from timm_ssod.detectors import (DETECTORS, KNN, MSP, ODIN, SSOD, SSODMSP, Energ
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small LAPACK calls (eigh / pinv of 512 x 512) slow down a hundredfold when their
-    # threads compete with other processes on the 2 cores; one thread keeps this file fast
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny(name, **kwargs):
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, num_classes=3, **kwargs).eval()
@@ -330,3 +320,60 @@ def test_registry():
     assert create_detector('energy', temperature=2.0).temperature == 2.0
     with pytest.raises(ValueError, match='unknown detector'):
         create_detector('nope')
+
+
+# -- experimental SSOD combinations (benchmarks/quality.py) ---------------------------------------
+
+def _hand_outputs(class_logits, ood_logits):
+    logits = torch.tensor(class_logits, dtype=torch.float32)
+    return ModelOutputs(torch.zeros(len(class_logits), 1), logits, torch.tensor(ood_logits, dtype=torch.float32))
+
+
+def test_experimental_detectors_are_created_by_name_outside_the_default_set():
+    from timm_ssod.detectors.registry import EXPERIMENTAL_DETECTORS
+    assert set(EXPERIMENTAL_DETECTORS) == {'energy_ssod', 'ssod_patch_max', 'ssod_energy_rank'}
+    assert not set(EXPERIMENTAL_DETECTORS) & set(DETECTORS)
+    assert create_detector('energy_ssod', weight=0.5).weight == 0.5
+
+
+def test_energy_ssod_by_hand():
+    # logits (0, 0): energy = log 2; OOD logits (0, log 3): P(ID) = 3/4, log-odds = log 3
+    out = _hand_outputs([[0.0, 0.0], [1.0, 1.0]], [[0.0, math.log(3)], [0.0, 0.0]])
+    score = create_detector('energy_ssod', weight=2.0).score_outputs(out)
+    assert torch.allclose(score, torch.tensor([math.log(2) + 2 * math.log(3), 1 + math.log(2)]))
+    assert torch.allclose(create_detector('energy_ssod', weight=0.0).score_outputs(out), Energy().score_outputs(out))
+    # saturated P(ID) (0 or 1 in float32) stays finite, and the order is kept
+    far = create_detector('energy_ssod').score_outputs(_hand_outputs([[0.0, 0.0]] * 2, [[0.0, 200.0], [200.0, 0.0]]))
+    assert torch.isfinite(far).all() and far[0] > far[1]
+    with pytest.raises(ValueError, match='needs an SSOD model'):
+        create_detector('energy_ssod').score_outputs(ModelOutputs(torch.zeros(1, 1), torch.zeros(1, 2)))
+
+
+def test_ssod_patch_max_by_hand_and_on_a_model():
+    from timm_ssod.detectors.ssod_patch_max import patch_max_score
+    # P(ID) per location: 1/2, 3/4, 1/4 -> 3/4
+    patch = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)], [math.log(3), 0.0]]])
+    assert torch.allclose(patch_max_score(patch), torch.tensor([0.75]))
+    torch.manual_seed(0)
+    model = timm_ssod.create_model('resnet18', ssod=True, num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model.forward_ssod(x)
+    p = torch.sigmoid(out.patch_ood_logits[..., 1] - out.patch_ood_logits[..., 0])
+    assert torch.allclose(create_detector('ssod_patch_max').score(model, x), p.max(dim=1).values)
+    with pytest.raises(ValueError, match='needs an SSOD model'):
+        create_detector('ssod_patch_max').score(_tiny('resnet18'), x)
+
+
+def test_ssod_energy_rank_by_hand():
+    def logit(p):
+        return math.log(p / (1 - p))
+    # fit: P(ID) = .2 .4 .6 .8 and energies log 2 + (0, 1, 2, 3) (class logits (c, c))
+    fit = _hand_outputs([[c, c] for c in (0.0, 1.0, 2.0, 3.0)], [[0.0, logit(p)] for p in (0.2, 0.4, 0.6, 0.8)])
+    det = create_detector('ssod_energy_rank')
+    with pytest.raises(NotFittedError):
+        det.score_outputs(fit)
+    det.fit_outputs([(fit, None)])
+    # P(ID) .5 -> F = 2/4, energy log 2 + .5 -> F = 1/4: min 1/4;  .9 / c=3 -> 1 and 1;  .1 / c=3 -> 0
+    test = _hand_outputs([[0.5, 0.5], [3.0, 3.0], [3.0, 3.0]], [[0.0, logit(p)] for p in (0.5, 0.9, 0.1)])
+    assert torch.allclose(det.score_outputs(test), torch.tensor([0.25, 1.0, 0.0]))

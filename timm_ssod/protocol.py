@@ -28,16 +28,18 @@ from timm.data import create_loader, resolve_data_config
 
 from .checkpoint import atomic_write_text
 from .data import OOD_SETS, create_dataset
+from .detectors.registry import EXPERIMENTAL_DETECTORS
 from .evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
 from .eval_model import load_eval_model
 from .report import format_table, write_results
 
 __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
-           'BASELINES', 'ROW_LABELS']
+           'remove_checkpoints', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
 
 _logger = logging.getLogger(__name__)
 
 BASELINES = tuple(d for d in DEFAULT_DETECTORS if d not in SSOD_DETECTORS)
+SSOD_ONLY = frozenset(SSOD_DETECTORS) | frozenset(EXPERIMENTAL_DETECTORS)  # need the OOD head
 # how a (model, detector) pair is named in the combined table
 ROW_LABELS = {'ssod': '{det} (SSOD model)', 'vanilla': '{det} (vanilla model)'}
 
@@ -74,6 +76,13 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
     metrics = result.get('eval_metrics') or {}
     return dict(checkpoint=os.path.join(result['output_dir'], 'last.pth.tar'), argv=argv,
                 seconds=round(time.time() - start, 1), val_top1=metrics.get('top1'))
+
+
+def remove_checkpoints(run_dir: str) -> None:
+    """Delete the ``*.pth.tar`` files of a training run (its logs and args.yaml stay)."""
+    for name in os.listdir(run_dir):
+        if name.endswith('.pth.tar'):
+            os.remove(os.path.join(run_dir, name))
 
 
 def _loader(model, dataset, img_size: int, batch_size: int, workers: int):
@@ -141,7 +150,7 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
                  num_fit: int = 2000, ood_sets: Sequence[str] = OOD_SETS, lr: float = 2e-3,
                  finetune_lr: float = 5e-4, batch_size: int = 64, workers: int = 0,
                  stage1_checkpoint: Optional[str] = None, vanilla: bool = True, progress: bool = True,
-                 log_interval: int = 20, train_args: Sequence[str] = ()) -> Dict:
+                 log_interval: int = 20, train_args: Sequence[str] = (), keep_checkpoints: bool = True) -> Dict:
     """Run the protocol (module docstring) into ``out_dir`` and return its record::
 
         {"config": {...every argument...}, "stage1": {"checkpoint", "seconds", "val_top1", "argv"},
@@ -151,6 +160,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
 
     ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
     seeds or ablation settings, like fixed pretrained weights) instead of training one.
+    ``detectors`` may include ``EXPERIMENTAL_DETECTORS`` (SSOD model only).
+    ``keep_checkpoints=False`` deletes the fine-tunes' ``*.pth.tar`` once they are evaluated.
     ``vanilla=False``: only the SSOD fine-tune (ablations). ``detectors``: the baselines run
     on both models, SSOD detectors on the SSOD model only. Writes ``protocol.json`` and
     ``table.md`` in ``out_dir`` and each model's ``eval/<model>/results.{json,csv,md}``.
@@ -190,7 +201,7 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
 
     results = OrderedDict()
     for kind in runs:
-        dets = [d for d in detectors if kind == 'ssod' or d not in SSOD_DETECTORS]
+        dets = [d for d in detectors if kind == 'ssod' or d not in SSOD_ONLY]
         _logger.info(f'[protocol {next(step)}/{steps}] evaluate the {kind} model: {", ".join(dets)} on the ID test '
                      f'split and {", ".join(ood_sets)}')
         t = time.time()
@@ -199,6 +210,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
                                             num_ood=num_ood, num_fit=num_fit, workers=workers, progress=progress)
         finetune[kind]['eval_seconds'] = round(time.time() - t, 1)
         write_results(results[kind], os.path.join(out_dir, 'eval', kind))
+        if not keep_checkpoints:
+            remove_checkpoints(os.path.dirname(finetune[kind]['checkpoint']))
 
     merged = merge_results(results)
     table_md = protocol_table(merged, f'{backbone}: SSOD vs vanilla fine-tuning, seed {seed}')

@@ -3,6 +3,7 @@ from typing import Dict, Type
 
 from .base import Detector
 from .energy import Energy
+from .energy_ssod import EnergySSOD
 from .klm import KLMatching
 from .knn import KNN
 from .mahalanobis import Mahalanobis
@@ -11,7 +12,9 @@ from .msp import MSP
 from .odin import ODIN
 from .react import ReAct
 from .ssod import SSOD
+from .ssod_energy_rank import SSODEnergyRank
 from .ssod_msp import SSODMSP
+from .ssod_patch_max import SSODPatchMax
 from .vim import ViM
 
 DETECTORS: Dict[str, Type[Detector]] = {
@@ -19,11 +22,18 @@ DETECTORS: Dict[str, Type[Detector]] = {
                               SSOD, SSODMSP)
 }
 
+# Scores studied by benchmarks/quality.py (SSOD combined with a baseline, other poolings):
+# created by name like the others, but not in DETECTORS, the harness's default set.
+# All need an SSOD model.
+EXPERIMENTAL_DETECTORS: Dict[str, Type[Detector]] = {
+    cls.name: cls for cls in (EnergySSOD, SSODPatchMax, SSODEnergyRank)
+}
+
 
 def create_detector(name: str, **kwargs) -> Detector:
     """``create_detector('knn', k=50)``: a new detector; kwargs go to its constructor."""
-    try:
-        cls = DETECTORS[name.lower()]
-    except KeyError:
-        raise ValueError(f'unknown detector {name!r}; available: {", ".join(DETECTORS)}') from None
+    cls = DETECTORS.get(name.lower()) or EXPERIMENTAL_DETECTORS.get(name.lower())
+    if cls is None:
+        raise ValueError(f'unknown detector {name!r}; available: {", ".join(DETECTORS)} (experimental: '
+                         f'{", ".join(EXPERIMENTAL_DETECTORS)})')
     return cls(**kwargs)

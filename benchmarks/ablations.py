@@ -1,0 +1,118 @@
+"""SSOD's hyper-parameters (the paper's Tables 4 and 5, plus the sampler threshold) on the demo's
+backbone and the built-in benchmark: lambda, the balance scheme and gamma, one at a time
+around the default (gamma 0.95, lambda 1.0, lwb).
+
+One vanilla stage 1 (as ``timm-ssod demo``), then one SSOD fine-tune per setting from it with
+the same budget and seed (``timm_ssod.protocol.run_protocol``); the default setting also gets
+the vanilla fine-tune, whose best baselines are the reference. Reported per setting: FPR95 /
+AUROC of the SSOD score (and of ``ssod_msp``) per OOD set and on average, ID accuracy, and the
+sampler's share of ID / OOD / ignored locations in the last fine-tuning epoch.
+
+    python benchmarks/ablations.py                 # 9 settings, resnet18 as the demo (about 25 min on 2 idle cores)
+    python benchmarks/ablations.py --only lam      # one sweep
+    python benchmarks/ablations.py --quick         # tiny model and data (tests)
+
+Writes benchmarks/ablations.json (or --out) atomically after every setting; prints one line per step.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+
+from timm_ssod.checkpoint import atomic_write_text
+from timm_ssod.demo import DEMO, QUICK
+from timm_ssod.evaluate import AVERAGE
+from timm_ssod.protocol import remove_checkpoints, run_protocol, train_stage
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT = dict(gamma=0.95, lam=1.0, balance='lwb')
+SWEEPS = OrderedDict([('lam', (0.5, 0.7, 1.0, 1.2, 1.5)), ('balance', ('lw', 'dr', 'lwb')), ('gamma', (0.9, 0.95, 0.99))])
+QUICK_SWEEPS = OrderedDict([('lam', (0.5, 1.0)), ('balance', ('lwb',)), ('gamma', (0.95,))])
+SSOD_SCORES = ('ssod', 'ssod_msp')
+REFERENCE = ('msp', 'energy', 'mahalanobis', 'knn', 'vim')  # baselines of the vanilla fine-tune, for reference
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--only', nargs='*', choices=list(SWEEPS), default=None, help='run these sweeps only')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--quick', action='store_true', help='tiny model and data (for tests)')
+    p.add_argument('--runs-dir', default='./output/benchmarks/ablations', help='training runs')
+    p.add_argument('--out', default=os.path.join(HERE, 'ablations.json'))
+    return p.parse_args(argv)
+
+
+def settings(sweeps):
+    """Unique settings in sweep order, the default first: [(key, {gamma, lam, balance})]."""
+    unique = OrderedDict([('default', dict(DEFAULT))])
+    for name, values in sweeps.items():
+        for v in values:
+            s = dict(DEFAULT, **{name: v})
+            if s != DEFAULT:
+                unique[f'{name}={v}'] = s
+    return unique
+
+
+def sampler_shares(run_dir):
+    """Share of ID / OOD / ignored locations in the last epoch, from the run's summary.csv."""
+    with open(os.path.join(run_dir, 'summary.csv')) as f:
+        last = list(csv.DictReader(f))[-1]
+    return {k: float(last[f'train_{k}_frac']) for k in ('id', 'ood', 'ignored') if f'train_{k}_frac' in last}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    base = dict(QUICK if args.quick else DEMO)
+    base.pop('log_interval', None)
+    sweeps = QUICK_SWEEPS if args.quick else SWEEPS
+    if args.only:
+        sweeps = OrderedDict((k, v) for k, v in sweeps.items() if k in args.only)
+    todo = settings(sweeps)
+    root = os.path.abspath(args.runs_dir)
+    start = time.time()
+    out = {'command': 'python benchmarks/ablations.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+           'protocol': dict(base, seed=args.seed), 'default': DEFAULT, 'sweeps': {k: list(v) for k, v in sweeps.items()},
+           'settings': OrderedDict()}
+    steps = 1 + len(todo)
+    print(f'[ablations 1/{steps}] stage 1: vanilla {base["backbone"]} from scratch', flush=True)
+    train = {k: base[k] for k in ('backbone', 'model_kwargs', 'img_size', 'num_images', 'num_val', 'batch_size')}
+    stage1 = train_stage('stage1_vanilla', root, epochs=base['stage1_epochs'], lr=base['lr'], ssod=False,
+                         seed=args.seed, num_classes=6, **train)
+    out['stage1'] = stage1
+    for i, (key, s) in enumerate(todo.items(), 2):
+        t = time.time()
+        vanilla = key == 'default'
+        print(f'[ablations {i}/{steps}] {key}: SSOD fine-tune (gamma {s["gamma"]}, lambda {s["lam"]}, '
+              f'{s["balance"]}){" and the vanilla reference" if vanilla else ""}', flush=True)
+        detectors = SSOD_SCORES + (REFERENCE if vanilla else ())
+        record = run_protocol(**{k: v for k, v in base.items() if k != 'num_fit'}, seed=args.seed, **s,
+                              detectors=detectors, out_dir=os.path.join(root, key), stage1_checkpoint=stage1['checkpoint'],
+                              vanilla=vanilla, num_fit=base['num_fit'] if vanilla else 0, progress=False)
+        ssod = record['eval']['ssod']
+        entry = {'setting': s, 'id_accuracy': ssod['id_accuracy'],
+                 'sampler': sampler_shares(os.path.dirname(record['finetune']['ssod']['checkpoint'])),
+                 'scores': {d: dict(ssod['results'][d], average=ssod[AVERAGE][d]) for d in SSOD_SCORES},
+                 'seconds': round(time.time() - t, 1)}
+        if vanilla:
+            van = record['eval']['vanilla']
+            out['vanilla_reference'] = {'id_accuracy': van['id_accuracy'],
+                                        'scores': {d: dict(van['results'][d], average=van[AVERAGE][d]) for d in REFERENCE}}
+        for kind in record['finetune']:
+            remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
+        out['settings'][key] = entry
+        out['seconds'] = round(time.time() - start, 1)
+        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        avg = entry['scores']['ssod']['average']
+        print(f'[ablations {i}/{steps}] {key}: ID acc {100 * entry["id_accuracy"]:.1f}%, ssod mean FPR95 '
+              f'{100 * avg["fpr95"]:.1f} AUROC {100 * avg["auroc"]:.1f}; backgrounds FPR95 '
+              f'{100 * entry["scores"]["ssod"]["backgrounds"]["fpr95"]:.1f}, novel_objects '
+              f'{100 * entry["scores"]["ssod"]["novel_objects"]["fpr95"]:.1f} ({entry["seconds"]:.0f}s)', flush=True)
+    print(f'wrote {args.out} ({time.time() - start:.0f}s)')
+    return out
+
+
+if __name__ == '__main__':
+    main()

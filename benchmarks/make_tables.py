@@ -1,0 +1,134 @@
+"""The README's benchmark tables, generated from the JSON the benchmarks write (numbers are never
+typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json`` -> ``tables.md``.
+
+    python benchmarks/make_tables.py               # reads benchmarks/*.json, writes benchmarks/tables.md
+    python benchmarks/make_tables.py --quality other.json --out /tmp/tables.md
+
+A missing JSON file is skipped with a note. Metrics are printed in percent.
+"""
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SSOD_ROWS = ('ssod (SSOD model)', 'ssod_msp (SSOD model)', 'energy_ssod (SSOD model)', 'ssod_patch_max (SSOD model)',
+             'ssod_energy_rank (SSOD model)')
+
+
+def pct(x, digits=1):
+    return '–' if x is None else f'{100 * x:.{digits}f}'
+
+
+def pm(stat):
+    """'mean ± std' in percent (just the mean for one seed)."""
+    return pct(stat['mean']) if stat.get('n', 1) < 2 else f"{pct(stat['mean'])} ± {pct(stat['std'])}"
+
+
+def md_table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' + '---:|' * (len(header) - 1)]
+    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def overhead_tables(d):
+    env = d.get('environment', {})
+    where = env.get('gpu') or f"CPU, {env.get('threads', '?')} threads"
+    s = d.get('settings', {})
+    rows = [[name, 'x'.join(map(str, r.get('grid', []))), f"{r['train_time_ratio']:.3f}", f"{r['train_mem_ratio']:.3f}",
+             f"{r['inference_time_ratio']:.3f}", 'yes' if r.get('meets_targets') else 'no'] for name, r in d['models'].items()]
+    t = d.get('targets', {})
+    return (f"### Cost of SSOD vs the plain timm model ({where}; batch {s.get('batch_size')}, {s.get('img_size')} px, "
+            f"amp {s.get('amp')}; targets: train ≤ {t.get('train_time')}, inference ≤ {t.get('inference_time')})\n\n"
+            f"Command: `{d.get('command', '')}`\n\n"
+            + md_table(['Backbone', 'map', 'train time ×', 'train memory ×', 'inference time ×', 'meets targets'], rows))
+
+
+def _best_vanilla(rows, key='average'):
+    """Label of the vanilla-model baseline with the lowest mean FPR95 on ``key``."""
+    cands = [(r[key]['fpr95']['mean'], label) for label, r in rows.items() if label.endswith('(vanilla model)')]
+    return min(cands)[1] if cands else None
+
+
+def quality_tables(d):
+    sets = d['ood_sets'] + ['average']
+    out = [f"### Detection quality on the built-in benchmark (seeds {', '.join(map(str, d['seeds']))}; mean ± std)\n\n"
+           f"Command: `{d.get('command', '')}`. Each backbone: one vanilla stage 1, then per seed a vanilla and an SSOD "
+           f"fine-tune with the same budget and seed. FPR95 ↓ / AUROC ↑ in percent on the test splits. "
+           f"`energy_ssod`'s weight is chosen on the validation splits.\n"]
+    summary = []
+    for name, b in d['backbones'].items():
+        if 'summary' not in b:
+            continue
+        sm, rows = b['summary'], b['summary']['rows']
+        best = _best_vanilla(rows)
+        ssod, combo = rows['ssod (SSOD model)'], rows.get('energy_ssod (SSOD model)')
+        summary.append([name, pm(sm['id_accuracy']['vanilla']), pm(sm['id_accuracy']['ssod']),
+                        pm(ssod['backgrounds']['fpr95']), pm(rows[best]['backgrounds']['fpr95']),
+                        pm(ssod['novel_objects']['fpr95']), pm(rows[best]['novel_objects']['fpr95']),
+                        pm(ssod['average']['fpr95']), pm(rows[best]['average']['fpr95']),
+                        best.split(' ')[0], pm(combo['average']['fpr95']) if combo else '–'])
+    out.append(md_table(['Backbone', 'ID acc vanilla', 'ID acc SSOD', 'SSOD FPR95 backgrounds', 'best baseline',
+                         'SSOD FPR95 novel objects', 'best baseline', 'SSOD FPR95 avg', 'best baseline',
+                         'best baseline (vanilla model, by avg FPR95)', 'energy_ssod FPR95 avg'], summary))
+    for name, b in d['backbones'].items():
+        if 'summary' not in b:
+            continue
+        cfg, rows = b['config'], b['summary']['rows']
+        order = [r for r in SSOD_ROWS if r in rows] + [r for r in rows if r not in SSOD_ROWS]
+        table = [[label] + [f"{pm(rows[label][s]['fpr95'])} / {pm(rows[label][s]['auroc'])}" for s in sets]
+                 for label in order]
+        weights = ', '.join(map(str, b['summary'].get('chosen_weights', [])))
+        out.append(f"\n#### {name} ({cfg['img_size']} px, {cfg['model_kwargs'] or 'default'}), "
+                   f"{len(b['runs'])} seed(s); energy_ssod weight chosen on validation: {weights}\n\n"
+                   + md_table(['Detector'] + [f'{s} FPR95 / AUROC' for s in sets], table))
+    return '\n'.join(out)
+
+
+def ablation_tables(d):
+    sets = list(next(iter(d['settings'].values()))['scores']['ssod'])
+    p = d['protocol']
+    rows = []
+    for key, e in d['settings'].items():
+        sc, sm = e['scores']['ssod'], e.get('sampler', {})
+        shares = '/'.join(pct(sm.get(k), 0) for k in ('id', 'ood', 'ignored'))
+        rows.append([key, e['setting']['gamma'], e['setting']['lam'], e['setting']['balance'], pct(e['id_accuracy']),
+                     shares] + [f"{pct(sc[s]['fpr95'])} / {pct(sc[s]['auroc'])}" for s in sets]
+                    + [pct(e['scores']['ssod_msp']['average']['fpr95'])])
+    ref = d.get('vanilla_reference')
+    if ref:
+        for det, sc in ref['scores'].items():
+            rows.append([f'vanilla model, {det}', '', '', '', pct(ref['id_accuracy']), '']
+                        + [f"{pct(sc[s]['fpr95'])} / {pct(sc[s]['auroc'])}" for s in sets] + [''])
+    return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px, seed {p['seed']})\n\n"
+            f"Command: `{d.get('command', '')}`. SSOD score FPR95 ↓ / AUROC ↑ in percent; sampler = share of "
+            f"ID / OOD / ignored locations in the last fine-tuning epoch.\n\n"
+            + md_table(['Setting', 'γ', 'λ', 'balance', 'ID acc', 'sampler % ID/OOD/ign.']
+                       + [f'{s} FPR95 / AUROC' for s in sets] + ['ssod_msp avg FPR95'], rows))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    for name in ('overhead', 'quality', 'ablations'):
+        p.add_argument(f'--{name}', default=os.path.join(HERE, f'{name}.json'))
+    p.add_argument('--out', default=os.path.join(HERE, 'tables.md'))
+    args = p.parse_args(argv)
+    parts = []
+    for name, fn in (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables)):
+        path = getattr(args, name)
+        if not os.path.exists(path):
+            print(f'skipped {name}: no {path}', file=sys.stderr)
+            continue
+        with open(path) as f:
+            parts.append(fn(json.load(f)))
+    text = '<!-- generated by benchmarks/make_tables.py from the benchmark JSON files; do not edit -->\n\n' \
+        + '\n\n'.join(parts) + '\n'
+    tmp = args.out + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(text)
+    return text
+
+
+if __name__ == '__main__':
+    main()

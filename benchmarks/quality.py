@@ -1,0 +1,187 @@
+"""What SSOD buys: vanilla vs SSOD fine-tuning of the Table-6 families on the built-in benchmark,
+every detector of the harness on every built-in OOD set, several seeds (mean ± std).
+
+Per backbone: one vanilla stage 1 from scratch (seed 0; it stands in for the fixed pretrained
+weights of the paper), then for each seed ``timm_ssod.protocol.run_protocol``: a vanilla and
+an SSOD fine-tune with the same budget and seed, evaluated on the test splits.
+
+Beyond the paper, scores that try to keep SSOD's gain on far OOD without its loss on near
+OOD (``timm_ssod.detectors.registry.EXPERIMENTAL_DETECTORS``), on the SSOD model:
+
+* ``ssod_msp`` (Eq. 7's posterior, already in the harness),
+* ``energy_ssod``: energy + w * log-odds of P(ID); **w is chosen on the validation split**
+  (ID ``val`` and the OOD sets' ``val`` splits: lowest mean FPR95) from ``WEIGHTS``, then
+  scored once on the test splits; the test metrics of every w are recorded too
+  (``weight_grid``), so the cost of choosing on validation is visible,
+* ``ssod_patch_max``: max over locations of P(ID) instead of the pooled head,
+* ``ssod_energy_rank``: min of the ID quantiles of SSOD and Energy (no weight).
+
+    python benchmarks/quality.py                   # all four backbones, 3 seeds (about 40 min on 2 idle cores)
+    python benchmarks/quality.py --backbones resnet18 --seeds 0 1
+    python benchmarks/quality.py --quick           # tiny model and data (tests)
+
+Writes benchmarks/quality.json (or --out) atomically after every run; ``make_tables.py``
+turns it into the README's tables. Prints one line per step.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import OrderedDict
+
+import numpy as np
+import timm
+import torch
+
+from timm_ssod.checkpoint import atomic_write_text
+from timm_ssod.data import OOD_SETS
+from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
+from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
+from timm_ssod.metrics import ood_metrics
+from timm_ssod.protocol import evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# CPU-sized versions of the Table-6 families: a >= 3x3 feature map at small inputs
+BACKBONES = OrderedDict([
+    ('resnet18', dict(model_kwargs={'output_stride': 16}, img_size=64)),
+    ('densenet121', dict(model_kwargs={}, img_size=96)),  # timm's DenseNet has no output_stride: 3x3 at 96 px
+    ('regnety_008', dict(model_kwargs={'output_stride': 16}, img_size=64)),
+    ('mobilenetv3_large_100', dict(model_kwargs={'output_stride': 16}, img_size=64)),
+])
+SIZES = dict(num_images=2000, stage1_epochs=4, finetune_epochs=2, num_val=200, num_test=500, num_ood=500, num_fit=1000,
+             batch_size=64, lr=2e-3, finetune_lr=5e-4)
+QUICK_BACKBONES = OrderedDict([('test_resnet', dict(model_kwargs={'output_stride': 16}, img_size=64))])
+QUICK_SIZES = dict(num_images=64, stage1_epochs=1, finetune_epochs=1, num_val=16, num_test=32, num_ood=32, num_fit=32,
+                   batch_size=16, lr=2e-3, finetune_lr=5e-4)
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+EXPERIMENTAL = ('energy_ssod', 'ssod_patch_max', 'ssod_energy_rank')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--backbones', nargs='*', default=None, help=f'subset of {", ".join(BACKBONES)}')
+    p.add_argument('--seeds', nargs='*', type=int, default=[0, 1, 2], help='fine-tuning seeds')
+    p.add_argument('--quick', action='store_true', help='tiny model and data, one seed (for tests)')
+    p.add_argument('--runs-dir', default='./output/benchmarks/quality', help='training runs and per-run results')
+    p.add_argument('--out', default=os.path.join(HERE, 'quality.json'))
+    return p.parse_args(argv)
+
+
+def combine(energy, ssod, w):
+    """energy_ssod's score from raw Energy and SSOD scores (the detector's formula)."""
+    return energy + w * log_odds(torch.from_numpy(ssod)).numpy()
+
+
+def weight_metrics(scores, w):
+    """{ood_set: metrics} of energy_ssod with weight w, from raw scores (EvalScores)."""
+    id_s = combine(scores.id_scores['energy'], scores.id_scores['ssod'], w)
+    return {s: ood_metrics(id_s, combine(o['energy'], o['ssod'], w)) for s, o in scores.ood_scores.items()}
+
+
+def _mean(by_set, key):
+    return float(np.mean([m[key] for m in by_set.values()]))
+
+
+def choose_weight(val_scores):
+    """The w of ``WEIGHTS`` with the lowest mean validation FPR95 (ties: higher AUROC, then smaller w)."""
+    grid = {w: weight_metrics(val_scores, w) for w in WEIGHTS}
+    best = min(WEIGHTS, key=lambda w: (_mean(grid[w], 'fpr95'), -_mean(grid[w], 'auroc'), w))
+    return best, {str(w): {'fpr95': _mean(m, 'fpr95'), 'auroc': _mean(m, 'auroc')} for w, m in grid.items()}
+
+
+def experimental_rows(ckpt, cfg, sizes):
+    """Choose energy_ssod's w on the val splits, then score the experimental detectors on the test splits."""
+    common = dict(img_size=cfg['img_size'], num_classes=6, num_test=sizes['num_test'], num_ood=sizes['num_ood'],
+                  progress=False, return_scores=True)
+    _, val_scores = evaluate_checkpoint(ckpt, ['energy', 'ssod'], split='val', num_fit=0, **common)
+    w, val_grid = choose_weight(val_scores)
+    dets = ['energy', 'ssod', EnergySSOD(weight=w), 'ssod_patch_max', 'ssod_energy_rank']
+    result, test_scores = evaluate_checkpoint(ckpt, dets, split='test', num_fit=sizes['num_fit'], **common)
+    test_grid = {str(v): {'fpr95': _mean(m, 'fpr95'), 'auroc': _mean(m, 'auroc')}
+                 for v, m in ((v, weight_metrics(test_scores, v)) for v in WEIGHTS)}
+    rows = {f'{d} (SSOD model)': {'results': result['results'][d], 'average': result[AVERAGE][d]} for d in EXPERIMENTAL}
+    return rows, {'chosen_weight': w, 'val_mean_by_weight': val_grid, 'test_mean_by_weight': test_grid}
+
+
+def run_rows(record, extra):
+    """{row label: {ood_set or 'average': {fpr95, auroc}}} of one run, experimental rows included."""
+    table = record['table']
+    rows = {label: dict(by_set, average=table[AVERAGE][label]) for label, by_set in table['results'].items()}
+    rows.update({label: dict(r['results'], average=r['average']) for label, r in extra.items()})
+    return {label: {s: {k: m[k] for k in ('fpr95', 'auroc')} for s, m in by_set.items()} for label, by_set in rows.items()}
+
+
+def mean_std(values):
+    return {'mean': float(np.mean(values)), 'std': float(np.std(values)), 'n': len(values)}
+
+
+def summarize(runs):
+    """Mean ± std over seeds of ID accuracy and every (row, set, metric)."""
+    first = runs[0]['rows']
+    rows = {label: {s: {k: mean_std([r['rows'][label][s][k] for r in runs]) for k in m}
+                    for s, m in by_set.items()} for label, by_set in first.items()}
+    acc = {kind: mean_std([r['id_accuracy'][kind] for r in runs]) for kind in runs[0]['id_accuracy']}
+    return {'id_accuracy': acc, 'rows': rows, 'chosen_weights': [r['energy_ssod']['chosen_weight'] for r in runs]}
+
+
+def environment():
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
+            'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(), 'load_average': os.getloadavg()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    backbones, sizes = (QUICK_BACKBONES, QUICK_SIZES) if args.quick else (BACKBONES, SIZES)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.backbones:
+        unknown = set(args.backbones) - set(BACKBONES) - set(QUICK_BACKBONES)
+        if unknown:
+            sys.exit(f'unknown backbone(s) {sorted(unknown)}; choose from {", ".join(BACKBONES)}')
+        backbones = OrderedDict((b, {**BACKBONES, **QUICK_BACKBONES}[b]) for b in args.backbones)
+    start = time.time()
+    out = {'command': 'python benchmarks/quality.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+           'environment': environment(), 'sizes': sizes, 'seeds': seeds, 'ood_sets': list(OOD_SETS),
+           'weights': list(WEIGHTS), 'backbones': OrderedDict()}
+    steps, step = len(backbones) * (1 + len(seeds)), 0
+    for name, cfg in backbones.items():
+        root = os.path.abspath(os.path.join(args.runs_dir, name))
+        step += 1
+        print(f'[quality {step}/{steps}] {name}: stage 1 (vanilla from scratch, {sizes["stage1_epochs"]} epochs)',
+              flush=True)
+        stage1 = train_stage('stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'],
+                             lr=sizes['lr'], num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6,
+                             batch_size=sizes['batch_size'], **cfg)
+        entry = out['backbones'][name] = {'config': cfg, 'stage1': stage1, 'runs': []}
+        for seed in seeds:
+            step += 1
+            t = time.time()
+            print(f'[quality {step}/{steps}] {name} seed {seed}: vanilla vs SSOD fine-tune, evaluation', flush=True)
+            record = run_protocol(name, cfg['model_kwargs'], cfg['img_size'], sizes['num_images'],
+                                  sizes['stage1_epochs'], sizes['finetune_epochs'], seed, detectors=DEFAULT_DETECTORS,
+                                  out_dir=os.path.join(root, f'seed{seed}'), stage1_checkpoint=stage1['checkpoint'],
+                                  progress=False, **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit',
+                                                                           'batch_size', 'lr', 'finetune_lr')})
+            extra, weights = experimental_rows(record['finetune']['ssod']['checkpoint'], cfg, sizes)
+            for kind in record['finetune']:
+                remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
+            run = {'seed': seed, 'id_accuracy': record['table']['id_accuracy'], 'rows': run_rows(record, extra),
+                   'energy_ssod': weights, 'seconds': round(time.time() - t, 1)}
+            entry['runs'].append(run)
+            entry['summary'] = summarize(entry['runs'])
+            out['seconds'] = round(time.time() - start, 1)
+            atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+            acc = ', '.join(f'{k} {100 * v:.1f}%' for k, v in run['id_accuracy'].items())
+            avg = {label: 100 * r['average']['fpr95'] for label, r in run['rows'].items()}
+            best = min((v, k) for k, v in avg.items() if 'vanilla' in k)
+            print(f'[quality {step}/{steps}] {name} seed {seed}: ID acc {acc}; mean FPR95 ssod '
+                  f'{avg["ssod (SSOD model)"]:.1f}, best vanilla baseline {best[1]} {best[0]:.1f}, energy_ssod '
+                  f'(w={weights["chosen_weight"]}) {avg["energy_ssod (SSOD model)"]:.1f} ({run["seconds"]:.0f}s)',
+                  flush=True)
+    print(f'wrote {args.out} ({time.time() - start:.0f}s)')
+    return out
+
+
+if __name__ == '__main__':
+    main()

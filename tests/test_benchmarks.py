@@ -1,0 +1,75 @@
+"""The benchmark scripts' ``--quick`` modes run and write valid JSON, and make_tables turns that
+JSON into markdown. No timing or accuracy assertions (the quick sizes learn nothing)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    # tiny models: a second thread buys nothing and, when other jobs share the 2 cores, makes
+    # each step several times slower (threads waiting for each other)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def outputs(tmp_path_factory):
+    """Run each benchmark once in quick mode; {name: path of its JSON}."""
+    tmp = tmp_path_factory.mktemp('bench')
+    paths = {name: tmp / f'{name}.json' for name in ('overhead', 'quality', 'ablations')}
+    _script('overhead').main(['--quick', '--out', str(paths['overhead'])])
+    for name in ('quality', 'ablations'):
+        _script(name).main(['--quick', '--out', str(paths[name]), '--runs-dir', str(tmp / f'{name}_runs')])
+    return paths
+
+
+def test_overhead_quick_writes_json(outputs):
+    d = json.loads(outputs['overhead'].read_text())
+    assert d['models'] and all('train_time_ratio' in r for r in d['models'].values())
+
+
+def test_quality_quick_writes_json(outputs):
+    d = json.loads(outputs['quality'].read_text())
+    (name, b), = d['backbones'].items()
+    assert len(b['runs']) == 1 and b['stage1']['checkpoint'].endswith('last.pth.tar')
+    rows = b['summary']['rows']
+    for label in ('ssod (SSOD model)', 'ssod_msp (SSOD model)', 'energy_ssod (SSOD model)',
+                  'ssod_patch_max (SSOD model)', 'ssod_energy_rank (SSOD model)', 'energy (vanilla model)',
+                  'energy (SSOD model)'):
+        assert set(rows[label]) == set(d['ood_sets']) | {'average'}
+        assert set(rows[label]['average']['fpr95']) == {'mean', 'std', 'n'}
+    choice = b['runs'][0]['energy_ssod']
+    assert choice['chosen_weight'] in d['weights'] and set(choice['test_mean_by_weight']) == set(map(str, d['weights']))
+    assert set(b['summary']['id_accuracy']) == {'ssod', 'vanilla'}
+
+
+def test_ablations_quick_writes_json(outputs):
+    d = json.loads(outputs['ablations'].read_text())
+    assert list(d['settings'])[0] == 'default' and len(d['settings']) >= 2
+    for e in d['settings'].values():
+        assert set(e['scores']) == {'ssod', 'ssod_msp'} and 'average' in e['scores']['ssod']
+        assert 0.0 <= e['id_accuracy'] <= 1.0 and set(e['sampler']) == {'id', 'ood', 'ignored'}
+    assert 'energy' in d['vanilla_reference']['scores']
+
+
+def test_make_tables_from_the_json(outputs, tmp_path):
+    out = tmp_path / 'tables.md'
+    text = _script('make_tables').main([*(f'--{k}={v}' for k, v in outputs.items()), '--out', str(out)])
+    assert out.read_text() == text
+    for heading in ('### Cost of SSOD', '### Detection quality', '### Ablations of SSOD', 'energy_ssod (SSOD model)'):
+        assert heading in text
