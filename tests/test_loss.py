@@ -108,3 +108,17 @@ def test_bad_settings_are_refused(kwargs, match):
 def test_ood_term_unknown_scheme():
     with pytest.raises(ValueError, match='balance'):
         ood_term(torch.zeros(1, 2, 2), torch.tensor([[1, 0]]), balance='xx')
+
+
+def test_ood_warmup_scale_is_a_linear_ramp():
+    from timm_ssod import ood_warmup_scale
+    assert [ood_warmup_scale(u, 4) for u in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert ood_warmup_scale(0, 0) == 1.0  # no warm-up: full lambda from the first step
+
+
+def test_lam_scale_multiplies_only_the_ood_term():
+    full, stats = SSODLoss(lam=1.0)(CASE, TARGET)
+    half, _ = SSODLoss(lam=1.0)(CASE, TARGET, lam_scale=0.5)
+    off, _ = SSODLoss(lam=1.0)(CASE, TARGET, lam_scale=0.0)
+    assert off.item() == pytest.approx(stats['cls_loss'].item())
+    assert (full - half).item() == pytest.approx(0.5 * stats['ood_loss'].item(), rel=1e-5)

@@ -104,6 +104,7 @@ def _create_model(args, num_classes: Optional[int]) -> nn.Module:
         load_initial_checkpoint(model, args.initial_checkpoint)
     if args.ssod:
         model.ssod_cfg.update(gamma=float(args.gamma), lam=float(args.ood_lambda), balance=args.balance,
+                              ood_warmup_epochs=float(args.ood_warmup_epochs),
                               ood_weight=float(args.ood_weight))
     return model
 

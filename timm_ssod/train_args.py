@@ -126,6 +126,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--gamma', type=float, default=0.95,
                        help='sampler threshold (Eq. 12), in the open interval (0.5, 1)')
     group.add_argument('--ood-lambda', type=float, default=1.0, help='weight of the OOD term (Eq. 14), >= 0')
+    group.add_argument('--ood-warmup-epochs', type=float, default=0.0,
+                       help='ramp lambda linearly from 0 over this many epochs (training from scratch; '
+                            '0: full lambda from the start, the paper\'s fine-tuning)')
     group.add_argument('--balance', type=str, default='lwb', choices=BALANCE_SCHEMES,
                        help='balance of the OOD term (Table 5)')
     group.add_argument('--ood-weight', type=float, default=0.2,
@@ -329,6 +332,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(f'--gamma must be in the open interval (0.5, 1), got {args.gamma!r}')
     if not (isinstance(args.ood_lambda, (int, float)) and args.ood_lambda >= 0):
         parser.error(f'--ood-lambda must be >= 0, got {args.ood_lambda!r}')
+    if not (isinstance(args.ood_warmup_epochs, (int, float)) and args.ood_warmup_epochs >= 0):
+        parser.error(f'--ood-warmup-epochs must be >= 0, got {args.ood_warmup_epochs!r}')
     if args.balance not in BALANCE_SCHEMES:
         parser.error(f'--balance: unknown balance scheme {args.balance!r}; choose one of {", ".join(BALANCE_SCHEMES)}')
     if not args.ood_weight > 0:

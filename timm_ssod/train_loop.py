@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm import utils
 from timm.models import model_parameters
 
+from .loss import ood_warmup_scale
+
 
 _logger = logging.getLogger('train')
 
@@ -114,6 +116,7 @@ def train_one_epoch(
     last_accum_steps = num_batches % accum_steps
     updates_per_epoch = (num_batches + accum_steps - 1) // accum_steps
     num_updates = epoch * updates_per_epoch
+    warmup_updates = round(args.ood_warmup_epochs * updates_per_epoch)
     last_batch_idx = num_batches - 1
     last_batch_idx_to_accum = num_batches - last_accum_steps
     # sums over the epoch: loss, cls, ood (sample-weighted), samples, then location counts id/ood/ignored
@@ -143,7 +146,8 @@ def train_one_epoch(
             with amp_autocast():
                 output = model(input)
                 if ssod:
-                    _loss, _stats = loss_fn(output, target)
+                    lam_scale = ood_warmup_scale(num_updates + update_idx, warmup_updates)
+                    _loss, _stats = loss_fn(output, target, lam_scale)
                 else:
                     _loss, _stats = loss_fn(output, target), {}
             return _loss, _stats
