@@ -129,9 +129,13 @@ def shape_alpha(name: str, size: Size, centre: Tuple[float, float], radius: floa
 
 
 def class_colour(rng: np.random.Generator, label: int, num_classes: int,
-                 p_random_hue: float = 0.25) -> np.ndarray:
+                 p_random_hue: float = 0.5) -> np.ndarray:
     """A colour for class ``label``: its own hue band (jittered), varied saturation and
-    value; with probability ``p_random_hue`` any hue, so shape is the reliable cue."""
+    value; with probability ``p_random_hue`` any hue, so shape is the reliable cue.
+
+    At 0.25 a from-scratch ResNet-18 learnt the colour shortcut and missed most
+    off-hue objects (88% test accuracy after 8 epochs); at 0.5 it learns shapes (93%).
+    """
     hue = rng.random() if rng.random() < p_random_hue else label / num_classes + rng.uniform(-0.05, 0.05)
     return hsv_colour(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
 
