@@ -92,7 +92,7 @@ def main(argv=None):
                               detectors=detectors, out_dir=os.path.join(root, key), stage1_checkpoint=stage1['checkpoint'],
                               vanilla=vanilla, num_fit=base['num_fit'] if vanilla else 0, progress=False)
         ssod = record['eval']['ssod']
-        entry = {'setting': s, 'id_accuracy': ssod['id_accuracy'],
+        entry = {'setting': s, 'id_accuracy': ssod['id_accuracy'], 'epoch': record['finetune']['ssod']['best_epoch'],
                  'sampler': sampler_shares(os.path.dirname(record['finetune']['ssod']['checkpoint'])),
                  'scores': {d: dict(ssod['results'][d], average=ssod[AVERAGE][d]) for d in SSOD_SCORES},
                  'seconds': round(time.time() - t, 1)}

@@ -167,6 +167,8 @@ def main(argv=None):
             for kind in record['finetune']:
                 remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
             run = {'seed': seed, 'id_accuracy': record['table']['id_accuracy'], 'rows': run_rows(record, extra),
+                   'epochs_kept': {k: v['best_epoch'] for k, v in record['finetune'].items()},
+                   'sampler_alignment': record['sampler_alignment'],
                    'energy_ssod': weights, 'seconds': round(time.time() - t, 1)}
             entry['runs'].append(run)
             entry['summary'] = summarize(entry['runs'])

@@ -7,14 +7,15 @@
    stand-in for the pretrained weights that cannot be downloaded here (the paper fine-tunes
    pretrained backbones, A.4);
 2. **stage 2**: from those weights, a vanilla fine-tune and an SSOD fine-tune with the same
-   budget, data, augmentation, optimizer and seed: the only difference is the objective;
+   budget, data, augmentation, optimizer and seed: the only difference is the objective; each
+   keeps the epoch with the best FPR95 of its own score on the OOD sets' validation splits
+   (the paper's A.4 keeps the best-FPR95 checkpoint);
 3. **evaluation** with the harness (``timm_ssod.evaluate.evaluate``) of both fine-tuned models
    on the ID test split and every OOD set's test split: the SSOD scores on the SSOD model, the
    post-hoc baselines on the vanilla model and, labelled as such, on the SSOD model too.
 
 Every training run is a real ``timm-ssod train`` run (``timm_ssod.train.main``) in
-``<out_dir>/<stage>/``; the evaluation uses the last checkpoint of each fine-tune (equal
-budgets, no selection). The synthetic data are the fixed benchmark (data seed 0); ``seed``
+``<out_dir>/<stage>/``. The synthetic data are the fixed benchmark (data seed 0); ``seed``
 is the training seed (weights init, augmentation, batch order).
 """
 import json
@@ -24,17 +25,21 @@ import time
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from timm.data import create_loader, resolve_data_config
+import torch
+import torch.nn.functional as F
+from timm.data import create_loader, create_transform, resolve_data_config
 
 from .checkpoint import atomic_write_text
-from .data import OOD_SETS, create_dataset
+from .data import OOD_SETS, SyntheticDataset, create_dataset
 from .detectors.registry import EXPERIMENTAL_DETECTORS
 from .evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
 from .eval_model import load_eval_model
+from .posterior import id_probability
 from .report import format_table, write_results
+from .sampler import sample_patches, target_confidence
 
 __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
-           'remove_checkpoints', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
+           'remove_checkpoints', 'sampler_alignment', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
 
 _logger = logging.getLogger(__name__)
 
@@ -52,30 +57,35 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
                 num_val: int, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int, ssod: bool,
                 initial_checkpoint: Optional[str] = None, gamma: float = 0.95, lam: float = 1.0,
                 balance: str = 'lwb', workers: int = 0, log_interval: int = 20,
-                extra_args: Sequence[str] = ()) -> Dict:
+                select_on: Sequence[str] = (), extra_args: Sequence[str] = ()) -> Dict:
     """One ``timm-ssod train`` run into ``<out_dir>/<name>``: AdamW, cosine schedule without
     warm-up, mild augmentation (objects stay in the crop), no label smoothing (it would cap
-    the class confidence below gamma). Returns ``dict(checkpoint=<last.pth.tar>, argv,
-    seconds, val_top1)``."""
+    the class confidence below gamma). ``select_on``: OOD sets whose *validation* splits
+    select the checkpoint (``--ood-val``, ``--eval-metric fpr95``: the lowest mean FPR95 of
+    the run's own score, SSOD or MSP; the paper's A.4); empty: the last epoch. Returns
+    ``dict(checkpoint, best_epoch, argv, seconds, val_top1)``."""
     from .train import main as train_main
     argv = ['--dataset', 'synthetic/id', '--dataset-kwargs', *_kv(dict(num_images=num_images, img_size=img_size)),
             '--val-split', 'val', '--val-dataset-kwargs', f'num_images={num_val}', '--num-classes', str(num_classes),
             '--model', backbone, '--img-size', str(img_size),
             '--opt', 'adamw', '--lr', str(lr), '--weight-decay', '0.05', '--sched', 'cosine', '--warmup-epochs', '0',
             '--epochs', str(epochs), '-b', str(batch_size), '--workers', str(workers),
-            '--scale', '0.6', '1.0', '--color-jitter', '0.2', '--smoothing', '0', '--seed', str(seed),
+            '--scale', '0.8', '1.0', '--color-jitter', '0', '--smoothing', '0', '--seed', str(seed),
             '--output', out_dir, '--experiment', name, '--checkpoint-hist', '1', '--log-interval', str(log_interval)]
     if model_kwargs:
         argv += ['--model-kwargs', *_kv(model_kwargs)]
     if initial_checkpoint:
         argv += ['--initial-checkpoint', initial_checkpoint]
     argv += ['--ssod', '--gamma', str(gamma), '--ood-lambda', str(lam), '--balance', balance] if ssod else ['--no-ssod']
+    if select_on:
+        argv += ['--ood-val', *[f'{o}=synthetic/{o}' for o in select_on], '--eval-metric', 'fpr95']
     argv += list(extra_args)
     start = time.time()
     result = train_main(argv)
     metrics = result.get('eval_metrics') or {}
-    return dict(checkpoint=os.path.join(result['output_dir'], 'last.pth.tar'), argv=argv,
-                seconds=round(time.time() - start, 1), val_top1=metrics.get('top1'))
+    best = 'model_best.pth.tar' if select_on else 'last.pth.tar'
+    return dict(checkpoint=os.path.join(result['output_dir'], best), argv=argv, seconds=round(time.time() - start, 1),
+                best_epoch=result.get('best_epoch') if select_on else epochs - 1, val_top1=metrics.get('top1'))
 
 
 def remove_checkpoints(run_dir: str) -> None:
@@ -116,6 +126,55 @@ def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]]
                     seed=seed, detector_kwargs=kwargs, return_scores=return_scores)
 
 
+def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma: float = 0.95,
+                      num_images: int = 256, split: str = 'val', batch_size: int = 64) -> Dict:
+    """Does Eq. 12 find the backgrounds? On ``num_images`` ID images of ``split``, the share of
+    locations the sampler labels ID / OOD / ignored, the mean object coverage of each (the
+    fraction of the location's cell covered by the object, from the generator's masks), the
+    sampler's label on pure-background cells (coverage < 5%), and the mean P(ID) of the OOD
+    head on object cells (coverage > 50%) and on background cells. The paper's premise is
+    that OOD-labelled locations are background: their coverage should be near 0."""
+    model, _ = load_eval_model(checkpoint=checkpoint)
+    cfg = resolve_data_config({'img_size': img_size, 'crop_pct': 1.0}, model=model)  # cells aligned with the masks
+    ds = SyntheticDataset('id', split=split, num_images=num_images, img_size=img_size, num_classes=num_classes)
+    tf = create_transform(**cfg)
+    labels, cover, p_id = [], [], []
+    with torch.no_grad():
+        for start in range(0, num_images, batch_size):
+            idx = range(start, min(start + batch_size, num_images))
+            x = torch.stack([tf(ds.image(i)) for i in idx])
+            y = torch.tensor([ds.label(i) for i in idx])
+            out = model.forward_ssod(x)
+            masks = torch.stack([torch.from_numpy(ds.object_mask(i)).float() for i in idx])[:, None]
+            cover.append(F.adaptive_avg_pool2d(masks, out.grid).flatten(1))
+            labels.append(sample_patches(target_confidence(out.patch_logits, y), gamma))
+            p_id.append(id_probability(out.patch_ood_logits))
+    labels, cover, p_id = torch.cat(labels), torch.cat(cover), torch.cat(p_id)
+    background, obj = cover < 0.05, cover > 0.5
+
+    def mean(t, mask):
+        return float(t[mask].mean()) if mask.any() else None
+    names = {'id': 1, 'ood': 0, 'ignored': -1}
+    return {'num_images': num_images, 'split': split, 'gamma': gamma, 'grid': list(out.grid),
+            'share': {k: float((labels == v).float().mean()) for k, v in names.items()},
+            'object_coverage': {k: mean(cover, labels == v) for k, v in names.items()},
+            'background_cells': {'share_of_cells': float(background.float().mean()),
+                                 **{f'labelled_{k}': mean((labels == v).float(), background) for k, v in names.items()}},
+            'p_id': {'object_cells': mean(p_id, obj), 'background_cells': mean(p_id, background)}}
+
+
+def alignment_line(a: Dict) -> str:
+    """One line summarising ``sampler_alignment``."""
+    def pct(v):
+        return '–' if v is None else f'{100 * v:.0f}%'
+    c, b, p = a['object_coverage'], a['background_cells'], a['p_id']
+    return (f"Sampler (Eq. 12) on {a['num_images']} ID {a['split']} images, {a['grid'][0]}x{a['grid'][1]} map: "
+            f"ID {pct(a['share']['id'])} / OOD {pct(a['share']['ood'])} / ignored {pct(a['share']['ignored'])} of "
+            f"locations; object coverage of ID-labelled {pct(c['id'])}, OOD-labelled {pct(c['ood'])}; pure-background "
+            f"cells labelled OOD {pct(b['labelled_ood'])}, ID {pct(b['labelled_id'])}; P(ID) object cells "
+            f"{pct(p['object_cells'])}, background cells {pct(p['background_cells'])}")
+
+
 def merge_results(results: Mapping[str, Dict]) -> Dict:
     """One harness-style result whose rows are ``'<detector> (<model> model)'``, SSOD scores
     first, from ``{'ssod': result, 'vanilla': result}``; ``id_accuracy`` per model."""
@@ -150,7 +209,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
                  num_fit: int = 2000, ood_sets: Sequence[str] = OOD_SETS, lr: float = 2e-3,
                  finetune_lr: float = 5e-4, batch_size: int = 64, workers: int = 0,
                  stage1_checkpoint: Optional[str] = None, vanilla: bool = True, progress: bool = True,
-                 log_interval: int = 20, train_args: Sequence[str] = (), keep_checkpoints: bool = True) -> Dict:
+                 log_interval: int = 20, train_args: Sequence[str] = (), select: str = 'fpr95',
+                 keep_checkpoints: bool = True) -> Dict:
     """Run the protocol (module docstring) into ``out_dir`` and return its record::
 
         {"config": {...every argument...}, "stage1": {"checkpoint", "seconds", "val_top1", "argv"},
@@ -160,6 +220,9 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
 
     ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
     seeds or ablation settings, like fixed pretrained weights) instead of training one.
+    ``select='fpr95'`` (the paper's A.4): each fine-tune keeps the epoch with the lowest mean
+    FPR95 of its own score (SSOD / MSP) on the *validation* splits of ``ood_sets``;
+    ``'last'``: the last epoch. The test splits never choose anything.
     ``detectors`` may include ``EXPERIMENTAL_DETECTORS`` (SSOD model only).
     ``keep_checkpoints=False`` deletes the fine-tunes' ``*.pth.tar`` once they are evaluated.
     ``vanilla=False``: only the SSOD fine-tune (ablations). ``detectors``: the baselines run
@@ -172,7 +235,7 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
                   balance=balance, detectors=list(detectors), num_classes=num_classes, num_val=num_val,
                   num_test=num_test, num_ood=num_ood, num_fit=num_fit, ood_sets=list(ood_sets), lr=lr,
                   finetune_lr=finetune_lr, batch_size=batch_size, stage1_checkpoint=stage1_checkpoint,
-                  vanilla=vanilla, train_args=list(train_args))
+                  vanilla=vanilla, train_args=list(train_args), select=select)
     out_dir = os.path.abspath(out_dir)
     start = time.time()
     common = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
@@ -181,6 +244,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
     steps = 1 + (stage1_checkpoint is None) + 2 * (1 + vanilla)
     step = iter(range(1, steps + 1))
 
+    if select not in ('fpr95', 'last'):
+        raise ValueError(f"select must be 'fpr95' or 'last', got {select!r}")
     if stage1_checkpoint is None:
         _logger.info(f'[protocol {next(step)}/{steps}] stage 1: vanilla {backbone} from scratch, {stage1_epochs} '
                      f'epochs on {num_images} images at {img_size}px (stand-in for pretrained weights)')
@@ -197,7 +262,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
                      f'seed {seed}')
         finetune[kind] = train_stage(f'finetune_{kind}', out_dir, epochs=finetune_epochs, lr=finetune_lr,
                                      ssod=kind == 'ssod', initial_checkpoint=stage1_checkpoint, gamma=gamma,
-                                     lam=lam, balance=balance, **common)
+                                     lam=lam, balance=balance, select_on=ood_sets if select == 'fpr95' else (),
+                                     **common)
 
     results = OrderedDict()
     for kind in runs:
@@ -213,12 +279,17 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
         if not keep_checkpoints:
             remove_checkpoints(os.path.dirname(finetune[kind]['checkpoint']))
 
+    alignment = sampler_alignment(finetune['ssod']['checkpoint'], img_size=img_size, num_classes=num_classes,
+                                  gamma=gamma, num_images=min(256, num_val))
     merged = merge_results(results)
-    table_md = protocol_table(merged, f'{backbone}: SSOD vs vanilla fine-tuning, seed {seed}')
+    chosen = ', '.join(f"{k} epoch {v['best_epoch'] + 1}/{finetune_epochs}" for k, v in finetune.items())
+    how = 'best validation FPR95' if select == 'fpr95' else 'last epoch'
+    table_md = protocol_table(merged, f'{backbone}: SSOD vs vanilla fine-tuning, seed {seed} (checkpoints: {chosen}; '
+                              f'{how})') + '\n\n' + alignment_line(alignment)
     seconds = dict(stage1=stage1['seconds'], **{f'finetune_{k}': v['seconds'] for k, v in finetune.items()},
                    **{f'eval_{k}': v['eval_seconds'] for k, v in finetune.items()}, total=round(time.time() - start, 1))
     record = dict(config=config, stage1=stage1, finetune=finetune, eval=results, table=merged, table_md=table_md,
-                  seconds=seconds)
+                  sampler_alignment=alignment, seconds=seconds)
     atomic_write_text(os.path.join(out_dir, 'protocol.json'), json.dumps(record, indent=2, allow_nan=False) + '\n')
     atomic_write_text(os.path.join(out_dir, 'table.md'), table_md + '\n')
     return record
