@@ -22,6 +22,9 @@ import sys
 import time
 from collections import OrderedDict
 
+import timm
+import torch
+
 from timm_ssod.checkpoint import atomic_write_text
 from timm_ssod.demo import DEMO, QUICK
 from timm_ssod.evaluate import AVERAGE
@@ -74,6 +77,8 @@ def main(argv=None):
     root = os.path.abspath(args.runs_dir)
     start = time.time()
     out = {'command': 'python benchmarks/ablations.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+           'environment': {'torch': torch.__version__, 'timm': timm.__version__, 'threads': torch.get_num_threads(),
+                           'cpu_count': os.cpu_count(), 'load_average_at_start': os.getloadavg()},
            'protocol': dict(base, seed=args.seed), 'default': DEFAULT, 'sweeps': {k: list(v) for k, v in sweeps.items()},
            'settings': OrderedDict()}
     steps = 1 + len(todo)

@@ -201,8 +201,8 @@ def protocol_table(merged: Dict, title: str = '') -> str:
                              body])
 
 
-def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = None, img_size: int = 64,
-                 num_images: int = 4000, stage1_epochs: int = 4, finetune_epochs: int = 2, seed: int = 0,
+def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = None, img_size: int = 64,
+                 num_images: int = 4000, stage1_epochs: int = 6, finetune_epochs: int = 3, seed: int = 0,
                  gamma: float = 0.95, lam: float = 1.0, balance: str = 'lwb',
                  detectors: Sequence[str] = DEFAULT_DETECTORS, out_dir: str = './output/protocol', *,
                  num_classes: int = 6, num_val: int = 300, num_test: int = 600, num_ood: int = 600,
@@ -218,6 +218,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
          "eval": {"ssod": <evaluate() result>, "vanilla": <evaluate() result>},
          "table": <merge_results(eval)>, "table_md": "...", "seconds": {...}}
 
+    ``model_kwargs``: ``timm.create_model`` arguments; None means ``{'output_stride': 16}``
+    (a 4x4 map at 64 px). The defaults are ``timm-ssod demo``'s.
     ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
     seeds or ablation settings, like fixed pretrained weights) instead of training one.
     ``select='fpr95'`` (the paper's A.4): each fine-tune keeps the epoch with the lowest mean
@@ -229,7 +231,7 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
     on both models, SSOD detectors on the SSOD model only. Writes ``protocol.json`` and
     ``table.md`` in ``out_dir`` and each model's ``eval/<model>/results.{json,csv,md}``.
     """
-    model_kwargs = dict(model_kwargs or {})
+    model_kwargs = {'output_stride': 16} if model_kwargs is None else dict(model_kwargs)
     config = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
                   stage1_epochs=stage1_epochs, finetune_epochs=finetune_epochs, seed=seed, gamma=gamma, lam=lam,
                   balance=balance, detectors=list(detectors), num_classes=num_classes, num_val=num_val,
@@ -265,6 +267,8 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
                                      lam=lam, balance=balance, select_on=ood_sets if select == 'fpr95' else (),
                                      **common)
 
+    alignment = sampler_alignment(finetune['ssod']['checkpoint'], img_size=img_size, num_classes=num_classes,
+                                  gamma=gamma, num_images=min(256, num_val))
     results = OrderedDict()
     for kind in runs:
         dets = [d for d in detectors if kind == 'ssod' or d not in SSOD_ONLY]
@@ -279,8 +283,6 @@ def run_protocol(backbone: str = 'resnet18', model_kwargs: Optional[Mapping] = N
         if not keep_checkpoints:
             remove_checkpoints(os.path.dirname(finetune[kind]['checkpoint']))
 
-    alignment = sampler_alignment(finetune['ssod']['checkpoint'], img_size=img_size, num_classes=num_classes,
-                                  gamma=gamma, num_images=min(256, num_val))
     merged = merge_results(results)
     chosen = ', '.join(f"{k} epoch {v['best_epoch'] + 1}/{finetune_epochs}" for k, v in finetune.items())
     how = 'best validation FPR95' if select == 'fpr95' else 'last epoch'
