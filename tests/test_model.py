@@ -68,6 +68,27 @@ def test_per_location_logits_are_the_head_on_that_location(name):
         assert torch.allclose(out.patch_logits[:, i * w + j], expected, atol=1e-4), (i, j)
 
 
+@pytest.mark.parametrize('name, kwargs', [
+    ('mobilenetv3_small_050', dict(global_pool='max')),
+    ('mobilenetv4_conv_small', dict()),          # MobileNetV3 class, norm_head variant
+    ('lcnet_050', dict()),
+    ('mobilenetv3_small_050', dict(global_pool='catavgmax')),  # not pointwise after the pool: generic path
+])
+def test_mobilenet_family_conv_head_on_the_whole_map_matches_each_location(name, kwargs):
+    """The MobileNetV3-family fast path (conv_head over the map) gives each location's own head output."""
+    model = timm_ssod.create_model(name, num_classes=NUM_CLASSES, **kwargs).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        out = model.forward_ssod(x)
+    h, w = out.grid
+    assert (h, w) == (3, 3)
+    for i in range(h):
+        for j in range(w):
+            expected = model.forward_head(feats[:, :, i:i + 1, j:j + 1])
+            assert torch.allclose(out.patch_logits[:, i * w + j], expected, rtol=1e-5, atol=1e-4), (i, j)
+
+
 @pytest.mark.parametrize('name', POOL_LINEAR_HEADS)
 def test_mean_of_per_location_logits_equals_pooled_logits(name):
     model, x = build(name)

@@ -15,6 +15,9 @@ import math
 from typing import Tuple
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.mobilenetv3 import MobileNetV3
 
 
 class UnsupportedBackboneError(ValueError):
@@ -82,6 +85,8 @@ def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> to
     Convolutional heads (MobileNetV3's conv_head), norms (ConvNeXt, ViT fc_norm) and
     distilled heads are thereby respected. Returns (B, L, M).
     """
+    if _has_pointwise_conv_head(model, feats):
+        return _conv_head_per_location(model, feats)
     b, n, c = locations.shape
     flat = locations.reshape(b * n, c)
     layout = _layout(model, feats)
@@ -93,6 +98,28 @@ def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> to
         slots = getattr(model, 'num_prefix_tokens', 0) + 1
         single = flat[:, None, :].expand(b * n, slots, c)
     return merge_heads(model.forward_head(single)).reshape(b, n, -1)
+
+
+def _has_pointwise_conv_head(model, feats: torch.Tensor) -> bool:
+    """MobileNetV3-family heads (also MobileNetV4, LCNet): a global pool, then a 1x1 conv_head, norm,
+    activation and classifier. Every layer after the pool acts on each location alone, so the
+    head can run on the whole map at once: the same numbers as 1x1 maps, but one conv over
+    (B, C, H, W) instead of B*H*W convs over 1x1 inputs, which oneDNN runs 3-4x slower on CPU
+    (benchmarks/overhead.py). Only for this forward_head, read from timm's source."""
+    if type(model).forward_head is not MobileNetV3.forward_head or _layout(model, feats) != 'NCHW':
+        return False
+    conv, pool = model.conv_head, str(getattr(model.global_pool, 'pool_type', '')).lower()
+    # avg, max and avgmax pools return a 1x1 map unchanged; catavgmax doubles it, '' does not pool
+    return isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and bool(pool) and not pool.endswith('catavgmax')
+
+
+def _conv_head_per_location(model, feats: torch.Tensor) -> torch.Tensor:
+    """MobileNetV3.forward_head without its pool, on every location of the map: (B, L, M)."""
+    x = model.act2(model.norm_head(model.conv_head(feats)))
+    x = x.flatten(2).transpose(1, 2)  # (B, L, head_hidden_size)
+    if model.drop_rate > 0.:
+        x = F.dropout(x, p=model.drop_rate, training=model.training)
+    return model.classifier(x)
 
 
 def merge_heads(logits):
