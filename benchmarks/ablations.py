@@ -76,7 +76,7 @@ def main(argv=None):
     todo = settings(sweeps)
     root = os.path.abspath(args.runs_dir)
     start = time.time()
-    out = {'command': 'python benchmarks/ablations.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+    out = {'command': ' '.join(['python benchmarks/ablations.py', *(sys.argv[1:] if argv is None else argv)]),
            'environment': {'torch': torch.__version__, 'timm': timm.__version__, 'threads': torch.get_num_threads(),
                            'cpu_count': os.cpu_count(), 'load_average_at_start': os.getloadavg()},
            'protocol': dict(base, seed=args.seed), 'default': DEFAULT, 'sweeps': {k: list(v) for k, v in sweeps.items()},

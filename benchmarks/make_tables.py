@@ -39,7 +39,7 @@ def overhead_tables(d):
     t = d.get('targets', {})
     return (f"### Cost of SSOD vs the plain timm model ({where}; batch {s.get('batch_size')}, {s.get('img_size')} px, "
             f"amp {s.get('amp')}; targets: train ≤ {t.get('train_time')}, inference ≤ {t.get('inference_time')})\n\n"
-            f"Command: `{d.get('command', '')}`\n\n"
+            f"Command: `{d.get('command', '').strip()}`\n\n"
             + md_table(['Backbone', 'map', 'train time ×', 'train memory ×', 'inference time ×', 'meets targets'], rows))
 
 
@@ -52,7 +52,7 @@ def _best_vanilla(rows, key='average'):
 def quality_tables(d):
     sets = d['ood_sets'] + ['average']
     out = [f"### Detection quality on the built-in benchmark (seeds {', '.join(map(str, d['seeds']))}; mean ± std)\n\n"
-           f"Command: `{d.get('command', '')}`. Each backbone: one vanilla stage 1, then per seed a vanilla and an SSOD "
+           f"Command: `{d.get('command', '').strip()}`. Each backbone: one vanilla stage 1, then per seed a vanilla and an SSOD "
            f"fine-tune with the same budget and seed. FPR95 ↓ / AUROC ↑ in percent on the test splits. "
            f"`energy_ssod`'s weight is chosen on the validation splits.\n"]
     summary = []
@@ -103,7 +103,7 @@ def ablation_tables(d):
             rows.append([f'vanilla model, {det}', '', '', '', '', pct(ref['id_accuracy']), '']
                         + [f"{pct(sc[s]['fpr95'])} / {pct(sc[s]['auroc'])}" for s in sets] + [''])
     return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px, seed {p['seed']})\n\n"
-            f"Command: `{d.get('command', '')}`. SSOD score FPR95 ↓ / AUROC ↑ in percent on the test splits; epoch = the "
+            f"Command: `{d.get('command', '').strip()}`. SSOD score FPR95 ↓ / AUROC ↑ in percent on the test splits; epoch = the "
             f"fine-tuning epoch kept (best validation FPR95); sampler = share of ID / OOD / ignored locations in the "
             f"last fine-tuning epoch.\n\n"
             + md_table(['Setting', 'γ', 'λ', 'balance', 'epoch', 'ID acc', 'sampler % ID/OOD/ign.']

@@ -217,7 +217,7 @@ def main(argv=None):
         if unknown:
             sys.exit(f'unknown backbone(s) {sorted(unknown)}; choose from {sorted(BACKBONES)}')
         models = {m: BACKBONES[m] for m in args.models}
-    result = {'command': 'python benchmarks/overhead.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+    result = {'command': ' '.join(['python benchmarks/overhead.py', *(sys.argv[1:] if argv is None else argv)]),
               'environment': environment(args), 'targets': TARGETS,
               'settings': {k: getattr(args, k) for k in ('batch_size', 'img_size', 'num_classes', 'reps',
                                                          'amp', 'channels_last')},

@@ -16,9 +16,16 @@ OOD (``timm_ssod.detectors.registry.EXPERIMENTAL_DETECTORS``), on the SSOD model
 * ``ssod_patch_max``: max over locations of P(ID) instead of the pooled head,
 * ``ssod_energy_rank``: min of the ID quantiles of SSOD and Energy (no weight).
 
-    python benchmarks/quality.py                   # all four backbones, 3 seeds (about 40 min on 2 idle cores)
+    python benchmarks/quality.py                   # 4 backbones x 3 seeds (estimated 40-50 min on 2 idle cores)
     python benchmarks/quality.py --backbones resnet18 --seeds 0 1
     python benchmarks/quality.py --quick           # tiny model and data (tests)
+
+On a 2-core machine, one single-thread process per core finishes about twice as fast; merge
+their JSON afterwards (nothing is retrained):
+
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones densenet121 mobilenetv3_large_100 --out a.json &
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones resnet18 regnety_008 --out b.json; wait
+    python benchmarks/quality.py --merge a.json b.json
 
 Writes benchmarks/quality.json (or --out) atomically after every run; ``make_tables.py``
 turns it into the README's tables. Prints one line per step.
@@ -50,7 +57,7 @@ BACKBONES = OrderedDict([
     ('regnety_008', dict(model_kwargs={'output_stride': 16}, img_size=64)),
     ('mobilenetv3_large_100', dict(model_kwargs={'output_stride': 16}, img_size=64)),
 ])
-SIZES = dict(num_images=2000, stage1_epochs=4, finetune_epochs=2, num_val=200, num_test=500, num_ood=500, num_fit=1000,
+SIZES = dict(num_images=2000, stage1_epochs=6, finetune_epochs=2, num_val=200, num_test=400, num_ood=400, num_fit=800,
              batch_size=64, lr=2e-3, finetune_lr=5e-4)
 QUICK_BACKBONES = OrderedDict([('test_resnet', dict(model_kwargs={'output_stride': 16}, img_size=64))])
 QUICK_SIZES = dict(num_images=64, stage1_epochs=1, finetune_epochs=1, num_val=16, num_test=32, num_ood=32, num_fit=32,
@@ -66,7 +73,34 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='tiny model and data, one seed (for tests)')
     p.add_argument('--runs-dir', default='./output/benchmarks/quality', help='training runs and per-run results')
     p.add_argument('--out', default=os.path.join(HERE, 'quality.json'))
+    p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
+                   help='combine the backbones of runs made in parallel into --out (trains nothing)')
     return p.parse_args(argv)
+
+
+MUST_AGREE = ('sizes', 'seeds', 'ood_sets', 'weights')
+
+
+def merge(paths):
+    """One result from the JSON of runs of disjoint backbone subsets with the same settings."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    first = parts[0]
+    out = {k: first[k] for k in MUST_AGREE}
+    out.update(command='; '.join(p['command'] for p in parts), environment=[p['environment'] for p in parts],
+               seconds=max(p['seconds'] for p in parts), merged_from=list(paths), backbones=OrderedDict())
+    for path, part in zip(paths, parts):
+        for key in MUST_AGREE:
+            if part[key] != first[key]:
+                sys.exit(f'--merge: {path} has {key}={part[key]!r}, {paths[0]} has {first[key]!r}; '
+                         'only runs with the same settings can be merged')
+        for name, entry in part['backbones'].items():
+            if name in out['backbones']:
+                sys.exit(f'--merge: backbone {name!r} appears in more than one file ({path})')
+            out['backbones'][name] = entry
+    return out
 
 
 def combine(energy, ssod, w):
@@ -133,6 +167,11 @@ def environment():
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        out = merge(args.merge)
+        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        print(f'merged {len(out["backbones"])} backbones from {len(args.merge)} files into {args.out}')
+        return out
     backbones, sizes = (QUICK_BACKBONES, QUICK_SIZES) if args.quick else (BACKBONES, SIZES)
     seeds = args.seeds[:1] if args.quick else args.seeds
     if args.backbones:
@@ -141,7 +180,7 @@ def main(argv=None):
             sys.exit(f'unknown backbone(s) {sorted(unknown)}; choose from {", ".join(BACKBONES)}')
         backbones = OrderedDict((b, {**BACKBONES, **QUICK_BACKBONES}[b]) for b in args.backbones)
     start = time.time()
-    out = {'command': 'python benchmarks/quality.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+    out = {'command': ' '.join(['python benchmarks/quality.py', *(sys.argv[1:] if argv is None else argv)]),
            'environment': environment(), 'sizes': sizes, 'seeds': seeds, 'ood_sets': list(OOD_SETS),
            'weights': list(WEIGHTS), 'backbones': OrderedDict()}
     steps, step = len(backbones) * (1 + len(seeds)), 0

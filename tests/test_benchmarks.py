@@ -73,3 +73,19 @@ def test_make_tables_from_the_json(outputs, tmp_path):
     assert out.read_text() == text
     for heading in ('### Cost of SSOD', '### Detection quality', '### Ablations of SSOD', 'energy_ssod (SSOD model)'):
         assert heading in text
+
+
+def test_quality_merge_combines_parallel_runs_and_refuses_mismatched_settings(outputs, tmp_path):
+    part = json.loads(outputs['quality'].read_text())
+    (name, entry), = part['backbones'].items()
+    other = dict(part, command='python benchmarks/quality.py --backbones other', backbones={'other': entry})
+    (tmp_path / 'b.json').write_text(json.dumps(other))
+    out = tmp_path / 'merged.json'
+    merged = _script('quality').main(['--merge', str(outputs['quality']), str(tmp_path / 'b.json'), '--out', str(out)])
+    assert list(json.loads(out.read_text())['backbones']) == [name, 'other'] == list(merged['backbones'])
+    assert merged['command'].endswith('--backbones other') and len(merged['environment']) == 2
+    (tmp_path / 'c.json').write_text(json.dumps(dict(other, seeds=[5, 6])))
+    with pytest.raises(SystemExit, match='seeds'):
+        _script('quality').main(['--merge', str(outputs['quality']), str(tmp_path / 'c.json'), '--out', str(out)])
+    with pytest.raises(SystemExit, match='more than one file'):
+        _script('quality').main(['--merge', str(outputs['quality']), str(outputs['quality']), '--out', str(out)])
