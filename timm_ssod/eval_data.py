@@ -4,14 +4,10 @@ ID data: ``synthetic/id`` (the built-in benchmark, ``timm_ssod.data``) or any ti
 spec: ``''`` for an image folder (``--data-dir`` with ``train/`` and ``val/`` sub-folders, as
 timm searches them), ``torch/cifar10``, ``hfds/...`` ...
 
-``--ood NAME=SPEC``, SPEC one of:
-
-* ``synthetic/<set>`` (``backgrounds``, ``novel_objects``, ``noise``, ``textures`` ...), drawn
-  from the evaluation split with the ID set's synthetic options (image size, seed);
-* a folder: every image under it, recursively, any layout (``ImageFolderOOD``);
-* a timm dataset name (``torch/svhn`` ...), read from ``--data-dir`` with the evaluation split.
-
-Without ``NAME=`` the name is the folder's or set's base name.
+``--ood NAME=SPEC`` (``timm_ssod.ood_specs``): ``synthetic/<set>``, drawn from the evaluation
+split with the ID set's synthetic options (image size, seed); a folder (every image under it,
+any layout); a timm dataset name (``torch/svhn`` ...), read from ``--data-dir`` with the
+evaluation split; optionally ``?KEY=VALUE&...`` options for the set.
 """
 import os
 from collections import OrderedDict
@@ -20,22 +16,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.utils.data as tud
 
-from .data import ImageFolderOOD, create_dataset, list_ood_sets, parse_synthetic_name
+from .data import create_dataset, list_ood_sets
 from .evaluate import AVERAGE, subsample_indices
+from .ood_specs import is_synthetic, open_ood_set, parse_ood_spec
 from .train_data import dataset_num_classes
 
 __all__ = ['EvalDataError', 'build_id_dataset', 'build_ood_datasets', 'cut', 'make_loader', 'same_folder',
            'dataset_num_classes']
 
-_TIMM_PREFIXES = ('torch', 'hfds', 'hfids', 'tfds', 'wds')
-
 
 class EvalDataError(ValueError):
     """A data option that cannot work (reported without a traceback)."""
-
-
-def is_synthetic(name: str) -> bool:
-    return bool(name) and parse_synthetic_name(name) is not None
 
 
 def build_id_dataset(name: str, root: Optional[str], split: str, num_classes: Optional[int] = None,
@@ -60,36 +51,22 @@ def same_folder(a, b) -> bool:
     return roots[0] is not None and os.path.realpath(str(roots[0])) == os.path.realpath(str(roots[1] or ''))
 
 
-def _ood_one(spec: str, name: str, target: str, root, split, synthetic_kwargs):
-    if is_synthetic(target):
-        return create_dataset(target, split=split, **synthetic_kwargs)
-    if os.path.isdir(target):
-        return ImageFolderOOD(target)
-    head = target.split('/')[0]
-    if '/' in target and head in _TIMM_PREFIXES:
-        return create_dataset(target, root=root, split=split, is_training=False)
-    raise EvalDataError(f'--ood {spec!r}: {target!r} is not an existing folder, synthetic/<set> or a timm dataset '
-                        f'name ({", ".join(p + "/..." for p in _TIMM_PREFIXES)})')
-
-
 def build_ood_datasets(specs: Sequence[str], root: Optional[str], split: str,
                        synthetic_kwargs: Optional[Dict[str, Any]] = None) -> 'OrderedDict[str, Any]':
     """``NAME=SPEC`` strings -> ``{name: dataset}`` (see the module docstring); an empty
     folder, a missing folder or a repeated name is an ``EvalDataError`` naming the set."""
     sets = OrderedDict()
     for spec in specs:
-        name, sep, target = spec.partition('=')
-        if not sep:
-            name, target = '', spec
-        name = name or os.path.basename(os.path.normpath(target)) or target
+        ood = parse_ood_spec(spec, '--ood', EvalDataError)
+        name = ood.name
         if name in sets or name == AVERAGE:
             raise EvalDataError(f'--ood {spec!r}: the name {name!r} is ' +
                                 ('used twice' if name in sets else 'reserved for the mean over the sets'))
         try:
-            sets[name] = _ood_one(spec, name, target, root, split, dict(synthetic_kwargs or {}))
+            sets[name] = open_ood_set(ood, '--ood', root, split, synthetic_kwargs, EvalDataError)
+        except EvalDataError:
+            raise
         except (ValueError, FileNotFoundError) as e:
-            if isinstance(e, EvalDataError):
-                raise
             raise EvalDataError(f'OOD set {name!r} (--ood {spec!r}): {e}') from e
         if not isinstance(sets[name], tud.IterableDataset) and len(sets[name]) == 0:
             raise EvalDataError(f'OOD set {name!r} (--ood {spec!r}) is empty')
