@@ -11,7 +11,8 @@ Two kinds of subcommands:
   some 150 flags). Imported only when that command runs.
 * ``SUBPARSER_MODULES``: a module with ``add_parser(subparsers)`` that registers an argparse
   subparser whose defaults hold ``func=run(args) -> exit code`` (``push``; ``eval``,
-  ``visualize``, ``demo`` are added the same way: one line in this tuple).
+  ``visualize``, ``demo`` are added the same way: one line in this tuple). ``add_command``,
+  ``report_errors`` and ``parse_and_run`` are their ``add_parser``, ``run`` and ``main``.
 """
 import argparse
 import importlib
@@ -23,6 +24,32 @@ RAW_COMMANDS = {
     'train': ('timm_ssod.train', 'run', 'train a timm model with the SSOD objective (timm train.py flags, --config YAML)'),
 }
 SUBPARSER_MODULES = ('timm_ssod.cli_eval', 'timm_ssod.cli_push', 'timm_ssod.visualize', 'timm_ssod.demo')
+BAD_INPUT = (ValueError, OSError, FloatingPointError)  # data / checkpoint errors, non-finite outputs ...
+
+
+def add_command(subparsers, name: str, help_text: str, doc: str, add_args, run) -> argparse.ArgumentParser:
+    """Register a subcommand on the ``timm-ssod`` subparsers: ``add_args(parser)``, ``func=run``."""
+    p = subparsers.add_parser(name, help=help_text, description=doc,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def report_errors(work, args: argparse.Namespace, prog: str, errors=BAD_INPUT) -> int:
+    """``work(args)``; an error of bad input (``errors``) is printed as ``prog: error: ...`` and gives 1."""
+    try:
+        return work(args)
+    except errors as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 1
+
+
+def parse_and_run(argv: Optional[List[str]], prog: str, doc: str, add_args, run) -> int:
+    """A command's ``main``: a parser of its own (``add_args``), then ``run(args, prog)``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(parser)
+    return run(parser.parse_args(argv), prog)
 
 
 def build_parser() -> argparse.ArgumentParser:

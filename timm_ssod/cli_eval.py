@@ -23,22 +23,16 @@ from typing import List, Optional
 
 from timm.utils import ParseKwargs
 
+from .cli import add_command, parse_and_run, report_errors
+from .eval_model import add_model_arguments, load_model_of_args
+
 DEFAULT_FIT_SAMPLES = 5000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group('model')
-    g.add_argument('--model', metavar='NAME', default=None,
-                   help='timm model name, or local-dir:PATH / hf-hub:org/name of a saved model '
-                        '(default: the arch recorded in --checkpoint)')
-    g.add_argument('--checkpoint', metavar='PATH', default=None,
-                   help='weights: a (timm-ssod) training checkpoint .pth.tar, a state dict, or .safetensors')
+    add_model_arguments(g)
     g.add_argument('--pretrained', action='store_true', help="timm's pretrained weights (a plain model)")
-    g.add_argument('--no-ssod', action='store_true', help='evaluate as a plain timm model (ignore the OOD head)')
-    g.add_argument('--no-ema', action='store_true', help='use state_dict, not state_dict_ema, of a checkpoint')
-    g.add_argument('--num-classes', type=int, default=None, help='number of classes (default: from the checkpoint)')
-    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
-                   help='more create_model arguments, e.g. img_size=64 for a ViT')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='', metavar='NAME',
                    help="ID dataset: '' (image folder in --data-dir), synthetic/id, torch/cifar10, ...")
@@ -77,11 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``eval`` on the ``timm-ssod`` subparsers (``timm_ssod.cli``)."""
-    p = subparsers.add_parser('eval', help='evaluate SSOD and the post-hoc OOD baselines (FPR95, AUROC, ...)',
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
-    return p
+    return add_command(subparsers, 'eval', 'evaluate SSOD and the post-hoc OOD baselines (FPR95, AUROC, ...)',
+                       __doc__, add_arguments, run)
 
 
 def _detector_names(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -111,14 +102,12 @@ def _evaluate(args) -> int:
     from .detectors import DETECTORS
     from .eval_data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, dataset_num_classes,
                             default_ood_specs, is_synthetic, make_loader, same_folder)
-    from .eval_model import load_eval_model
     from .evaluate import DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
     from .report import format_table, plot_histograms, write_results
 
     names = _detector_names(args.detectors)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    model, info = load_eval_model(args.model, args.checkpoint, ssod=not args.no_ssod, pretrained=args.pretrained,
-                                  use_ema=not args.no_ema, num_classes=args.num_classes, model_kwargs=args.model_kwargs)
+    model, info = load_model_of_args(args, args.model, args.checkpoint, pretrained=args.pretrained)
     if names and not info['ssod'] and any(n in SSOD_DETECTORS for n in names):
         why = '; '.join(info['notes']) or '--no-ssod'
         raise EvalDataError(f'--detectors {", ".join(n for n in names if n in SSOD_DETECTORS)} need an SSOD model, '
@@ -196,18 +185,11 @@ def _evaluate(args) -> int:
 
 def run(args: argparse.Namespace, prog: str = 'timm-ssod eval') -> int:
     """Run the evaluation of parsed arguments; 0 on success, 1 with a message on bad input."""
-    try:
-        return _evaluate(args)
-    except (ValueError, OSError, FloatingPointError) as e:  # EvalDataError, CheckpointError, NonFiniteOutputError ...
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        return 1
+    return report_errors(_evaluate, args, prog)
 
 
 def main(argv: Optional[List[str]] = None, prog: str = 'timm-ssod eval') -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv), prog)
+    return parse_and_run(argv, prog, __doc__, add_arguments, run)
 
 
 if __name__ == '__main__':

@@ -20,11 +20,12 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import clean_state_dict, parse_model_name
+from timm.utils import ParseKwargs
 
 from .factory import create_model
 from .hub_files import OOD_HEAD_PREFIX, CheckpointError, load_safetensors
 
-__all__ = ['load_eval_model', 'read_checkpoint', 'EvalModelError']
+__all__ = ['load_eval_model', 'read_checkpoint', 'EvalModelError', 'add_model_arguments', 'load_model_of_args']
 
 _logger = logging.getLogger(__name__)
 _DATA_ARGS = ('input_size', 'img_size', 'crop_pct', 'mean', 'std', 'interpolation')
@@ -161,3 +162,26 @@ def load_eval_model(name: Optional[str] = None, checkpoint: Optional[str] = None
     for note in info['notes']:
         _logger.info(note)
     return model.eval(), info
+
+
+def add_model_arguments(group) -> None:
+    """The options of ``load_model_of_args`` (``timm-ssod eval``, ``timm-ssod visualize``):
+    ``--model``, ``--checkpoint``, ``--no-ssod``, ``--no-ema``, ``--num-classes``, ``--model-kwargs``."""
+    group.add_argument('--model', metavar='NAME', default=None,
+                       help='timm model name, or local-dir:PATH / hf-hub:org/name of a saved model '
+                            '(default: the arch recorded in --checkpoint)')
+    group.add_argument('--checkpoint', metavar='PATH', default=None,
+                       help='weights: a (timm-ssod) training checkpoint .pth.tar, a state dict, or .safetensors')
+    group.add_argument('--no-ssod', action='store_true', help='use the model(s) as plain timm models (ignore the '
+                                                              'OOD head)')
+    group.add_argument('--no-ema', action='store_true', help='use state_dict, not state_dict_ema, of a checkpoint')
+    group.add_argument('--num-classes', type=int, default=None, help='number of classes (default: from the checkpoint)')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
+                       help='more create_model arguments, e.g. img_size=64 for a ViT')
+
+
+def load_model_of_args(args, name: Optional[str], checkpoint: Optional[str],
+                       pretrained: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``load_eval_model`` of ``name`` / ``checkpoint`` with the options of ``add_model_arguments``."""
+    return load_eval_model(name, checkpoint, ssod=not args.no_ssod, pretrained=pretrained, use_ema=not args.no_ema,
+                           num_classes=args.num_classes, model_kwargs=args.model_kwargs)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from timm.utils import ParseKwargs
 
+from .cli import BAD_INPUT, add_command, parse_and_run, report_errors
+from .eval_model import add_model_arguments
 from .layout import head_per_location, merge_heads, to_locations
 from .model import is_ssod_model
 from .posterior import ID_INDEX, OOD_INDEX, id_probability
@@ -192,20 +194,13 @@ def save_figure(fig, path: str) -> str:
 # -- command line ------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group('models (loaded as by timm-ssod eval)')
-    g.add_argument('--model', metavar='NAME', default=None,
-                   help='timm model name, or local-dir:PATH / hf-hub:org/name (default: the arch in --checkpoint)')
-    g.add_argument('--checkpoint', metavar='PATH', default=None, help='weights: training checkpoint, state dict '
-                                                                      'or .safetensors')
+    add_model_arguments(g)
     g.add_argument('--compare', metavar='CKPT_OR_NAME', default=None,
                    help='a second model, drawn beside the first: a checkpoint file or local-dir:/hf-hub: name')
     g.add_argument('--compare-model', metavar='NAME', default=None, help='timm name for a --compare checkpoint that '
                                                                          'does not record it')
     g.add_argument('--labels', nargs=2, metavar=('A', 'B'), default=None,
                    help='column titles of the models (default: SSOD / vanilla)')
-    g.add_argument('--no-ssod', action='store_true', help='draw the models as plain timm models')
-    g.add_argument('--no-ema', action='store_true', help='use state_dict, not state_dict_ema, of a checkpoint')
-    g.add_argument('--num-classes', type=int, default=None)
-    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V')
     g.add_argument('--img-size', type=int, default=None, metavar='N', help='input size (default: the model\'s)')
     g.add_argument('--gamma', type=float, default=None, help='sampler threshold (default: the model\'s, else 0.95)')
     g = p.add_argument_group('images')
@@ -238,12 +233,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``visualize`` on the ``timm-ssod`` subparsers (``timm_ssod.cli``)."""
-    p = subparsers.add_parser('visualize', help="the paper's figures: sampler maps (Fig. 2), score histograms "
-                                                '(Fig. 6)', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
-    return p
+    return add_command(subparsers, 'visualize', "the paper's figures: sampler maps (Fig. 2), score histograms (Fig. 6)",
+                       __doc__, add_arguments, run)
 
 
 class _Loaded(NamedTuple):
@@ -257,9 +248,8 @@ class _Loaded(NamedTuple):
 
 def _load(name, checkpoint, args, device) -> _Loaded:
     from timm.data import create_transform, resolve_data_config
-    from .eval_model import load_eval_model, read_checkpoint
-    model, info = load_eval_model(name, checkpoint, ssod=not args.no_ssod, use_ema=not args.no_ema,
-                                  num_classes=args.num_classes, model_kwargs=args.model_kwargs)
+    from .eval_model import load_model_of_args, read_checkpoint
+    model, info = load_model_of_args(args, name, checkpoint)
     train_args = {}
     if checkpoint and not str(checkpoint).endswith('.safetensors'):  # gamma / dataset of the training run
         train_args = read_checkpoint(checkpoint, use_ema=False)[1].get('args') or {}
@@ -399,18 +389,11 @@ def _visualize(args) -> int:
 
 def run(args: argparse.Namespace, prog: str = 'timm-ssod visualize') -> int:
     """Draw the figures of parsed arguments; 0 on success, 1 with a message on bad input."""
-    try:
-        return _visualize(args)
-    except (ValueError, OSError, PlotDependencyError, FloatingPointError) as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        return 1
+    return report_errors(_visualize, args, prog, BAD_INPUT + (PlotDependencyError,))
 
 
 def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_ssod.visualize') -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv), prog)
+    return parse_and_run(argv, prog, __doc__, add_arguments, run)
 
 
 if __name__ == '__main__':
