@@ -89,6 +89,37 @@ def test_mobilenet_family_conv_head_on_the_whole_map_matches_each_location(name,
             assert torch.allclose(out.patch_logits[:, i * w + j], expected, rtol=1e-5, atol=1e-4), (i, j)
 
 
+def test_per_location_pass_in_training_leaves_head_batchnorm_statistics_to_the_pooled_pass():
+    """MobileNetV4's head has a BatchNorm after the pool: training SSOD must update its running
+    statistics exactly as plain training does (from the pooled features only), and hand every
+    module its training flag back."""
+    torch.manual_seed(0)
+    ssod = timm_ssod.create_model('mobilenetv4_conv_small', num_classes=NUM_CLASSES).train()
+    plain = timm.create_model('mobilenetv4_conv_small', num_classes=NUM_CLASSES).train()
+    plain.load_state_dict({k: v for k, v in ssod.state_dict().items() if not k.startswith('ood_head.')})
+    x = torch.randn(4, 3, 96, 96)
+    out = ssod.forward_ssod(x)
+    plain(x)
+    assert out.patch_logits.shape == (4, 9, NUM_CLASSES)
+    for k, v in plain.norm_head.state_dict().items():
+        assert torch.equal(ssod.norm_head.state_dict()[k], v), k
+    assert all(m.training for m in ssod.modules())
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'mobilenetv3_large_100', 'vit_tiny_patch16_224'])
+def test_per_location_confidences_have_no_dropout_noise_in_training(name):
+    """With head dropout (timm's drop_rate), the sampler's per-location logits are those of the
+    model at inference, not a random draw."""
+    model, x = build(name, drop_rate=0.9)
+    with torch.no_grad():
+        expected = model.forward_ssod(x).patch_logits
+        model.train()
+        first, second = model.forward_ssod(x).patch_logits, model.forward_ssod(x).patch_logits
+    assert torch.allclose(first, second) and model.training
+    if name.startswith('vit'):  # no BatchNorm: the backbone's train-mode features are its eval-mode ones
+        assert torch.allclose(first, expected, atol=1e-5)
+
+
 @pytest.mark.parametrize('name', POOL_LINEAR_HEADS)
 def test_mean_of_per_location_logits_equals_pooled_logits(name):
     model, x = build(name)

@@ -12,11 +12,11 @@ This module is the only place that knows about them. Everything else in timm_sso
 ``locations`` of shape (B, L, C) with L = H * W, plus the grid (H, W).
 """
 import math
+from contextlib import contextmanager
 from typing import Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models.mobilenetv3 import MobileNetV3
 
 
@@ -84,9 +84,30 @@ def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> to
     pooling the head does (avg, max, class token, distillation tokens) returns that location.
     Convolutional heads (MobileNetV3's conv_head), norms (ConvNeXt, ViT fc_norm) and
     distilled heads are thereby respected. Returns (B, L, M).
+
+    The head runs as at inference, whatever mode the model is in: no dropout, and a norm layer in
+    the head (MobileNetV4's BatchNorm, RepViT's, LeViT's) uses its running statistics and does not
+    update them from single locations. Call it without gradient (it only feeds the sampler).
     """
-    if _has_pointwise_conv_head(model, feats):
-        return _conv_head_per_location(model, feats)
+    with _eval_mode(model):
+        if _has_pointwise_conv_head(model, feats):
+            return _conv_head_per_location(model, feats)
+        return _head_per_location(model, feats, locations)
+
+
+@contextmanager
+def _eval_mode(model):
+    """model.eval() for the duration, then every module's own training flag back."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
     b, n, c = locations.shape
     flat = locations.reshape(b * n, c)
     layout = _layout(model, feats)
@@ -116,10 +137,7 @@ def _has_pointwise_conv_head(model, feats: torch.Tensor) -> bool:
 def _conv_head_per_location(model, feats: torch.Tensor) -> torch.Tensor:
     """MobileNetV3.forward_head without its pool, on every location of the map: (B, L, M)."""
     x = model.act2(model.norm_head(model.conv_head(feats)))
-    x = x.flatten(2).transpose(1, 2)  # (B, L, head_hidden_size)
-    if model.drop_rate > 0.:
-        x = F.dropout(x, p=model.drop_rate, training=model.training)
-    return model.classifier(x)
+    return model.classifier(x.flatten(2).transpose(1, 2))  # (B, L, M); dropout is off at inference
 
 
 def merge_heads(logits):
