@@ -89,3 +89,16 @@ def test_quality_merge_combines_parallel_runs_and_refuses_mismatched_settings(ou
         _script('quality').main(['--merge', str(outputs['quality']), str(tmp_path / 'c.json'), '--out', str(out)])
     with pytest.raises(SystemExit, match='more than one file'):
         _script('quality').main(['--merge', str(outputs['quality']), str(outputs['quality']), '--out', str(out)])
+
+
+def test_readme_tables_are_the_committed_json():
+    """Every benchmark JSON in benchmarks/ has its table in the README, generated from it
+    (numbers are never typed by hand): rerun ``make_tables.py --readme README.md`` after a run."""
+    mt = _script('make_tables')
+    readme = (BENCH.parent / 'README.md').read_text()
+    blocks = mt.readme_blocks(readme)
+    committed = {name: fn for name, fn in mt.SECTIONS if (BENCH / f'{name}.json').exists()}
+    assert set(committed) <= set(blocks), f'README lacks generated blocks for {set(committed) - set(blocks)}'
+    for name, fn in committed.items():
+        assert blocks[name] == fn(json.loads((BENCH / f'{name}.json').read_text())), \
+            f'README table {name!r} differs from benchmarks/{name}.json: run make_tables.py --readme README.md'
