@@ -125,11 +125,12 @@ def _has_pointwise_conv_head(model, feats: torch.Tensor) -> bool:
     """MobileNetV3-family heads (also MobileNetV4, LCNet): a global pool, then a 1x1 conv_head, norm,
     activation and classifier. Every layer after the pool acts on each location alone, so the
     head can run on the whole map at once: the same numbers as 1x1 maps, but one conv over
-    (B, C, H, W) instead of B*H*W convs over 1x1 inputs, which oneDNN runs 3-4x slower on CPU
-    (benchmarks/overhead.py). Only for this forward_head, read from timm's source."""
+    (B, C, H, W) instead of B*H*W convs over 1x1 inputs, which oneDNN ran several times slower
+    when profiled for benchmarks/overhead.py's MobileNetV3 row (CPU). Only for this exact
+    forward_head, read from timm's source."""
     if type(model).forward_head is not MobileNetV3.forward_head or _layout(model, feats) != 'NCHW':
         return False
-    conv, pool = model.conv_head, str(getattr(model.global_pool, 'pool_type', '')).lower()
+    conv, pool = getattr(model, 'conv_head', None), str(getattr(model.global_pool, 'pool_type', '')).lower()
     # avg, max and avgmax pools return a 1x1 map unchanged; catavgmax doubles it, '' does not pool
     return isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and bool(pool) and not pool.endswith('catavgmax')
 
