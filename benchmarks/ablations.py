@@ -8,9 +8,16 @@ the vanilla fine-tune, whose best baselines are the reference. Reported per sett
 AUROC of the SSOD score (and of ``ssod_msp``) per OOD set and on average, ID accuracy, and the
 sampler's share of ID / OOD / ignored locations in the last fine-tuning epoch.
 
-    python benchmarks/ablations.py                 # 9 settings, resnet18 as the demo (about 25 min on 2 idle cores)
+    python benchmarks/ablations.py                 # 9 settings, resnet10t as the demo (about 33 min on one core)
     python benchmarks/ablations.py --only lam      # one sweep
     python benchmarks/ablations.py --quick         # tiny model and data (tests)
+
+Several seeds: one process per seed (each its own stage 1 and fine-tunes), then merge; make_tables
+reports mean ± std over the seeds:
+
+    OMP_NUM_THREADS=1 python benchmarks/ablations.py --seed 1 --out s1.json --runs-dir output/abl1 &
+    OMP_NUM_THREADS=1 python benchmarks/ablations.py --seed 2 --out s2.json --runs-dir output/abl2; wait
+    python benchmarks/ablations.py --merge benchmarks/ablations.json s1.json s2.json
 
 Writes benchmarks/ablations.json (or --out) atomically after every setting; prints one line per step.
 """
@@ -45,7 +52,33 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='tiny model and data (for tests)')
     p.add_argument('--runs-dir', default='./output/benchmarks/ablations', help='training runs')
     p.add_argument('--out', default=os.path.join(HERE, 'ablations.json'))
+    p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
+                   help='combine single-seed results (or earlier merges) into --out (trains nothing)')
     return p.parse_args(argv)
+
+
+def single_runs(d):
+    """The single-seed results in a result file: itself, or the runs of a merge."""
+    return d['runs'] if 'runs' in d else [d]
+
+
+def merge(paths):
+    """One multi-seed result from single-seed ones with the same protocol (seed aside) and settings."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs += single_runs(json.load(f))
+    ref = runs[0]
+    same = lambda r: ({k: v for k, v in r['protocol'].items() if k != 'seed'}, list(r['settings']))  # noqa: E731
+    for r in runs[1:]:
+        if same(r) != same(ref):
+            sys.exit(f'--merge: the seed-{r["protocol"]["seed"]} run has another protocol or other settings than '
+                     f'the seed-{ref["protocol"]["seed"]} run; only reruns with another --seed can be merged')
+    seeds = [r['protocol']['seed'] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        sys.exit(f'--merge: seeds {seeds} repeat; each run must have its own --seed')
+    return {'command': '; '.join(r['command'] for r in runs), 'seeds': seeds,
+            'seconds': max(r.get('seconds', 0) for r in runs), 'runs': runs}
 
 
 def settings(sweeps):
@@ -68,6 +101,11 @@ def sampler_shares(run_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        out = merge(args.merge)
+        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        print(f'merged seeds {out["seeds"]} into {args.out}')
+        return out
     base = dict(QUICK if args.quick else DEMO)
     base.pop('log_interval', None)
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS

@@ -92,26 +92,43 @@ def quality_tables(d):
     return '\n'.join(out)
 
 
+def _stat(values):
+    """{mean, std, n} of a list of fractions, for ``pm``."""
+    n = len(values)
+    mean = sum(values) / n
+    return {'mean': mean, 'std': (sum((v - mean) ** 2 for v in values) / n) ** 0.5, 'n': n}
+
+
 def ablation_tables(d):
-    sets = list(next(iter(d['settings'].values()))['scores']['ssod'])
-    p = d['protocol']
+    runs = d['runs'] if 'runs' in d else [d]  # a merge of several seeds, or one seed
+    first, p = runs[0], runs[0]['protocol']
+    sets = list(next(iter(first['settings'].values()))['scores']['ssod'])
+
+    def cell(get, metric=None):
+        return pm(_stat([get(r) if metric is None else get(r)[metric] for r in runs]))
+
     rows = []
-    for key, e in d['settings'].items():
-        sc, sm = e['scores']['ssod'], e.get('sampler', {})
-        shares = '/'.join(pct(sm.get(k), 0) for k in ('id', 'ood', 'ignored'))
-        epoch = '' if e.get('epoch') is None else f"{e['epoch'] + 1}/{p['finetune_epochs']}"
-        rows.append([key, e['setting']['gamma'], e['setting']['lam'], e['setting']['balance'], epoch,
-                     pct(e['id_accuracy']), shares] + [f"{pct(sc[s]['fpr95'])} / {pct(sc[s]['auroc'])}" for s in sets]
-                    + [pct(e['scores']['ssod_msp']['average']['fpr95'])])
-    ref = d.get('vanilla_reference')
-    if ref:
-        for det, sc in ref['scores'].items():
-            rows.append([f'vanilla model, {det}', '', '', '', '', pct(ref['id_accuracy']), '']
-                        + [f"{pct(sc[s]['fpr95'])} / {pct(sc[s]['auroc'])}" for s in sets] + [''])
-    return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px, seed {p['seed']})\n\n"
-            f"Command: `{d.get('command', '').strip()}`. SSOD score FPR95 ↓ / AUROC ↑ in percent on the test splits; epoch = the "
-            f"fine-tuning epoch kept (best validation FPR95); sampler = share of ID / OOD / ignored locations in the "
-            f"last fine-tuning epoch.\n\n"
+    for key, e in first['settings'].items():
+        es = [r['settings'][key] for r in runs]
+        shares = '/'.join(pct(sum(x.get('sampler', {}).get(k, 0) for x in es) / len(es), 0) for k in ('id', 'ood', 'ignored'))
+        epochs = ', '.join('' if x.get('epoch') is None else str(x['epoch'] + 1) for x in es)
+        rows.append([key, e['setting']['gamma'], e['setting']['lam'], e['setting']['balance'],
+                     f"{epochs} of {p['finetune_epochs']}", cell(lambda r: r['settings'][key]['id_accuracy']), shares]
+                    + [f"{cell(lambda r: r['settings'][key]['scores']['ssod'][s], 'fpr95')} / "
+                       f"{cell(lambda r: r['settings'][key]['scores']['ssod'][s], 'auroc')}" for s in sets]
+                    + [cell(lambda r: r['settings'][key]['scores']['ssod_msp']['average'], 'fpr95')])
+    if all('vanilla_reference' in r for r in runs):
+        for det in first['vanilla_reference']['scores']:
+            rows.append([f'vanilla model, {det}', '', '', '', '', cell(lambda r: r['vanilla_reference']['id_accuracy']), '']
+                        + [f"{cell(lambda r: r['vanilla_reference']['scores'][det][s], 'fpr95')} / "
+                           f"{cell(lambda r: r['vanilla_reference']['scores'][det][s], 'auroc')}" for s in sets] + [''])
+    seeds = ', '.join(str(r['protocol']['seed']) for r in runs)
+    spread = '; mean ± std over seeds' if len(runs) > 1 else ''
+    return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px, "
+            f"seed{'s' if len(runs) > 1 else ''} {seeds}{spread})\n\n"
+            f"Command: `{d.get('command', '').strip()}`. SSOD score FPR95 ↓ / AUROC ↑ in percent on the test splits; "
+            f"epoch = the fine-tuning epoch kept per seed (best validation FPR95); sampler = share of ID / OOD / "
+            f"ignored locations in the last fine-tuning epoch (mean over seeds).\n\n"
             + md_table(['Setting', 'γ', 'λ', 'balance', 'epoch', 'ID acc', 'sampler % ID/OOD/ign.']
                        + [f'{s} FPR95 / AUROC' for s in sets] + ['ssod_msp avg FPR95'], rows))
 

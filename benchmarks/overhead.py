@@ -201,7 +201,8 @@ def measure(name, kwargs, args):
 
 def environment(args):
     env = {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
-           'device': args.device, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count()}
+           'device': args.device, 'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
+           'load_average_at_start': os.getloadavg()}  # timings need an idle machine: other jobs skew ratios
     if torch.device(args.device).type == 'cuda':
         env['gpu'] = torch.cuda.get_device_name(args.device)
     return env
@@ -222,6 +223,7 @@ def main(argv=None):
               'settings': {k: getattr(args, k) for k in ('batch_size', 'img_size', 'num_classes', 'reps',
                                                          'amp', 'channels_last')},
               'models': {}}
+    start = time.time()
     for i, (name, kwargs) in enumerate(models.items()):
         t = time.time()
         row = measure(name, kwargs, args)
@@ -229,6 +231,7 @@ def main(argv=None):
         print(f'[{i + 1}/{len(models)}] {name}: train x{row["train_time_ratio"]:.3f} '
               f'(mem x{row["train_mem_ratio"]:.3f}), inference x{row["inference_time_ratio"]:.3f} '
               f'grid {row["grid"]} ({time.time() - t:.0f}s)', flush=True)
+    result['seconds'] = round(time.time() - start, 1)
     tmp = args.out + '.tmp'
     with open(tmp, 'w') as f:
         json.dump(result, f, indent=2)

@@ -102,3 +102,25 @@ def test_readme_tables_are_the_committed_json():
     for name, fn in committed.items():
         assert blocks[name] == fn(json.loads((BENCH / f'{name}.json').read_text())), \
             f'README table {name!r} differs from benchmarks/{name}.json: run make_tables.py --readme README.md'
+
+
+def test_ablations_merge_reports_mean_and_spread_over_seeds(outputs, tmp_path):
+    run = json.loads(outputs['ablations'].read_text())
+    other = json.loads(json.dumps(run))
+    other['protocol']['seed'] = 1
+    key = next(iter(other['settings']))
+    run_bg = run['settings'][key]['scores']['ssod']['backgrounds']['fpr95']
+    other['settings'][key]['scores']['ssod']['backgrounds']['fpr95'] = run_bg + 0.2  # a known spread: std 10 points
+    (tmp_path / 's1.json').write_text(json.dumps(other))
+    out = tmp_path / 'merged.json'
+    merged = _script('ablations').main(['--merge', str(outputs['ablations']), str(tmp_path / 's1.json'), '--out', str(out)])
+    assert merged['seeds'] == [0, 1] and json.loads(out.read_text())['seeds'] == [0, 1]
+    table = _script('make_tables').ablation_tables(merged)
+    assert 'seeds 0, 1; mean ± std' in table
+    assert f'{100 * (run_bg + 0.1):.1f} ± 10.0 /' in table.split('\n')[6]  # the first setting's row
+    with pytest.raises(SystemExit, match='repeat'):
+        _script('ablations').main(['--merge', str(outputs['ablations']), str(outputs['ablations']), '--out', str(out)])
+    other['protocol']['img_size'] = 32
+    (tmp_path / 's2.json').write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match='another protocol'):
+        _script('ablations').main(['--merge', str(outputs['ablations']), str(tmp_path / 's2.json'), '--out', str(out)])
