@@ -55,6 +55,19 @@ def _best_vanilla(rows, key='average'):
     return min(cands)[1] if cands else None
 
 
+def sampler_cells(runs):
+    """'4x4, 50/8/42, 38/10' from the runs' sampler diagnostics (mean over seeds), in percent."""
+    diags = [r['sampler_alignment'] for r in runs if r.get('sampler_alignment')]
+    if not diags:
+        return '–'
+
+    def mean(get):
+        return sum(get(x) for x in diags) / len(diags)
+    share = '/'.join(pct(mean(lambda x: x['share'][k]), 0) for k in ('id', 'ood', 'ignored'))
+    bg = '/'.join(pct(mean(lambda x: x['background_cells'][k]), 0) for k in ('labelled_id', 'labelled_ood'))
+    return f"{'x'.join(map(str, diags[0]['grid']))}, {share}, {bg}"
+
+
 def quality_tables(d):
     sets = d['ood_sets'] + ['average']
     out = [f"### Detection quality on the built-in benchmark (seeds {', '.join(map(str, d['seeds']))}; mean ± std)\n\n"
@@ -72,11 +85,14 @@ def quality_tables(d):
             return f"{pm(rows['ssod (SSOD model)'][s]['fpr95'])} vs {pm(rows[best][s]['fpr95'])}"
         extra = [pm(rows[r]['average']['fpr95']) if r in rows else '–' for r in SSOD_ROWS[1:]]
         summary.append([name, f"{pm(sm['id_accuracy']['vanilla'])} / {pm(sm['id_accuracy']['ssod'])}",
-                        best.split(' ')[0]] + [vs(s) for s in sets] + extra)
+                        sampler_cells(b['runs'])] + [best.split(' ')[0]] + [vs(s) for s in sets] + extra)
     out.append('FPR95 ↓ of the SSOD score vs the best post-hoc baseline on the vanilla model (the one with the lowest '
                'mean average FPR95, picked on the test results, as papers do), then the mean FPR95 of the other '
-               'SSOD-model scores:\n')
-    out.append(md_table(['Backbone', 'ID acc vanilla / SSOD', 'best baseline'] + [f'{s}: SSOD vs best' for s in sets]
+               'SSOD-model scores. Sampler: Eq. 12 on the fine-tuned SSOD model\'s validation images (mean over '
+               'seeds): the share of locations labelled ID / OOD / ignored, and of the pure-background cells (no object '
+               'pixel) the share labelled ID / OOD; SSOD needs the latter to be mostly OOD.\n')
+    out.append(md_table(['Backbone', 'ID acc vanilla / SSOD', 'sampler: map, % ID/OOD/ign., bg → ID/OOD',
+                         'best baseline'] + [f'{s}: SSOD vs best' for s in sets]
                         + [f"{r.split(' ')[0]} avg" for r in SSOD_ROWS[1:]], summary))
     for name, b in d['backbones'].items():
         if 'summary' not in b:
