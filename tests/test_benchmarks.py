@@ -124,3 +124,13 @@ def test_ablations_merge_reports_mean_and_spread_over_seeds(outputs, tmp_path):
     (tmp_path / 's2.json').write_text(json.dumps(other))
     with pytest.raises(SystemExit, match='another protocol'):
         _script('ablations').main(['--merge', str(outputs['ablations']), str(tmp_path / 's2.json'), '--out', str(out)])
+
+
+def test_every_quality_backbone_config_builds_with_a_spatial_map():
+    """The full run's configurations (not trained by the quick test) build and give >= 2x2 maps."""
+    import timm_ssod
+    for name, cfg in _script('quality').BACKBONES.items():
+        model = timm_ssod.create_model(name, num_classes=6, **cfg['model_kwargs']).eval()
+        with torch.no_grad():
+            out = model.forward_ssod(torch.randn(1, 3, cfg['img_size'], cfg['img_size']))
+        assert min(out.grid) >= 2, (name, out.grid)
