@@ -90,7 +90,7 @@ def quality_tables(d):
                'mean average FPR95, picked on the test results, as papers do), then the mean FPR95 of the other '
                'SSOD-model scores. Sampler: Eq. 12 on the fine-tuned SSOD model\'s validation images (mean over '
                'seeds): the share of locations labelled ID / OOD / ignored, and of the pure-background cells (no object '
-               'pixel) the share labelled ID / OOD; SSOD needs the latter to be mostly OOD.\n')
+               'pixel) the share labelled ID / OOD (the paper\'s premise is that they are mostly OOD).\n')
     out.append(md_table(['Backbone', 'ID acc vanilla / SSOD', 'sampler: map, % ID/OOD/ign., bg → ID/OOD',
                          'best baseline'] + [f'{s}: SSOD vs best' for s in sets]
                         + [f"{r.split(' ')[0]} avg" for r in SSOD_ROWS[1:]], summary))
