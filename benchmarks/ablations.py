@@ -77,7 +77,7 @@ def merge(paths):
     seeds = [r['protocol']['seed'] for r in runs]
     if len(set(seeds)) != len(seeds):
         sys.exit(f'--merge: seeds {seeds} repeat; each run must have its own --seed')
-    return {'command': '; '.join(r['command'] for r in runs), 'seeds': seeds,
+    return {'command': '; '.join(r['command'].strip() for r in runs), 'seeds': seeds,
             'seconds': max(r.get('seconds', 0) for r in runs), 'runs': runs}
 
 
