@@ -34,9 +34,9 @@ from .data import OOD_SETS, SyntheticDataset, create_dataset
 from .detectors.registry import EXPERIMENTAL_DETECTORS
 from .evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
 from .eval_model import load_eval_model
-from .posterior import id_probability
+from .posterior import ID_INDEX, OOD_INDEX, id_probability
 from .report import format_table, write_results
-from .sampler import sample_patches, target_confidence
+from .sampler import IGNORED, sample_patches, target_confidence
 
 __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
            'remove_checkpoints', 'sampler_alignment', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
@@ -154,7 +154,7 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
 
     def mean(t, mask):
         return float(t[mask].mean()) if mask.any() else None
-    names = {'id': 1, 'ood': 0, 'ignored': -1}
+    names = {'id': ID_INDEX, 'ood': OOD_INDEX, 'ignored': IGNORED}
     return {'num_images': num_images, 'split': split, 'gamma': gamma, 'grid': list(out.grid),
             'share': {k: float((labels == v).float().mean()) for k, v in names.items()},
             'object_coverage': {k: mean(cover, labels == v) for k, v in names.items()},
