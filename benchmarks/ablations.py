@@ -66,8 +66,11 @@ def merge(paths):
     """One multi-seed result from single-seed ones with the same protocol (seed aside) and settings."""
     runs = []
     for path in paths:
-        with open(path) as f:
-            runs += single_runs(json.load(f))
+        try:
+            with open(path) as f:
+                runs += single_runs(json.load(f))
+        except (OSError, ValueError) as e:
+            sys.exit(f'--merge: cannot read {path}: {e}')
     ref = runs[0]
     same = lambda r: ({k: v for k, v in r['protocol'].items() if k != 'seed'}, list(r['settings']))  # noqa: E731
     for r in runs[1:]:

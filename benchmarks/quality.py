@@ -87,8 +87,11 @@ def merge(paths):
     """One result from the JSON of runs of disjoint backbone subsets with the same settings."""
     parts = []
     for path in paths:
-        with open(path) as f:
-            parts.append(json.load(f))
+        try:
+            with open(path) as f:
+                parts.append(json.load(f))
+        except (OSError, ValueError) as e:
+            sys.exit(f'--merge: cannot read {path}: {e}')
     first = parts[0]
     out = {k: first[k] for k in MUST_AGREE}
     out.update(command='; '.join(p['command'] for p in parts), environment=[p['environment'] for p in parts],
