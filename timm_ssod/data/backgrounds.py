@@ -1,9 +1,8 @@
-"""Backgrounds for the synthetic data: smooth, label-free scenes.
+"""Smooth, label-free backgrounds (``background='smooth'``): gradients, blobs, flat colours.
 
-The same generator is used under every ID object, under the novel (near-OOD)
-objects, and alone as the far-OOD set ``backgrounds``. Nothing here depends on a
-class, so background regions carry no class information: they are the "natural
-OOD" that SSOD samples from ID images.
+Monotonous backgrounds are the failure case of the paper's A.5: the OOD patches SSOD samples
+from them carry no diversity. Kept as that benchmark; the default is ``natural.py``.
+Nothing here depends on a class, so background regions carry no class information.
 """
 import numpy as np
 
@@ -58,7 +57,7 @@ def flat(rng: np.random.Generator, size: Size) -> np.ndarray:
 BACKGROUND_KINDS = (linear_gradient, radial_gradient, colour_field, gaussian_blobs, flat)
 
 
-def random_background(rng: np.random.Generator, size: Size) -> np.ndarray:
+def random_smooth_background(rng: np.random.Generator, size: Size) -> np.ndarray:
     """A float32 (h, w, 3) background in [0, 255]: one of ``BACKGROUND_KINDS``, usually
     with mild pixel noise."""
     kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]

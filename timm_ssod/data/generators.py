@@ -1,20 +1,39 @@
 """What one synthetic image is: the ID generator and the registry of OOD set generators.
 
-A generator is ``fn(rng, size, num_classes) -> (image, background, alpha)``: float32
-images (h, w, 3) in [0, 255] and the object coverage (h, w) in [0, 1] (zeros when
-there is no object). ``register_ood_set`` adds a new OOD set by name.
+A generator is ``fn(rng, size, num_classes, background=...) -> (image, background, alpha)``:
+float32 images (h, w, 3) in [0, 255] and the object coverage (h, w) in [0, 1] (zeros when
+there is no object); ``background`` is the background generator ``(rng, size) -> image``
+of the benchmark (``BACKGROUNDS``), so that ID objects, near-OOD objects and the far-OOD
+``backgrounds`` set share it. ``register_ood_set`` adds a new OOD set by name (a function
+without a ``background`` parameter is called without it).
 """
+import inspect
 from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from .backgrounds import random_background
+from .backgrounds import random_smooth_background
+from .natural import random_natural_background
 from .canvas import Size
 from .shapes import ID_SHAPES, NOVEL_SHAPES, class_colour, paste_object
 from .textures import random_noise, random_texture
 
 Generated = Tuple[np.ndarray, np.ndarray, np.ndarray]
-Generator = Callable[[np.random.Generator, Size, int], Generated]
+Generator = Callable[..., Generated]
+Background = Callable[[np.random.Generator, Size], np.ndarray]
+
+# The benchmark's background families: 'natural' (default: natural image statistics, diverse)
+# and 'smooth' (gradients and blobs: the paper's A.5 failure case, kept as its own benchmark).
+BACKGROUNDS: Dict[str, Background] = {'natural': random_natural_background, 'smooth': random_smooth_background}
+DEFAULT_BACKGROUND = 'natural'
+
+
+def get_background(name: str) -> Background:
+    """The background generator called ``name``; ValueError listing the valid names."""
+    try:
+        return BACKGROUNDS[name]
+    except KeyError:
+        raise ValueError(f'unknown background {name!r}; valid: {", ".join(map(repr, BACKGROUNDS))}') from None
 
 
 def id_class_names(num_classes: int):
@@ -25,9 +44,10 @@ def id_class_names(num_classes: int):
     return sorted(list(ID_SHAPES)[:num_classes])
 
 
-def generate_id(rng: np.random.Generator, size: Size, label: int, num_classes: int) -> Generated:
+def generate_id(rng: np.random.Generator, size: Size, label: int, num_classes: int,
+                background: Background = random_natural_background) -> Generated:
     """An ID image of class ``label``: its shape in a class colour on a random background."""
-    bg = random_background(rng, size)
+    bg = background(rng, size)
     name = id_class_names(num_classes)[label]
     img, alpha = paste_object(rng, bg, name, class_colour(rng, label, num_classes))
     return img, bg, alpha
@@ -37,14 +57,14 @@ def _no_object(img: np.ndarray) -> Generated:
     return img, img, np.zeros(img.shape[:2], dtype=np.float32)
 
 
-def generate_backgrounds(rng, size, num_classes) -> Generated:
+def generate_backgrounds(rng, size, num_classes, background=random_natural_background) -> Generated:
     """Far OOD: the ID background generator with no object."""
-    return _no_object(random_background(rng, size))
+    return _no_object(background(rng, size))
 
 
-def generate_novel_objects(rng, size, num_classes) -> Generated:
+def generate_novel_objects(rng, size, num_classes, background=random_natural_background) -> Generated:
     """Near OOD: a shape that is no ID class, coloured like a random ID class, on an ID background."""
-    bg = random_background(rng, size)
+    bg = background(rng, size)
     names = list(NOVEL_SHAPES)
     name = names[int(rng.integers(len(names)))]
     colour = class_colour(rng, int(rng.integers(num_classes)), num_classes)
@@ -52,12 +72,12 @@ def generate_novel_objects(rng, size, num_classes) -> Generated:
     return img, bg, alpha
 
 
-def generate_noise(rng, size, num_classes) -> Generated:
+def generate_noise(rng, size, num_classes, background=None) -> Generated:
     """Pixel noise images (Gaussian, uniform, salt and pepper)."""
     return _no_object(random_noise(rng, size))
 
 
-def generate_textures(rng, size, num_classes) -> Generated:
+def generate_textures(rng, size, num_classes, background=None) -> Generated:
     """Regular or fractal textures with no object."""
     return _no_object(random_texture(rng, size))
 
@@ -77,7 +97,12 @@ def register_ood_set(name: str, fn: Generator, overwrite: bool = False) -> None:
         raise ValueError(f'invalid OOD set name {name!r}')
     if name in _OOD_GENERATORS and not overwrite:
         raise ValueError(f'OOD set {name!r} already registered; pass overwrite=True to replace it')
-    _OOD_GENERATORS[name] = fn
+    if 'background' not in inspect.signature(fn).parameters:
+        def with_background(rng, size, num_classes, background=None, _fn=fn):
+            return _fn(rng, size, num_classes)
+        _OOD_GENERATORS[name] = with_background
+    else:
+        _OOD_GENERATORS[name] = fn
 
 
 def list_ood_sets() -> Tuple[str, ...]:

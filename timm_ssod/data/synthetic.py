@@ -7,13 +7,14 @@ import torch.utils.data
 from PIL import Image
 
 from .canvas import to_size, to_uint8
-from .generators import generate_id, get_ood_generator, id_class_names
+from .generators import DEFAULT_BACKGROUND, generate_id, get_background, get_ood_generator, id_class_names
 
 SYNTHETIC_PREFIX = 'synthetic'
 SPLITS = ('train', 'val', 'test')
 _SPLIT_ALIASES = {'training': 'train', 'validation': 'val', 'valid': 'val', 'eval': 'val',
                   'evaluation': 'val', 'testing': 'test'}
 DEFAULT_SIZES = {'id': {'train': 3000, 'val': 600, 'test': 600}, 'ood': 600}
+CACHE_BYTES = 256 * 2 ** 20  # rendered images are kept in memory (epochs after the first reuse them) up to this
 
 
 class Rendered(NamedTuple):
@@ -47,7 +48,13 @@ class SyntheticDataset(torch.utils.data.Dataset):
     """Generated images: ``kind='id'`` gives shapes of ``num_classes`` classes on varied
     backgrounds, any OOD set name (``OOD_SETS`` or registered) gives label -1 images.
 
-    Image ``i`` is a pure function of (kind, split, seed, i, img_size, num_classes),
+    ``background``: the background family under ID and near-OOD objects and of the far-OOD
+    ``backgrounds`` set: ``'natural'`` (default; natural image statistics, ``natural.py``) or
+    ``'smooth'`` (gradients and blobs, the paper's A.5 failure case, ``backgrounds.py``).
+    ``img_size`` is the size images are *rendered* at; timm's transforms resize them to the
+    model's input size (the paper's recipe renders CIFAR at 32 px and trains at 224).
+
+    Image ``i`` is a pure function of (kind, split, seed, i, img_size, num_classes, background),
     rendered lazily in ``__getitem__``; splits use different random streams, so they
     are disjoint. ID labels are ``i % num_classes`` (balanced) and index ``classes``,
     which is sorted alphabetically like timm's folder reader. Returns
@@ -65,8 +72,11 @@ class SyntheticDataset(torch.utils.data.Dataset):
             seed: int = 0,
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
+            background: str = DEFAULT_BACKGROUND,
     ):
         self.kind = kind
+        self.background = background
+        self._background = get_background(background)
         self.split = normalize_split(split)
         self._generator = None if kind == 'id' else get_ood_generator(kind)
         self.is_ood = kind != 'id'
@@ -84,6 +94,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         self.num_images = int(num_images)
         self.transform = transform
         self.target_transform = target_transform
+        # every image is a pure function of its index: keep renders when they all fit in CACHE_BYTES
+        self._cache = {} if self.num_images * self.size[0] * self.size[1] * 7 <= CACHE_BYTES else None
 
     def __len__(self) -> int:
         return self.num_images
@@ -102,13 +114,20 @@ class SyntheticDataset(torch.utils.data.Dataset):
     def render(self, index: int) -> Rendered:
         """Generate image ``index`` with its background and object mask (see ``Rendered``)."""
         index = self._check_index(index)
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         rng = sample_rng(self.seed, self.kind, self.split, index)
         label = self.label(index)
         if self.is_ood:
-            img, bg, alpha = self._generator(rng, self.size, self.num_classes)
+            img, bg, alpha = self._generator(rng, self.size, self.num_classes, background=self._background)
         else:
-            img, bg, alpha = generate_id(rng, self.size, label, self.num_classes)
-        return Rendered(to_uint8(img), to_uint8(bg), alpha >= 0.5, label)
+            img, bg, alpha = generate_id(rng, self.size, label, self.num_classes, background=self._background)
+        rendered = Rendered(to_uint8(img), to_uint8(bg), alpha >= 0.5, label)
+        if self._cache is not None:
+            for array in rendered[:3]:
+                array.flags.writeable = False  # shared by every later call
+            self._cache[index] = rendered
+        return rendered
 
     def object_mask(self, index: int) -> np.ndarray:
         """Boolean (h, w) mask of the object in image ``index`` (all False if none)."""
@@ -128,4 +147,4 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(kind={self.kind!r}, split={self.split!r}, num_images={self.num_images}, '
-                f'img_size={self.size}, num_classes={self.num_classes}, seed={self.seed})')
+                f'img_size={self.size}, num_classes={self.num_classes}, seed={self.seed}, background={self.background!r})')
