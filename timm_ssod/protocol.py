@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from timm.data import create_loader, create_transform, resolve_data_config
 
 from .checkpoint import atomic_write_text
-from .data import OOD_SETS, SyntheticDataset, create_dataset
+from .data import DEFAULT_BACKGROUND, OOD_SETS, SyntheticDataset, create_dataset
 from .detectors.registry import EXPERIMENTAL_DETECTORS
 from .evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
 from .eval_model import load_eval_model
@@ -57,15 +57,19 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
                 num_val: int, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int, ssod: bool,
                 initial_checkpoint: Optional[str] = None, gamma: float = 0.95, lam: float = 1.0,
                 balance: str = 'lwb', workers: int = 0, log_interval: int = 20,
-                select_on: Sequence[str] = (), extra_args: Sequence[str] = ()) -> Dict:
-    """One ``timm-ssod train`` run into ``<out_dir>/<name>``: AdamW, cosine schedule without
+                select_on: Sequence[str] = (), extra_args: Sequence[str] = (), render_size: Optional[int] = None,
+                background: str = DEFAULT_BACKGROUND) -> Dict:
+    """One ``timm-ssod train`` run into ``<out_dir>/<name>``: images rendered at ``render_size``
+    (default ``img_size``) on ``background`` backgrounds, resized by timm's transforms to
+    ``img_size`` (the paper's resize-up recipe when ``render_size < img_size``); AdamW, cosine schedule without
     warm-up, mild augmentation (objects stay in the crop), no label smoothing (it would cap
     the class confidence below gamma). ``select_on``: OOD sets whose *validation* splits
     select the checkpoint (``--ood-val``, ``--eval-metric fpr95``: the lowest mean FPR95 of
     the run's own score, SSOD or MSP; the paper's A.4); empty: the last epoch. Returns
     ``dict(checkpoint, best_epoch, argv, seconds, val_top1)``."""
     from .train import main as train_main
-    argv = ['--dataset', 'synthetic/id', '--dataset-kwargs', *_kv(dict(num_images=num_images, img_size=img_size)),
+    data_kwargs = dict(num_images=num_images, img_size=render_size or img_size, background=background)
+    argv = ['--dataset', 'synthetic/id', '--dataset-kwargs', *_kv(data_kwargs),
             '--val-split', 'val', '--val-dataset-kwargs', f'num_images={num_val}', '--num-classes', str(num_classes),
             '--model', backbone, '--img-size', str(img_size),
             '--opt', 'adamw', '--lr', str(lr), '--weight-decay', '0.05', '--sched', 'cosine', '--warmup-epochs', '0',
@@ -107,15 +111,18 @@ def _loader(model, dataset, img_size: int, batch_size: int, workers: int):
 def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]], *, img_size: int, num_classes: int,
                         ood_sets: Iterable[str] = OOD_SETS, num_test: int = 600, num_ood: int = 600,
                         num_fit: int = 2000, split: str = 'test', batch_size: int = 128, workers: int = 0,
-                        progress: bool = True, seed: int = 0, return_scores: bool = False):
-    """The harness on one checkpoint: ID ``split`` (``num_test`` images), each OOD set's
+                        progress: bool = True, seed: int = 0, return_scores: bool = False,
+                        render_size: Optional[int] = None, background: str = DEFAULT_BACKGROUND):
+    """The harness on one checkpoint (data rendered at ``render_size`` on ``background``
+    backgrounds, resized to ``img_size``): ID ``split`` (``num_test`` images), each OOD set's
     ``split`` (``num_ood`` images), detectors that fit fitted on the first ``num_fit``
     ID training images (no augmentation). ``split='val'`` gives validation scores, for
     choices (e.g. a mixing weight) that must not see the test sets."""
     model, _ = load_eval_model(checkpoint=checkpoint)
 
     def data(name, split_, n):
-        ds = create_dataset(name, split=split_, img_size=img_size, num_images=n, num_classes=num_classes)
+        ds = create_dataset(name, split=split_, img_size=render_size or img_size, num_images=n,
+                            num_classes=num_classes, background=background)
         return _loader(model, ds, img_size, batch_size, workers)
 
     ood = OrderedDict((s, data(f'synthetic/{s}', split, num_ood)) for s in ood_sets)
@@ -127,7 +134,8 @@ def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]]
 
 
 def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma: float = 0.95,
-                      num_images: int = 256, split: str = 'val', batch_size: int = 64) -> Dict:
+                      num_images: int = 256, split: str = 'val', batch_size: int = 64,
+                      render_size: Optional[int] = None, background: str = DEFAULT_BACKGROUND) -> Dict:
     """Does Eq. 12 find the backgrounds? On ``num_images`` ID images of ``split``, the share of
     locations the sampler labels ID / OOD / ignored, the mean object coverage of each (the
     fraction of the location's cell covered by the object, from the generator's masks), the
@@ -136,7 +144,8 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
     that OOD-labelled locations are background: their coverage should be near 0."""
     model, _ = load_eval_model(checkpoint=checkpoint)
     cfg = resolve_data_config({'img_size': img_size, 'crop_pct': 1.0}, model=model)  # cells aligned with the masks
-    ds = SyntheticDataset('id', split=split, num_images=num_images, img_size=img_size, num_classes=num_classes)
+    ds = SyntheticDataset('id', split=split, num_images=num_images, img_size=render_size or img_size,
+                          num_classes=num_classes, background=background)
     tf = create_transform(**cfg)
     labels, cover, p_id = [], [], []
     with torch.no_grad():
@@ -210,7 +219,8 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                  finetune_lr: float = 5e-4, batch_size: int = 64, workers: int = 0,
                  stage1_checkpoint: Optional[str] = None, vanilla: bool = True, progress: bool = True,
                  log_interval: int = 20, train_args: Sequence[str] = (), select: str = 'fpr95',
-                 keep_checkpoints: bool = True) -> Dict:
+                 keep_checkpoints: bool = True, render_size: Optional[int] = None,
+                 background: str = DEFAULT_BACKGROUND) -> Dict:
     """Run the protocol (module docstring) into ``out_dir`` and return its record::
 
         {"config": {...every argument...}, "stage1": {"checkpoint", "seconds", "val_top1", "argv"},
@@ -218,6 +228,9 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
          "eval": {"ssod": <evaluate() result>, "vanilla": <evaluate() result>},
          "table": <merge_results(eval)>, "table_md": "...", "seconds": {...}}
 
+    ``background``: the benchmark's background family (``'natural'`` or ``'smooth'``, the A.5
+    failure case); ``render_size``: the size images are generated at (default ``img_size``),
+    resized up to ``img_size`` by timm's transforms (the paper renders CIFAR at 32 px, trains at 224).
     ``model_kwargs``: ``timm.create_model`` arguments; None means ``{'output_stride': 16}``
     (a 4x4 map at 64 px). The defaults are ``timm-ssod demo``'s.
     ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
@@ -237,12 +250,13 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                   balance=balance, detectors=list(detectors), num_classes=num_classes, num_val=num_val,
                   num_test=num_test, num_ood=num_ood, num_fit=num_fit, ood_sets=list(ood_sets), lr=lr,
                   finetune_lr=finetune_lr, batch_size=batch_size, stage1_checkpoint=stage1_checkpoint,
-                  vanilla=vanilla, train_args=list(train_args), select=select)
+                  vanilla=vanilla, train_args=list(train_args), select=select, render_size=render_size,
+                  background=background)
     out_dir = os.path.abspath(out_dir)
     start = time.time()
     common = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
                   num_val=num_val, num_classes=num_classes, batch_size=batch_size, seed=seed, workers=workers,
-                  log_interval=log_interval, extra_args=train_args)
+                  log_interval=log_interval, extra_args=train_args, render_size=render_size, background=background)
     steps = 1 + (stage1_checkpoint is None) + 2 * (1 + vanilla)
     step = iter(range(1, steps + 1))
 
@@ -268,7 +282,8 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                                      **common)
 
     alignment = sampler_alignment(finetune['ssod']['checkpoint'], img_size=img_size, num_classes=num_classes,
-                                  gamma=gamma, num_images=min(256, num_val))
+                                  gamma=gamma, num_images=min(256, num_val), render_size=render_size,
+                                  background=background)
     results = OrderedDict()
     for kind in runs:
         dets = [d for d in detectors if kind == 'ssod' or d not in SSOD_ONLY]
@@ -277,7 +292,8 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
         t = time.time()
         results[kind] = evaluate_checkpoint(finetune[kind]['checkpoint'], dets, img_size=img_size,
                                             num_classes=num_classes, ood_sets=ood_sets, num_test=num_test,
-                                            num_ood=num_ood, num_fit=num_fit, workers=workers, progress=progress)
+                                            num_ood=num_ood, num_fit=num_fit, workers=workers, progress=progress,
+                                            render_size=render_size, background=background)
         finetune[kind]['eval_seconds'] = round(time.time() - t, 1)
         write_results(results[kind], os.path.join(out_dir, 'eval', kind))
         if not keep_checkpoints:
