@@ -167,6 +167,25 @@ def test_config_file_and_cli_flags_agree(tmp_path):
     assert load(tmp_path / 'run' / 'last.pth.tar')['ssod_cfg']['gamma'] == 0.7
 
 
+def test_resize_up_is_the_papers_small_image_recipe_in_one_flag(tmp_path):
+    """--resize-up N: CIFAR-sized images trained and evaluated at N px (Table 2 of the paper),
+    the whole image at evaluation (crop_pct 1); an explicit --crop-pct wins; a conflicting size is refused."""
+    args, _ = parse_args(['--resize-up', '224'])
+    assert (args.img_size, args.crop_pct) == (224, 1.0)
+    args, _ = parse_args(['--resize-up', '224', '--crop-pct', '0.9'])
+    assert (args.img_size, args.crop_pct) == (224, 0.9)
+    for bad in (['--resize-up', '224', '--img-size', '112'], ['--resize-up', '8']):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    # a real run on 16-px renders, upsampled to 64 (a 4x4 map at output stride 16)
+    argv = base_argv(tmp_path) + ['--dataset-kwargs', 'num_images=32', 'img_size=16', '--experiment', 'up']
+    argv[argv.index('--img-size'):argv.index('--img-size') + 2] = ['--resize-up', '64']
+    train(argv + ['--model-kwargs', 'output_stride=16'])
+    written = yaml.safe_load((tmp_path / 'up' / 'args.yaml').read_text())
+    assert (written['img_size'], written['crop_pct'], written['resize_up']) == (64, 1.0, 64)
+    assert summary_rows(tmp_path / 'up')
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--gamma', '0.5'], 'open interval'),
     (['--gamma', '1.0'], 'open interval'),

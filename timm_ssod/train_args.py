@@ -92,6 +92,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                        help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
     group.add_argument('--img-size', type=int, default=None, metavar='N',
                        help='Image size (default: None => model default)')
+    group.add_argument('--resize-up', type=int, default=None, metavar='N',
+                       help="the paper's recipe for small images (its Table 2 trains CIFAR resized to 224): "
+                            'train and evaluate at N px, upsampling every image, so the last feature map has '
+                            'cells that each see a part of the image (224 -> 7x7 at stride 32); sets --img-size N '
+                            'and --crop-pct 1.0 (evaluation sees the whole image) unless they are given')
     group.add_argument('--in-chans', type=int, default=None, metavar='N',
                        help='Image input channels (default: None => 3)')
     group.add_argument('--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'),
@@ -359,6 +364,20 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         name = spec.partition('=')[0] if '=' in spec else spec
         if '=' in spec and not name:
             parser.error(f'--ood-val {spec!r}: empty NAME before "="')
+    if args.resize_up is not None:
+        apply_resize_up(args, parser)
+
+
+def apply_resize_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--resize-up N``: ``--img-size N`` and, unless given, ``--crop-pct 1.0``."""
+    n = args.resize_up
+    if not (isinstance(n, int) and n >= 32):
+        parser.error(f'--resize-up must be an image size >= 32, got {n!r}')
+    if (args.img_size not in (None, n)) or (args.input_size and tuple(args.input_size[1:]) != (n, n)):
+        parser.error(f'--resize-up {n} sets the input size: drop --img-size / --input-size, or give the same size')
+    args.img_size = n
+    if args.crop_pct is None:
+        args.crop_pct = 1.0
 
 
 def parse_args(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Tuple[argparse.Namespace, str]:
