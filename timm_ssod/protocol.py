@@ -139,7 +139,8 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
     """Does Eq. 12 find the backgrounds? On ``num_images`` ID images of ``split``, the share of
     locations the sampler labels ID / OOD / ignored, the mean object coverage of each (the
     fraction of the location's cell covered by the object, from the generator's masks), the
-    sampler's label on pure-background cells (coverage < 5%), and the mean P(ID) of the OOD
+    sampler's label on pure-background cells (coverage < 5%) and on object cells (coverage > 50%),
+    and the mean P(ID) of the OOD
     head on object cells (coverage > 50%) and on background cells. The paper's premise is
     that OOD-labelled locations are background: their coverage should be near 0."""
     model, _ = load_eval_model(checkpoint=checkpoint)
@@ -169,6 +170,8 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
             'object_coverage': {k: mean(cover, labels == v) for k, v in names.items()},
             'background_cells': {'share_of_cells': float(background.float().mean()),
                                  **{f'labelled_{k}': mean((labels == v).float(), background) for k, v in names.items()}},
+            'object_cells': {'share_of_cells': float(obj.float().mean()),
+                             **{f'labelled_{k}': mean((labels == v).float(), obj) for k, v in names.items()}},
             'p_id': {'object_cells': mean(p_id, obj), 'background_cells': mean(p_id, background)}}
 
 
