@@ -1,12 +1,13 @@
 """The README's benchmark tables, generated from the JSON the benchmarks write (numbers are never
-typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json`` -> ``tables.md``.
+typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json``, ``regime.json`` -> ``tables.md``.
 
     python benchmarks/make_tables.py               # reads benchmarks/*.json, writes benchmarks/tables.md
     python benchmarks/make_tables.py --quality other.json --out /tmp/tables.md
     python benchmarks/make_tables.py --readme README.md   # also refresh the README's generated blocks
+    python benchmarks/make_tables.py --regime-figure docs/figures/regime.png   # and the study's figure
 
 The README holds each table between ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->``
-(NAME: overhead, quality, ablations); ``--readme`` rewrites only those blocks, and a test checks
+(NAME: overhead, quality, ablations, regime); ``--readme`` rewrites only those blocks, and a test checks
 they match the committed JSON.
 
 A missing JSON file is skipped with a note. Metrics are printed in percent.
@@ -149,7 +150,176 @@ def ablation_tables(d):
                        + [f'{s} FPR95 / AUROC' for s in sets] + ['ssod_msp avg FPR95'], rows))
 
 
-SECTIONS = (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables))
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def regime_groups(d):
+    """{(background, scale, backbone): [cells over seeds]} in the JSON's order."""
+    groups = {}
+    for c in d['cells'].values():
+        groups.setdefault((c['background'], c['scale'], c['backbone']), []).append(c)
+    return groups
+
+
+def _bg_ood(c):
+    return c['sampler_alignment']['background_cells']['labelled_ood']
+
+
+def _bg_id(c):
+    return c['sampler_alignment']['background_cells']['labelled_id']
+
+
+def _obj_id(c):
+    return c['sampler_alignment'].get('object_cells', {}).get('labelled_id')
+
+
+def _avg(c, row):
+    return c[row]['average']['fpr95']
+
+
+def factor_effects(d):
+    """Per factor and level: the mean over all cells at that level of SSOD's average FPR95, its gap to
+    the best logit baseline, and the sampler's share of pure-background cells labelled OOD."""
+    cells = list(d['cells'].values())
+    out = []
+    for factor in ('background', 'scale', 'backbone'):
+        for level in sorted({c[factor] for c in cells}):
+            sub = [c for c in cells if c[factor] == level]
+            out.append((factor, level, len(sub), _mean([_avg(c, 'ssod') for c in sub]),
+                        _mean([_avg(c, 'ssod') - _avg(c, 'best_logit') for c in sub]),
+                        _mean([_avg(c, 'ssod') - _avg(c, 'best_feature') for c in sub]),
+                        _mean([_bg_ood(c) for c in sub]), _mean([_obj_id(c) for c in sub])))
+    return out
+
+
+def _pearson(xs, ys):
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    if len(pairs) < 3:
+        return None
+    mx, my = _mean([p[0] for p in pairs]), _mean([p[1] for p in pairs])
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else None
+
+
+def regime_tables(d):
+    sets = d['ood_sets']
+    groups = regime_groups(d)
+    rows = []
+    for (bg, scale, backbone), cells in groups.items():
+        c0 = cells[0]
+        ident = [bg, f"{scale} ({c0['render_size']}→{c0['input_size']} px, {'x'.join(map(str, c0['grid']))})", backbone]
+
+        def stat(get):
+            return pm(_stat([get(c) for c in cells]))
+        best_l = '/'.join(sorted({c['best_logit']['average']['detector'] for c in cells}))
+        best_f = '/'.join(sorted({c['best_feature']['average']['detector'] for c in cells}))
+        rows.append(ident + [f"{stat(lambda c: c['id_accuracy']['vanilla'])} / {stat(lambda c: c['id_accuracy']['ssod'])}",
+                             f"{stat(_bg_ood)} / {stat(_bg_id)}",
+                             stat(_obj_id) if all(_obj_id(c) is not None for c in cells) else '–',
+                             stat(lambda c: _avg(c, 'ssod')),
+                             f"{stat(lambda c: _avg(c, 'best_logit'))} ({best_l})",
+                             f"{stat(lambda c: _avg(c, 'best_feature'))} ({best_f})"])
+    seeds = ', '.join(map(str, d['seeds']))
+    out = [f"### SSOD in its own regime: background x input scale x backbone (seeds {seeds}; mean ± std)\n\n"
+           f"Command: `{d.get('command', '').strip()}` (cells of all shards). Per cell: a vanilla stage 1 from "
+           f"scratch ({d['sizes']['stage1_epochs']} epochs, {d['sizes']['num_images']} images), then per seed a vanilla "
+           f"and an SSOD fine-tune ({d['sizes']['finetune_epochs']} epochs, best validation FPR95 kept), tested on "
+           f"{d['sizes']['num_test']} ID and {d['sizes']['num_ood']} images per OOD set. FPR95 ↓ in percent, averaged "
+           f"over {', '.join(sets)}. Sampler: Eq. 12 on the fine-tuned SSOD model's validation images — the share of "
+           f"pure-background cells (no object pixel) labelled OOD / ID, and of object cells (> 50% object) labelled ID. "
+           f"Best logit baseline: the lowest average FPR95 among {', '.join(d['logit_baselines'])}; best "
+           f"feature-space one: among {', '.join(d['feature_baselines'])}; both on the vanilla model.\n",
+           md_table(['background', 'scale (render→input, map)', 'backbone', 'ID acc vanilla / SSOD',
+                     'bg cells → OOD / ID', 'object cells → ID', 'SSOD avg FPR95', 'best logit avg FPR95',
+                     'best feature avg FPR95'], rows)]
+    per_set = []
+    for (bg, scale, backbone), cells in groups.items():
+        per_set.append([bg, scale, backbone] + [
+            f"{pm(_stat([c['ssod'][s]['fpr95'] for c in cells]))} / "
+            f"{pm(_stat([c['best_logit'][s]['fpr95'] for c in cells]))} / "
+            f"{pm(_stat([c['best_feature'][s]['fpr95'] for c in cells]))}" for s in sets])
+    out.append('\nPer OOD set, FPR95 ↓ of SSOD / the best logit baseline / the best feature-space baseline '
+               '(each best picked per set on the test results):\n')
+    out.append(md_table(['background', 'scale', 'backbone'] + sets, per_set))
+    effects = factor_effects(d)
+    cells = list(d['cells'].values())
+    r = _pearson([_bg_ood(c) for c in cells], [_avg(c, 'ssod') for c in cells])
+    out.append('\nMain effects: for each level of each factor, the mean over every cell (all levels of the other '
+               'factors, all seeds) of SSOD\'s average FPR95, its gap to the best logit and feature-space baselines '
+               '(negative: SSOD better) and the sampler\'s alignment.'
+               + (f' Across all {len(cells)} cells, the correlation of "background cells labelled OOD" with SSOD\'s '
+                  f'average FPR95 is r = {r:+.2f}.' if r is not None else '') + '\n')
+    out.append(md_table(['factor', 'level', 'cells', 'SSOD avg FPR95', 'SSOD − best logit', 'SSOD − best feature',
+                         'bg cells → OOD', 'object cells → ID'],
+                        [[f, lvl, n, pct(a), pct(b), pct(c), pct(e), pct(o)] for f, lvl, n, a, b, c, e, o in effects]))
+    scratch = d.get('from_scratch') or {}
+    runs = {}
+    for key, e in scratch.items():
+        runs.setdefault(key.rsplit('/', 1)[0], {})[e['kind']] = e
+    for key, pair in runs.items():
+        if set(pair) != {'ssod', 'vanilla'}:
+            continue
+        s_, v_ = pair['ssod'], pair['vanilla']
+        table = [['ssod (SSOD model)', pct(s_['id_accuracy'])] + [pct(s_['rows']['ssod'][x]['fpr95']) for x in sets + ['average']]]
+        table.append(['ssod_msp (SSOD model)', pct(s_['id_accuracy'])]
+                     + [pct(s_['rows']['ssod_msp'][x]['fpr95']) for x in sets + ['average']])
+        for label, best in (('best logit', v_['best_logit']), ('best feature', v_['best_feature'])):
+            table.append([f"{label}: {best['average']['detector']} (vanilla model)", pct(v_['id_accuracy'])]
+                         + [pct(v_['rows'][best['average']['detector']][x]['fpr95']) for x in sets + ['average']])
+        a = s_.get('sampler_alignment', {}).get('background_cells', {})
+        out.append(f"\n#### The paper's Table-2 protocol in the best cell ({key}): SSOD from scratch for the whole run "
+                   f"({s_['epochs']} epochs, the OOD term ramped in over the first {max(1, s_['epochs'] // 4)}) vs vanilla "
+                   f"from scratch, the same budget; pure-background cells labelled OOD {pct(a.get('labelled_ood'), 0)}%"
+                   f" / ID {pct(a.get('labelled_id'), 0)}%\n\n"
+                   + md_table(['detector', 'ID acc'] + [f'{x} FPR95' for x in sets] + ['average FPR95'], table))
+    return '\n'.join(out)
+
+
+def regime_figure(d, path):
+    """SSOD's average FPR95 against the sampler's alignment, one point per cell (docs/figures/regime.png)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {'smooth': 'tab:orange', 'natural': 'tab:green'}
+    markers = {'resnet10t': 'o', 'mobilenetv3_small_100': 's'}
+    for c in d['cells'].values():
+        filled = c['scale'] == 'paper'
+        kw = dict(marker=markers.get(c['backbone'], '^'), s=55, edgecolors=colours[c['background']],
+                  facecolors=colours[c['background']] if filled else 'none', linewidths=1.6)
+        axes[0].scatter(100 * _bg_ood(c), 100 * _avg(c, 'ssod'), **kw)
+    axes[0].set_xlabel('pure-background cells labelled OOD by Eq. 12 (%)')
+    axes[0].set_ylabel('SSOD average FPR95 (%) ↓')
+    axes[0].set_title('Does the sampler find the background?')
+    handles = [plt.Line2D([], [], color=v, marker='o', ls='', label=k) for k, v in colours.items()]
+    handles += [plt.Line2D([], [], color='grey', marker=m, ls='', mfc='none', label=k) for k, m in markers.items()]
+    handles += [plt.Line2D([], [], color='grey', marker='o', ls='', label='paper scale (filled)'),
+                plt.Line2D([], [], color='grey', marker='o', ls='', mfc='none', label='native scale (hollow)')]
+    axes[0].legend(handles=handles, fontsize=7, loc='best')
+    groups = regime_groups(d)
+    labels, series = [], {'SSOD': [], 'best logit': [], 'best feature': []}
+    for (bg, scale, backbone), cells in groups.items():
+        labels.append(f"{bg}\n{scale}\n{backbone.split('_')[0]}")
+        for name, row in (('SSOD', 'ssod'), ('best logit', 'best_logit'), ('best feature', 'best_feature')):
+            series[name].append(100 * _mean([_avg(c, row) for c in cells]))
+    width = 0.27
+    for i, (name, vals) in enumerate(series.items()):
+        axes[1].bar([x + (i - 1) * width for x in range(len(labels))], vals, width, label=name)
+    axes[1].set_xticks(range(len(labels)))
+    axes[1].set_xticklabels(labels, fontsize=7)
+    axes[1].set_ylabel('average FPR95 (%) ↓, mean over seeds')
+    axes[1].set_title('SSOD vs the best post-hoc baselines')
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+SECTIONS = (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables),
+            ('regime', regime_tables))
 
 
 def block_pattern(name):
@@ -177,8 +347,10 @@ def _write(path, text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    for name in ('overhead', 'quality', 'ablations'):
+    for name, _ in SECTIONS:
         p.add_argument(f'--{name}', default=os.path.join(HERE, f'{name}.json'))
+    p.add_argument('--regime-figure', default=None, metavar='PNG',
+                   help='also draw the regime study figure (e.g. docs/figures/regime.png; needs matplotlib)')
     p.add_argument('--out', default=os.path.join(HERE, 'tables.md'))
     p.add_argument('--readme', default=None, metavar='PATH', help="rewrite the README's generated blocks too")
     args = p.parse_args(argv)
@@ -189,7 +361,10 @@ def main(argv=None):
             print(f'skipped {name}: no {path}', file=sys.stderr)
             continue
         with open(path) as f:
-            tables[name] = fn(json.load(f))
+            data = json.load(f)
+        tables[name] = fn(data)
+        if name == 'regime' and args.regime_figure:
+            regime_figure(data, args.regime_figure)
     text = '<!-- generated by benchmarks/make_tables.py from the benchmark JSON files; do not edit -->\n\n' \
         + '\n\n'.join(tables.values()) + '\n'
     _write(args.out, text)

@@ -91,6 +91,33 @@ def test_quality_merge_combines_parallel_runs_and_refuses_mismatched_settings(ou
         _script('quality').main(['--merge', str(outputs['quality']), str(outputs['quality']), '--out', str(out)])
 
 
+def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retraining(tmp_path, capsys):
+    """The study writes each cell as it finishes, records its factors, and a rerun skips finished cells."""
+    regime, out, runs = _script('regime'), tmp_path / 'regime.json', tmp_path / 'runs'
+    regime.main(['--quick', '--out', str(out), '--runs-dir', str(runs), '--wait', '0'])
+    d = json.loads(out.read_text())
+    assert len(d['cells']) == 4  # 2 backgrounds x 2 scales x 1 backbone x 1 seed
+    for key, c in d['cells'].items():
+        assert key == f"{c['background']}/{c['scale']}/{c['backbone']}/seed{c['seed']}"
+        assert c['render_size'] and c['input_size'] and c['grid']
+        assert {'labelled_ood', 'labelled_id'} <= set(c['sampler_alignment']['background_cells'])
+        assert 'labelled_id' in c['sampler_alignment']['object_cells']
+        assert c['best_logit']['average']['detector'] in d['logit_baselines']
+        assert c['best_feature']['average']['detector'] in d['feature_baselines']
+    paper = [c for c in d['cells'].values() if c['scale'] == 'paper']
+    assert all(c['render_size'] < c['input_size'] for c in paper)  # rendered small, resized up
+    assert {e['kind'] for e in d['from_scratch'].values()} == {'ssod', 'vanilla'}
+    capsys.readouterr()
+    regime.main(['--quick', '--out', str(out), '--runs-dir', str(runs), '--wait', '0'])
+    printed = capsys.readouterr().out
+    assert printed.count('all seeds done, skipped') == 4 and 'stage 1' not in printed and 'epochs' not in printed
+    mt = _script('make_tables')
+    text = mt.regime_tables(d)
+    assert '### SSOD in its own regime' in text and 'Main effects' in text and "Table-2 protocol" in text
+    mt.regime_figure(d, tmp_path / 'regime.png')
+    assert (tmp_path / 'regime.png').stat().st_size > 1000
+
+
 def test_readme_tables_are_the_committed_json():
     """Every benchmark JSON in benchmarks/ has its table in the README, generated from it
     (numbers are never typed by hand): rerun ``make_tables.py --readme README.md`` after a run."""
