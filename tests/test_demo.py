@@ -55,5 +55,6 @@ def test_demo_quick_writes_table_and_results(tmp_path, capsys):
         assert f'{s} FPR95' in table and f'{s} AUROC' in table
     assert 'ssod fine-tune' in table and 'vanilla fine-tune' in table
     assert table.strip() in printed and 'Wall time' in printed
+    assert 'ETA: about' in printed.split(table.strip())[0]  # the estimate comes before the work
     for kind in ('ssod', 'vanilla'):
         assert json.loads((out / 'eval' / kind / 'results.json').read_text())['results']

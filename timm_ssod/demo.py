@@ -59,18 +59,50 @@ def settings(args: argparse.Namespace) -> Dict:
     return kwargs
 
 
+def estimate_seconds(kwargs: Dict, steps: int = 2) -> float:
+    """Seconds the protocol of ``kwargs`` should take on this machine, from ``steps`` timed SSOD
+    training steps (after one untimed): every training image of stage 1 and the two fine-tunes
+    costs one step's share, every evaluated image (validation, OOD validation, test, fit) a third
+    of it (forward only). CPUs differ 3-4x, so the demo measures rather than quotes a number."""
+    import torch
+    from . import SSODLoss, create_model
+    model = create_model(kwargs['backbone'], ssod=True, num_classes=6, **(kwargs.get('model_kwargs') or {}))
+    b, size = kwargs['batch_size'], kwargs['img_size']
+    x, y = torch.randn(b, 3, size, size), torch.arange(b) % 6
+    opt, loss_fn = torch.optim.SGD(model.parameters(), lr=0.0), SSODLoss()
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        loss, _ = loss_fn(model.forward_ssod(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    per_image = (time.perf_counter() - start) / (steps * b)
+    n_sets = 4
+    trained = kwargs['num_images'] * (kwargs['stage1_epochs'] + 2 * kwargs['finetune_epochs'])
+    evaluated = (kwargs['stage1_epochs'] + 2 * kwargs['finetune_epochs']) * kwargs['num_val'] \
+        + 2 * kwargs['finetune_epochs'] * n_sets * kwargs['num_val'] \
+        + 2 * (kwargs['num_test'] + n_sets * kwargs['num_ood'] + kwargs['num_fit'])
+    return per_image * (trained + evaluated / 3)
+
+
 def run(args: argparse.Namespace) -> int:
     if not logging.root.handlers:
         setup_default_logging()
     kwargs = settings(args)
     start = time.time()
     _logger.info(f"timm-ssod demo{' --quick' if args.quick else ''}: {kwargs['backbone']} "
-                 f"{kwargs['model_kwargs'] or ''} at {kwargs['img_size']}px, output {args.output}")
+                 f"{kwargs['model_kwargs'] or ''}, {kwargs.get('background', 'natural')} backgrounds rendered at "
+                 f"{kwargs.get('render_size') or kwargs['img_size']} px, trained at {kwargs['img_size']} px; "
+                 f"output {args.output}")
+    eta = estimate_seconds(kwargs)
+    print(f'ETA: about {max(eta / 60, 0.1):.1f} min on this machine (from 2 timed training steps; '
+          f'plus a little for data and logging)', flush=True)
     record = run_protocol(**kwargs)
     wall = time.time() - start
     print('\n' + record['table_md'] + '\n')
     s = record['seconds']
-    print(f"Wall time {wall:.0f}s (stage 1 {s['stage1']:.0f}s, fine-tunes "
+    print(f"Wall time {wall:.0f}s (ETA was {eta:.0f}s; stage 1 {s['stage1']:.0f}s, fine-tunes "
           f"{s['finetune_ssod'] + s['finetune_vanilla']:.0f}s, evaluation {s['eval_ssod'] + s['eval_vanilla']:.0f}s). "
           f"Results: {args.output}/table.md, {args.output}/protocol.json, {args.output}/eval/")
     return 0
