@@ -11,9 +11,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import timm_ssod
-from timm_ssod.detectors import (DETECTORS, KNN, MSP, ODIN, SSOD, SSODMSP, Energy, KLMatching,
-                                 Mahalanobis, MaxLogit, ModelOutputs, NotFittedError, ReAct, ViM,
-                                 apply_classifier, compute_outputs, create_detector)
+from timm_ssod.detectors import (ASHB, ASHS, DETECTORS, DICE, FDBD, GEN, KNN, MSP, ODIN, RMDS, SCALE, SHE,
+                                 SSOD, SSODMSP, Energy, KLMatching, Mahalanobis, MaxLogit, ModelOutputs,
+                                 NNGuide, NotApplicableError, NotFittedError, ReAct, ViM, apply_classifier,
+                                 compute_outputs, create_detector)
 
 
 
@@ -213,8 +214,10 @@ def test_vim_needs_reiterable():
 
 # -- streaming fit == one-shot fit ------------------------------------------------------------------
 
-@pytest.mark.parametrize('make', [Mahalanobis, lambda: ViM(dim=8), KLMatching, ReAct],
-                         ids=['mahalanobis', 'vim', 'klm', 'react'])
+@pytest.mark.parametrize('make', [Mahalanobis, lambda: ViM(dim=8), KLMatching, ReAct, RMDS, FDBD,
+                                  lambda: DICE(percentile=70), SHE, lambda: NNGuide(k=5, bank_size=40)],
+                         ids=['mahalanobis', 'vim', 'klm', 'react', 'rmds', 'fdbd', 'dice', 'she', 'nnguide'])
+@pytest.mark.filterwarnings('ignore:she. no correctly classified')
 def test_streaming_fit_equals_one_shot(make):
     out, labels = _outputs()
     query, _ = _outputs(n=25, seed=5)
@@ -288,7 +291,7 @@ def test_every_detector_end_to_end(name, tiny_setup):
     model.train()
     det = create_detector(name)
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # knn: 24 ID features < k = 50
+        warnings.simplefilter('ignore')  # knn: 24 ID features < k = 50; she: a class never predicted right
         assert det.fit(model, loader) is det
     assert model.training  # fit restores the mode
     model.eval()
@@ -316,7 +319,13 @@ def test_outputs_cat():
 
 def test_registry():
     assert set(DETECTORS) == {'msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn',
-                              'react', 'vim', 'ssod', 'ssod_msp'}
+                              'react', 'vim', 'ssod', 'ssod_msp',
+                              'rmds', 'gen', 'fdbd', 'scale', 'ash_s', 'ash_b', 'nnguide', 'she', 'dice'}
+    # the harness's default set is explicit: the issue-12 baselines run when named
+    from timm_ssod.evaluate import DEFAULT_DETECTORS
+    assert DEFAULT_DETECTORS == ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn', 'react',
+                                 'vim', 'ssod', 'ssod_msp')
+    assert set(DEFAULT_DETECTORS) <= set(DETECTORS)
     assert create_detector('energy', temperature=2.0).temperature == 2.0
     with pytest.raises(ValueError, match='unknown detector'):
         create_detector('nope')
@@ -377,3 +386,239 @@ def test_ssod_energy_rank_by_hand():
     # P(ID) .5 -> F = 2/4, energy log 2 + .5 -> F = 1/4: min 1/4;  .9 / c=3 -> 1 and 1;  .1 / c=3 -> 0
     test = _hand_outputs([[0.5, 0.5], [3.0, 3.0], [3.0, 3.0]], [[0.0, logit(p)] for p in (0.5, 0.9, 0.1)])
     assert torch.allclose(det.score_outputs(test), torch.tensor([0.25, 1.0, 0.0]))
+
+
+# -- issue-12 post-hoc baselines: hand-computed cases ----------------------------------------------
+
+def _linear(weight, bias):
+    fc = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        fc.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return fc
+
+
+def _feat_outputs(features, fc):
+    f = torch.tensor(features, dtype=torch.float32)
+    with torch.no_grad():
+        return ModelOutputs(f, fc(f), None, fc)
+
+
+def test_rmds_by_hand_imbalanced_and_tied():
+    # 1-D features, class 0 = {0, 1, 2} (3 images), class 1 = {4, 6} (2 images): class means 1 and 5,
+    # tied variance (1 + 0 + 1 + 1 + 1) / 5 = 0.8; background mean 13/5 = 2.6, variance 23.2 / 5 = 4.64.
+    fc = _linear([[1.0], [-1.0]], [0.0, 0.0])
+    fit = _feat_outputs([[0.0], [1.0], [2.0], [4.0], [6.0]], fc)
+    det = RMDS().fit_outputs([(fit, torch.tensor([0, 0, 0, 1, 1]))])
+    query = _feat_outputs([[5.0], [3.0]], fc)
+    # x = 5: MD_0 = 2.4^2 / 4.64, min_c MD_c = 0;  x = 3: MD_0 = 0.4^2 / 4.64, MD_0 = MD_1 = 4 / 0.8 = 5 (a tie)
+    expected = torch.tensor([5.76 / 4.64, 0.16 / 4.64 - 5.0])
+    assert torch.allclose(det.score_outputs(query), expected, atol=1e-5)
+
+
+def test_rmds_matches_numpy():
+    out, labels = _outputs()
+    f, y = out.features.double().numpy(), labels.numpy()
+    mu = np.stack([f[y == c].mean(0) for c in range(4)])
+    prec = np.linalg.pinv((f - mu[y]).T @ (f - mu[y]) / len(f))
+    mu0 = f.mean(0)
+    prec0 = np.linalg.pinv((f - mu0).T @ (f - mu0) / len(f))
+    diff = f[:, None, :] - mu[None]
+    md = np.einsum('ncd,de,nce->nc', diff, prec, diff)
+    md0 = np.einsum('nd,de,ne->n', f - mu0, prec0, f - mu0)
+    expected = (md0[:, None] - md).max(1)
+    det = RMDS().fit_outputs([(out, labels)])
+    assert np.allclose(det.score_outputs(out).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gen_by_hand_ties_and_top_m():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]])  # p = (1/2, 1/2) (a tie), (3/4, 1/4)
+    out = ModelOutputs(torch.zeros(2, 1), logits)
+    # gamma = 1/2: 2 * sqrt(1/4) = 1;  2 * sqrt(3/16)
+    assert torch.allclose(GEN(gamma=0.5).score_outputs(out), torch.tensor([-1.0, -2 * math.sqrt(3 / 16)]))
+    # p = (1/2, 1/4, 1/4), gamma = 1: terms 1/4, 3/16, 3/16; only the M largest count
+    three = ModelOutputs(torch.zeros(1, 1), torch.tensor([[math.log(2), 0.0, 0.0]]))
+    for m, total in ((1, 0.25), (2, 0.4375), (3, 0.625), (100, 0.625)):
+        assert GEN(gamma=1.0, top=m).score_outputs(three).item() == pytest.approx(-total)
+
+
+def test_gen_matches_naive_formula_and_separates_confident_images():
+    logits = torch.randn(30, 7, generator=torch.Generator().manual_seed(0)) * 3
+    p = logits.double().softmax(-1).sort(dim=-1, descending=True).values[:, :5]
+    naive = -(p ** 0.1 * (1 - p) ** 0.1).sum(-1)
+    assert torch.allclose(GEN(top=5).score_outputs(ModelOutputs(torch.zeros(30, 1), logits)).double(), naive,
+                          atol=1e-6)
+    # margins 40 and 50: p_max rounds to 1 even in float64, yet the more confident image scores higher
+    sure = GEN().score_outputs(ModelOutputs(torch.zeros(2, 1), torch.tensor([[40.0, 0.0], [50.0, 0.0]])))
+    assert torch.isfinite(sure).all() and sure[1] > sure[0]
+    assert sure[0].item() == pytest.approx(-2 * math.exp(-4.0), rel=1e-6)  # 2 * (e^-40)^0.1
+
+
+def test_fdbd_by_hand():
+    # W = [e1, e2, 0], b = 0: ||w0 - w1|| = sqrt 2, ||w0 - w2|| = ||w1 - w2|| = 1; fit features
+    # (+-1, 0), (0, +-1): mean 0
+    fc = _linear([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [0.0, 0.0, 0.0])
+    det = FDBD().fit_outputs([_feat_outputs([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], fc)])
+    # (3, 1): logits (3, 1, 0), c = 0: distances 2 / sqrt 2 and 3 / 1, mean over C - 1 = 2, / ||f|| = sqrt 10
+    # (1, 1): logits (1, 1, 0), a tie on the 0|1 boundary: distances 0 and 1 (either class), / sqrt 2
+    scores = det.score_outputs(_feat_outputs([[3.0, 1.0], [1.0, 1.0]], fc))
+    expected = torch.tensor([(math.sqrt(2) + 3) / 2 / math.sqrt(10), 0.5 / math.sqrt(2)])
+    assert torch.allclose(scores, expected, atol=1e-6)
+    # the distance to the training mean, not to the origin: shift every feature by (1, 1)
+    shifted = FDBD().fit_outputs([_feat_outputs([[2.0, 1.0], [0.0, 1.0], [1.0, 2.0], [1.0, 0.0]], fc)])
+    q = _feat_outputs([[4.0, 2.0]], fc)  # logits (4, 2, 0): distances sqrt 2, 4; ||q - (1, 1)|| = sqrt 10
+    assert shifted.score_outputs(q).item() == pytest.approx((math.sqrt(2) + 4) / 2 / math.sqrt(10), rel=1e-6)
+    assert FDBD(center=False).fit_outputs([_feat_outputs([[2.0, 1.0]], fc)]).score_outputs(q).item() == \
+        pytest.approx((math.sqrt(2) + 4) / 2 / math.sqrt(20), rel=1e-6)
+
+
+def test_dice_by_hand_with_a_tie():
+    # W = [[1, 2], [3, -1]], b = (1/2, -1/2); fit features (0, 1), (2, 3): mean (1, 2)
+    # contributions W * mean = [[1, 4], [3, -2]]; numpy's 50th percentile of (-2, 1, 3, 4) is 2
+    fc = _linear([[1.0, 2.0], [3.0, -1.0]], [0.5, -0.5])
+    fit = [_feat_outputs([[0.0, 1.0], [2.0, 3.0]], fc)]
+    det = DICE(percentile=50).fit_outputs(fit)
+    assert det.threshold == pytest.approx(2.0)
+    assert det.mask.tolist() == [[False, True], [True, False]]
+    # masked W = [[0, 2], [3, 0]]: at (1, 1) the logits are (2.5, 2.5), a tie: energy 2.5 + log 2
+    query = _feat_outputs([[1.0, 1.0]], fc)
+    assert det.score_outputs(query).item() == pytest.approx(2.5 + math.log(2), rel=1e-6)
+    # p = 0 keeps every weight above the smallest contribution: W = [[1, 2], [3, 0]] -> logits (3.5, 2.5)
+    assert DICE(percentile=0).fit_outputs(fit).score_outputs(query).item() == \
+        pytest.approx(math.log(math.exp(3.5) + math.exp(2.5)), rel=1e-6)
+
+
+def test_dice_threshold_is_numpy_percentile():
+    out, labels = _outputs()
+    det = DICE().fit_outputs([(out, labels)])
+    contrib = out.classifier.weight.detach().double().numpy() * out.features.double().numpy().mean(0)
+    assert det.threshold == pytest.approx(np.percentile(contrib, 90), rel=1e-9)
+    assert int(det.mask.sum()) == int((contrib > np.percentile(contrib, 90)).sum())
+
+
+def _not_affine(f):
+    return torch.stack([f[:, 0] ** 2, f[:, 1]], dim=1)
+
+
+@pytest.mark.parametrize('make', [FDBD, DICE], ids=['fdbd', 'dice'])
+def test_affine_head_detectors_refuse_other_heads(make):
+    det = make()
+    f = torch.randn(6, 2)
+    with pytest.raises(NotApplicableError, match=f'{det.name} needs an affine last layer'):
+        det.fit_outputs([ModelOutputs(f, _not_affine(f), None, _not_affine)])
+    assert issubclass(NotApplicableError, ValueError)
+
+
+def test_fdbd_refuses_identical_class_weights():
+    fc = _linear([[1.0, 0.0], [0.5, 0.5], [1.0, 0.0]], [0.0, 0.0, 0.0])
+    with pytest.raises(NotApplicableError, match='classes 0 and 2 have identical weight rows'):
+        FDBD().fit_outputs([_feat_outputs([[1.0, 1.0]], fc)])
+
+
+def test_activation_shaping_by_hand():
+    from timm_ssod.detectors.ash import ash_b, ash_s, kept_count
+    from timm_ssod.detectors.scale import scale_features
+    # D = 4, p = 50: k = 2 kept (4 and 3); s1 = 10, s2 = 7
+    x = torch.tensor([[1.0, 4.0, 2.0, 3.0]])
+    r = math.exp(10 / 7)
+    assert torch.allclose(ash_s(x, 50), torch.tensor([[0.0, 4 * r, 0.0, 3 * r]]))
+    assert torch.allclose(ash_b(x, 50), torch.tensor([[0.0, 5.0, 0.0, 5.0]]))
+    assert torch.allclose(scale_features(x, 50), x * r)
+    # k = D - round(D p / 100) with numpy's round-half-even, as the authors' code
+    assert (kept_count(10, 65), kept_count(10, 75), kept_count(2048, 90), kept_count(2048, 85)) == (4, 2, 205, 307)
+    assert kept_count(4, 90) == 1  # the authors' k would be 0 (and s1 / s2 = 0 / 0): one is kept
+    # the score is the energy of the model's last layer on the shaped features
+    fc = _linear([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], [0.0, 1.0])
+    out = _feat_outputs(x.tolist(), fc)
+    for det, shaped in ((ASHS(percentile=50), ash_s(x, 50)), (ASHB(percentile=50), ash_b(x, 50)),
+                        (SCALE(percentile=50), x * r)):
+        with torch.no_grad():
+            expected = torch.logsumexp(fc(shaped), dim=-1)
+        assert torch.allclose(det.score_outputs(out), expected), det.name
+    # an all-zero feature vector stays zero (s1 / s2 := 0): the energy of the bias alone
+    zero = _feat_outputs([[0.0] * 4], fc)
+    for det in (ASHS(), ASHB(), SCALE()):
+        assert det.score_outputs(zero).item() == pytest.approx(math.log(1 + math.e)), det.name
+
+
+def test_activation_shaping_defaults_and_percentile_checks():
+    assert (ASHS().percentile, ASHB().percentile, SCALE().percentile) == (90.0, 65.0, 85.0)
+    for make in (ASHS, ASHB, SCALE):
+        with pytest.raises(ValueError, match='percentile'):
+            make(percentile=100)
+
+
+@pytest.mark.parametrize('name', ['ash_s', 'ash_b', 'scale'])
+def test_activation_shaping_refuses_negative_features(name):
+    det = create_detector(name)
+    fc = _linear([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [0.0, 0.0])
+    with pytest.raises(NotApplicableError, match=f'{name} applies to non-negative .*min -0.5'):
+        det.score_outputs(_feat_outputs([[1.0, 2.0, 3.0], [0.5, -0.5, 1.0]], fc))
+    # a ViT's pre-logits (after LayerNorm) have negative values: refused on the model too
+    vit = _tiny('vit_tiny_patch16_224', img_size=32)
+    with pytest.raises(NotApplicableError, match=f'{name} applies to non-negative'):
+        det.score(vit, torch.randn(2, 3, 32, 32))
+
+
+def test_nnguide_by_hand():
+    # bank: f = (1, 0) with logits (0, 0) -> E = log 2;  f = (0, 2) with logits (log 3, 0) -> E = log 4
+    # guides: log 2 * (1, 0) and 2 log 2 * (0, 1). Query (3, 4) with logits (0, 0): z = (0.6, 0.8),
+    # E = log 2, inner products 0.6 log 2 and 1.6 log 2
+    bank = ModelOutputs(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]))
+    query = ModelOutputs(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0]]))
+    l2 = math.log(2) ** 2
+    assert NNGuide(k=1).fit_outputs([bank]).score_outputs(query).item() == pytest.approx(1.6 * l2, rel=1e-6)
+    assert NNGuide(k=2).fit_outputs([bank]).score_outputs(query).item() == pytest.approx(1.1 * l2, rel=1e-6)
+
+
+def test_nnguide_chunked_equals_brute_force_and_bank_is_bounded():
+    out, labels = _outputs(n=50)
+    query, _ = _outputs(n=11, seed=3)
+    det = NNGuide(k=4, query_chunk=3, bank_chunk=7).fit_outputs(_split(out, labels, [20, 30]))
+    guides = nn.functional.normalize(out.features, dim=-1) * out.logits.logsumexp(-1)[:, None]
+    sims = nn.functional.normalize(query.features, dim=-1) @ guides.T
+    expected = query.logits.logsumexp(-1) * sims.topk(4, dim=1).values.mean(1)
+    assert torch.allclose(det.score_outputs(query), expected, atol=1e-5)
+    # a bounded bank: a random subset of the fit images, the same whatever the batching
+    small = NNGuide(k=4, bank_size=20).fit_outputs([(out, labels)])
+    again = NNGuide(k=4, bank_size=20).fit_outputs(_split(out, labels, [5, 45]))
+    assert small.bank.shape == (20, 16)
+    dist = torch.cdist(small.bank, guides, compute_mode='donot_use_mm_for_euclid_dist')
+    assert (dist.min(dim=1).values < 1e-5).all()  # every bank row is one of the fit images
+    assert torch.allclose(small.bank[small.bank[:, 0].argsort()], again.bank[again.bank[:, 0].argsort()])
+
+
+def test_nnguide_small_bank_warns():
+    out, labels = _outputs(n=5)
+    with pytest.warns(UserWarning, match='fewer than k=10'):
+        det = NNGuide().fit_outputs([(out, labels)])
+    assert det.k_used == 5 and det.score_outputs(out).shape == (5,)
+
+
+def _she_fit():
+    # class 0: (1, 0) and (3, 0) predicted 0 (correct), (5, 5) predicted 1 (wrong: left out);
+    # class 1: (0, 2) predicted 1 -> patterns S0 = (2, 0), S1 = (0, 2); imbalanced 3 : 1
+    f = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 5.0], [0.0, 2.0]])
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    return ModelOutputs(f, logits), torch.tensor([0, 0, 0, 1])
+
+
+def test_she_by_hand():
+    det = SHE().fit_outputs([_she_fit()])
+    assert torch.allclose(det.patterns, torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    # f = (2, 3): predicted 0 -> f . S0 = 4, predicted 1 -> f . S1 = 6; (1, 1) scores 2 either way
+    q = ModelOutputs(torch.tensor([[2.0, 3.0], [2.0, 3.0], [1.0, 1.0]]),
+                     torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))
+    assert torch.allclose(det.score_outputs(q), torch.tensor([4.0, 6.0, 2.0]))
+
+
+def test_she_fallback_and_missing_class():
+    out, y = _she_fit()
+    wrong = ModelOutputs(out.features, nn.functional.one_hot(1 - y, 2).float())  # every prediction wrong
+    with pytest.warns(UserWarning, match=r'no correctly classified fit image of class\(es\) \[0, 1\]'):
+        det = SHE().fit_outputs([(wrong, y)])
+    assert torch.allclose(det.patterns, torch.tensor([[3.0, 5 / 3], [0.0, 2.0]]))  # means of all their images
+    with pytest.raises(ValueError, match=r'no fit image of class\(es\) \[1\]'):
+        SHE().fit_outputs([(out, torch.tensor([0, 0, 0, 0]))])
+    with pytest.raises(ValueError, match='she needs the class labels'):
+        SHE().fit_outputs([out])

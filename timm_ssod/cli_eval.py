@@ -58,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--interpolation', default=None)
     g = p.add_argument_group('run')
     g.add_argument('--detectors', nargs='+', default=None, metavar='NAME',
-                   help='detectors (names or comma lists; default: all that apply to the model)')
+                   help='detectors (names or comma lists; default: timm_ssod.evaluate.DEFAULT_DETECTORS, '
+                        'those of them that apply to the model; rmds, gen, fdbd, scale, ash_s, ash_b, '
+                        'nnguide, she, dice run when named)')
     g.add_argument('--batch-size', '-b', type=int, default=64)
     g.add_argument('--workers', '-j', type=int, default=min(4, os.cpu_count() or 1))
     g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
@@ -146,8 +148,8 @@ def _evaluate(args) -> int:
         if same_folder(fit_set, id_set):
             raise EvalDataError(f'--fit-split {args.fit_split!r} and --split {args.split!r} read the same folder '
                                 f'({args.data_dir}): the detectors would be fitted on the evaluation images. Put the '
-                                'ID images in DIR/train and DIR/val, or choose detectors without fit (msp, '
-                                'maxlogit, energy, odin, ssod, ssod_msp).')
+                                'ID images in DIR/train and DIR/val, or choose detectors without fit ('
+                                + ', '.join(n for n, c in DETECTORS.items() if not c.needs_fit) + ').')
         declared = dataset_num_classes(fit_set)
         if declared and declared != num_classes:
             raise EvalDataError(f'the ID fit data (split {args.fit_split}) has {declared} classes but the model has '

@@ -19,11 +19,17 @@ from ..layout import merge_heads
 from ..model import is_ssod_model
 
 __all__ = ['ModelOutputs', 'compute_outputs', 'apply_classifier', 'collect_outputs',
-           'Detector', 'NotFittedError']
+           'Detector', 'NotFittedError', 'NotApplicableError']
 
 
 class NotFittedError(ValueError):
     """A detector that needs ``fit`` was asked for scores before it was fitted."""
+
+
+class NotApplicableError(ValueError):
+    """A detector whose premise the model does not meet: activation shaping (ASH, SCALE) on
+    penultimate features with negative values, a closed form that needs an affine last layer
+    (fDBD, DICE, ViM) on a head that is not affine. The message names the detector and why."""
 
 
 def apply_classifier(model: nn.Module, features: Tensor) -> Tensor:

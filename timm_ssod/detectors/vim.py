@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .base import Detector, ModelOutputs
+from .base import Detector, ModelOutputs, NotApplicableError
 
 
 def principal_dim(num_features: int) -> int:
@@ -38,8 +38,9 @@ def principal_dim(num_features: int) -> int:
     return max(num_features // 2, 1)
 
 
-def affine_params(classifier, num_features: int, like: torch.Tensor):
-    """(W (M, D), b (M,)) in float64 of an affine ``classifier``; raises if it is not affine."""
+def affine_params(classifier, num_features: int, like: torch.Tensor, name: str = 'vim'):
+    """(W (M, D), b (M,)) in float64 of an affine ``classifier``, read by probing it; raises
+    ``NotApplicableError`` naming detector ``name`` if it is not affine."""
     eye = torch.eye(num_features, dtype=like.dtype, device=like.device)
     with torch.no_grad():
         b = classifier(torch.zeros_like(eye[:1])).double()[0]
@@ -48,8 +49,8 @@ def affine_params(classifier, num_features: int, like: torch.Tensor):
         expected = probe.double() @ w.T + b
         got = classifier(probe).double()
     if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + expected.abs().max().item())):
-        raise ValueError('vim needs an affine last layer (logits = W f + b); '
-                         'this classifier is not affine')
+        raise NotApplicableError(f'{name} needs an affine last layer (logits = W f + b); '
+                                 'this classifier is not affine')
     return w, b
 
 
