@@ -4,10 +4,12 @@ A controlled grid on the built-in benchmark, every other setting fixed:
 
 * **background**: ``smooth`` (gradients, blobs, flat colours: the paper's A.5 failure case) or
   ``natural`` (dead leaves, 1/f noise, terrain, clouds, oriented 1/f gratings);
-* **scale**: ``native`` (rendered at 64 px, a 4x4 map: every cell sees nearly the whole image)
-  or ``paper`` (rendered at 32 px like CIFAR and resized *up* by timm's transforms to a 7x7
-  map, as the paper's Table 2 resizes CIFAR to 224; ResNet at output stride 16 gets 7x7 at
-  112 px, MobileNetV3, which has no output stride, at 224 px);
+* **scale**: ``native`` (64-px images, a 4x4 map: every cell sees nearly the whole image) or
+  ``paper`` (the same 64-px renders resized *up* by timm's transforms to a 7x7 map, as the
+  paper's Table 2 resizes CIFAR to 224: ResNet at output stride 16 gets 7x7 at 112 px,
+  MobileNetV3, which has no output stride, at 224 px). Only the input scale changes, not the
+  content: 32-px renders (CIFAR's size) learnt too slowly for this CPU budget (50% ID
+  accuracy after 3 of 8 stage-1 epochs, against 97% at 64 px);
 * **backbone**: ``resnet10t`` (the ResNet family; ResNet-18 costs 1.6x more per image on CPU)
   and ``mobilenetv3_small_100`` (the MobileNetV3 family; Large costs 4.6x more at 224 px);
 * **seed**: 0 and 1 (fine-tuning seed; one stage 1 per configuration, like fixed pretrained weights).
@@ -57,15 +59,15 @@ BACKGROUNDS = ('smooth', 'natural')
 SCALES = OrderedDict([
     ('native', {'resnet10t': (64, 64, {'output_stride': 16}),            # 4x4
                 'mobilenetv3_small_100': (64, 128, {})}),                 # 4x4 (no output_stride in timm's class)
-    ('paper', {'resnet10t': (32, 112, {'output_stride': 16}),            # 7x7
-               'mobilenetv3_small_100': (32, 224, {})}),                  # 7x7
+    ('paper', {'resnet10t': (64, 112, {'output_stride': 16}),            # 7x7
+               'mobilenetv3_small_100': (64, 224, {})}),                  # 7x7
 ])
 BACKBONES = ('resnet10t', 'mobilenetv3_small_100')
 SEEDS = (0, 1)
 # sized for about 2 h of 2 busy CPU cores (two shards, one thread each)
-SIZES = dict(num_images=1500, stage1_epochs=8, finetune_epochs=2, num_val=150, num_test=300, num_ood=300,
+SIZES = dict(num_images=1500, stage1_epochs=6, finetune_epochs=2, num_val=150, num_test=300, num_ood=300,
              num_fit=600, batch_size=64, lr=2e-3, finetune_lr=5e-4)
-SCRATCH_EPOCHS = 10  # stage 1 + fine-tune
+SCRATCH_EPOCHS = 8  # stage 1 + fine-tune
 QUICK_SCALES = OrderedDict([('native', {'test_resnet': (32, 32, {'output_stride': 16})}),
                             ('paper', {'test_resnet': (16, 56, {'output_stride': 16})})])
 QUICK_SIZES = dict(num_images=48, stage1_epochs=1, finetune_epochs=1, num_val=16, num_test=24, num_ood=24, num_fit=24,
