@@ -71,7 +71,9 @@ def sampler_cells(runs):
 
 def quality_tables(d):
     sets = d['ood_sets'] + ['average']
-    out = [f"### Detection quality on the built-in benchmark (seeds {', '.join(map(str, d['seeds']))}; mean ± std)\n\n"
+    # JSON written before the natural-background default has no 'background': it was the smooth set
+    out = [f"### Detection quality on the built-in benchmark, {d.get('background', 'smooth')} backgrounds "
+           f"(seeds {', '.join(map(str, d['seeds']))}; mean ± std)\n\n"
            f"Command: `{d.get('command', '').strip()}`. Each backbone: one vanilla stage 1, then per seed a vanilla and an SSOD "
            f"fine-tune with the same budget and seed. FPR95 ↓ / AUROC ↑ in percent on the test splits. "
            f"`energy_ssod`'s weight is chosen on the validation splits.\n"]
@@ -142,6 +144,7 @@ def ablation_tables(d):
     seeds = ', '.join(str(r['protocol']['seed']) for r in runs)
     spread = '; mean ± std over seeds' if len(runs) > 1 else ''
     return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px, "
+            f"{p.get('background', 'smooth')} backgrounds, "
             f"seed{'s' if len(runs) > 1 else ''} {seeds}{spread})\n\n"
             f"Command: `{d.get('command', '').strip()}`. SSOD score FPR95 ↓ / AUROC ↑ in percent on the test splits; "
             f"epoch = the fine-tuning epoch kept per seed (best validation FPR95); sampler = share of ID / OOD / "

@@ -43,7 +43,7 @@ import timm
 import torch
 
 from timm_ssod.checkpoint import atomic_write_text
-from timm_ssod.data import OOD_SETS
+from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument('--backbones', nargs='*', default=None, help=f'subset of {", ".join(BACKBONES)}')
     p.add_argument('--seeds', nargs='*', type=int, default=[0, 1], help='fine-tuning seeds')
     p.add_argument('--quick', action='store_true', help='tiny model and data, one seed (for tests)')
+    p.add_argument('--background', default=DEFAULT_BACKGROUND, choices=list(BACKGROUNDS),
+                   help="the benchmark's backgrounds: natural (default) or smooth (the paper's A.5 failure case)")
     p.add_argument('--runs-dir', default='./output/benchmarks/quality', help='training runs and per-run results')
     p.add_argument('--out', default=os.path.join(HERE, 'quality.json'))
     p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
@@ -80,7 +82,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-MUST_AGREE = ('sizes', 'seeds', 'ood_sets', 'weights')
+MUST_AGREE = ('sizes', 'seeds', 'ood_sets', 'weights', 'background')
 
 
 def merge(paths):
@@ -93,12 +95,12 @@ def merge(paths):
         except (OSError, ValueError) as e:
             sys.exit(f'--merge: cannot read {path}: {e}')
     first = parts[0]
-    out = {k: first[k] for k in MUST_AGREE}
+    out = {k: first.get(k, 'smooth') if k == 'background' else first[k] for k in MUST_AGREE}
     out.update(command='; '.join(p['command'] for p in parts), environment=[p['environment'] for p in parts],
                seconds=max(p['seconds'] for p in parts), merged_from=list(paths), backbones=OrderedDict())
     for path, part in zip(paths, parts):
         for key in MUST_AGREE:
-            if part[key] != first[key]:
+            if part.get(key, 'smooth') != first.get(key, 'smooth'):  # JSON without it predates the natural default
                 sys.exit(f'--merge: {path} has {key}={part[key]!r}, {paths[0]} has {first[key]!r}; '
                          'only runs with the same settings can be merged')
         for name, entry in part['backbones'].items():
@@ -130,10 +132,10 @@ def choose_weight(val_scores):
     return best, {str(w): {'fpr95': _mean(m, 'fpr95'), 'auroc': _mean(m, 'auroc')} for w, m in grid.items()}
 
 
-def experimental_rows(ckpt, cfg, sizes):
+def experimental_rows(ckpt, cfg, sizes, background=DEFAULT_BACKGROUND):
     """Choose energy_ssod's w on the val splits, then score the experimental detectors on the test splits."""
     common = dict(img_size=cfg['img_size'], num_classes=6, num_test=sizes['num_test'], num_ood=sizes['num_ood'],
-                  progress=False, return_scores=True)
+                  progress=False, return_scores=True, background=background)
     _, val_scores = evaluate_checkpoint(ckpt, ['energy', 'ssod'], split='val', num_fit=0, **common)
     w, val_grid = choose_weight(val_scores)
     dets = ['energy', 'ssod', EnergySSOD(weight=w), 'ssod_patch_max', 'ssod_energy_rank']
@@ -187,7 +189,7 @@ def main(argv=None):
     start = time.time()
     out = {'command': ' '.join(['python benchmarks/quality.py', *(sys.argv[1:] if argv is None else argv)]),
            'environment': environment(), 'sizes': sizes, 'seeds': seeds, 'ood_sets': list(OOD_SETS),
-           'weights': list(WEIGHTS), 'backbones': OrderedDict()}
+           'weights': list(WEIGHTS), 'background': args.background, 'backbones': OrderedDict()}
     steps, step = len(backbones) * (1 + len(seeds)), 0
     for name, cfg in backbones.items():
         root = os.path.abspath(os.path.join(args.runs_dir, name))
@@ -196,7 +198,7 @@ def main(argv=None):
               flush=True)
         stage1 = train_stage('stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'],
                              lr=sizes['lr'], num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6,
-                             batch_size=sizes['batch_size'], **cfg)
+                             batch_size=sizes['batch_size'], background=args.background, **cfg)
         entry = out['backbones'][name] = {'config': cfg, 'stage1': stage1, 'runs': []}
         for seed in seeds:
             step += 1
@@ -205,9 +207,9 @@ def main(argv=None):
             record = run_protocol(name, cfg['model_kwargs'], cfg['img_size'], sizes['num_images'],
                                   sizes['stage1_epochs'], sizes['finetune_epochs'], seed, detectors=DEFAULT_DETECTORS,
                                   out_dir=os.path.join(root, f'seed{seed}'), stage1_checkpoint=stage1['checkpoint'],
-                                  progress=False, **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit',
+                                  progress=False, background=args.background, **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit',
                                                                            'batch_size', 'lr', 'finetune_lr')})
-            extra, weights = experimental_rows(record['finetune']['ssod']['checkpoint'], cfg, sizes)
+            extra, weights = experimental_rows(record['finetune']['ssod']['checkpoint'], cfg, sizes, args.background)
             for kind in record['finetune']:
                 remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
             run = {'seed': seed, 'id_accuracy': record['table']['id_accuracy'], 'rows': run_rows(record, extra),
