@@ -31,7 +31,8 @@ total epoch budget as stage 1 + fine-tune.
 
 Every finished cell is added to ``--out`` at once (under a file lock, written atomically);
 a rerun skips the cells already there, so an interrupted study resumes where it stopped,
-and two shards can share one file.
+and shards (or ``--only`` runs started later) share one file: a configuration another live
+process is running is skipped.
 """
 import argparse
 import contextlib
@@ -245,13 +246,20 @@ def run_from_scratch(args, cell, kind, sizes, scales, epochs, seed, header):
           + ', '.join(f"{d} {100 * rows[d][AVERAGE]['fpr95']:.1f}" for d in rows), flush=True)
 
 
-def claim(path, key):
-    """True for the first process that claims ``key`` (an exclusive-create file beside ``path``)."""
-    try:
-        os.close(os.open(f'{path}.{key.replace("/", "_")}.claim', os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
+@contextlib.contextmanager
+def exclusive(path, key):
+    """Yields True in the one process that holds the lock on ``key`` (a non-blocking flock beside
+    ``path``), False elsewhere; the lock dies with its process, so an interrupted run can be rerun."""
+    with open(f'{path}.{key.replace("/", "_")}.lock', 'w') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def from_scratch_stage(args, scales, sizes, backbones, seeds, epochs, header):
@@ -272,9 +280,9 @@ def from_scratch_stage(args, scales, sizes, backbones, seeds, epochs, header):
     for seed in args.scratch_seeds:
         for kind in ('ssod', 'vanilla'):
             key = f'{cell[0]}/{cell[1]}/{cell[2]}/seed{seed}/{kind}'
-            if key in data.get('from_scratch', {}) or not claim(args.out, key):
-                continue
-            run_from_scratch(args, cell, kind, sizes, scales, epochs, seed, header)
+            with exclusive(args.out, key) as mine:
+                if mine and key not in (load(args.out) or {}).get('from_scratch', {}):
+                    run_from_scratch(args, cell, kind, sizes, scales, epochs, seed, header)
 
 
 def parse_args(argv=None):
@@ -284,6 +292,8 @@ def parse_args(argv=None):
     p.add_argument('--shard', default='0/1', metavar='I/N', help='run the I-th of N cost-balanced parts of the grid')
     p.add_argument('--quick', action='store_true', help='tiny model and data (tests)')
     p.add_argument('--no-grid', action='store_true', help='skip the grid (only the from-scratch cell)')
+    p.add_argument('--only', nargs='*', default=None, metavar='BACKGROUND/SCALE/BACKBONE',
+                   help='run only these configurations of the grid (e.g. natural/native/resnet10t), any shard')
     p.add_argument('--from-scratch', choices=('auto', 'skip'), default='auto',
                    help="auto: once the grid is complete, run Table 2's protocol in its best cell (shards share it)")
     p.add_argument('--scratch-seeds', nargs='*', type=int, default=[0])
@@ -318,9 +328,19 @@ def main(argv=None):
     start = time.time()
     if not args.no_grid:
         mine = shard(configs(scales, backbones), args.shard_index, args.shard_count, scales)
+        if args.only is not None:
+            known = {'/'.join(c): c for c in configs(scales, backbones)}
+            unknown = [o for o in args.only if o not in known]
+            if unknown:
+                sys.exit(f'--only: unknown configuration(s) {unknown}; valid: {", ".join(known)}')
+            mine = [known[o] for o in args.only]
         for background, scale, backbone in mine:
-            done = (load(args.out) or {}).get('cells', {})
-            run_config(args, background, scale, backbone, seeds, sizes, scales, header, done)
+            with exclusive(args.out, f'{background}/{scale}/{backbone}') as free:
+                if not free:
+                    print(f'[regime] {background}/{scale}/{backbone}: another process runs it, skipped', flush=True)
+                    continue
+                done = (load(args.out) or {}).get('cells', {})
+                run_config(args, background, scale, backbone, seeds, sizes, scales, header, done)
     if args.from_scratch == 'auto':
         from_scratch_stage(args, scales, sizes, backbones, seeds, epochs, header)
     print(f'[regime] {args.out} ({time.time() - start:.0f}s)', flush=True)

@@ -24,9 +24,12 @@ from timm_ssod.data import SyntheticDataset
 
 SIZE, TRAIN, TEST, EPOCHS, BATCH = 64, 800, 1200, 6, 32
 SEEDS = (0, 1, 2)
-# Paired difference SSOD - vanilla (accuracy points) measured with these sizes on one machine,
-# seeds 0-7: see the module docstring of this file's git history / closing note of issue 14.
-MARGIN = 0.06
+# Measured with these sizes (``python tests/test_from_scratch.py 8``, 2-core x86, torch 2.14.1),
+# seeds 0-7: vanilla 54.6-57.8%, SSOD 53.4-57.1%; paired differences SSOD - vanilla -2.0 to +0.1
+# points, mean -1.15, std 0.70, so the mean of 3 seeds has a std of 0.41 points. The margin is
+# ten times that (a machine whose kernels change every trajectory still lands far inside it)
+# and well below the 11 points SSOD lost from scratch without the warm-up.
+MARGIN = 0.04
 
 
 def tensors(split, n):
@@ -82,7 +85,7 @@ def test_ssod_from_scratch_matches_vanilla_accuracy():
     for seed, (v, s, c) in zip(SEEDS, rows):
         print(f'seed {seed}: vanilla {v:.3f}, SSOD {s:.3f}; sampled ID/OOD/ignored locations {c.tolist()}')
     print(f'mean paired difference {np.mean(diffs):+.3f} (margin -{MARGIN})')
-    assert min(v for v, _, _ in rows) > 0.5  # the set-up learns (chance is 1/6)
+    assert min(v for v, _, _ in rows) > 0.3  # the set-up learns (chance is 1/6; measured 55-58%)
     assert all(c[0] > 0 and c[1] > 0 for _, _, c in rows)  # the OOD term was active
     assert np.mean(diffs) >= -MARGIN
 
