@@ -65,8 +65,8 @@ from .model import is_ssod_model
 __all__ = ['DEFAULT_DETECTORS', 'SSOD_DETECTORS', 'AVERAGE', 'EvalScores', 'NonFiniteOutputError',
            'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors', 'main']
 
-DEFAULT_DETECTORS = tuple(DETECTORS)  # msp maxlogit energy odin klm mahalanobis knn react vim ssod ssod_msp
-SSOD_DETECTORS = ('ssod', 'ssod_msp')
+DEFAULT_DETECTORS = tuple(DETECTORS)  # msp maxlogit energy odin klm mahalanobis knn react vim ssod ssod_msp ssod_fused
+SSOD_DETECTORS = ('ssod', 'ssod_msp', 'ssod_fused')
 AVERAGE = 'average'  # result[AVERAGE][detector]: the mean over the OOD sets; no OOD set may have this name
 SMALL_SET = 100  # fewer images than this in a metric pair: a note that the numbers are noisy
 

@@ -14,9 +14,10 @@ from .react import ReAct
 from .registry import DETECTORS, create_detector
 from .ssod import SSOD
 from .ssod_msp import SSODMSP
+from .ssod_fused import SSODFused
 from .vim import ViM, principal_dim
 
 __all__ = ['Detector', 'ModelOutputs', 'NotFittedError', 'apply_classifier', 'collect_outputs',
            'compute_outputs', 'DETECTORS', 'create_detector', 'MSP', 'MaxLogit', 'Energy',
            'energy_score', 'ODIN', 'KLMatching', 'Mahalanobis', 'KNN', 'ReAct', 'ViM',
-           'principal_dim', 'SSOD', 'SSODMSP']
+           'principal_dim', 'SSOD', 'SSODMSP', 'SSODFused']
