@@ -274,3 +274,20 @@ def test_calibrate_command_errors(saved_tiny, capsys):
     assert main(['calibrate', f'local-dir:{folder}', *few]) == 1
     assert '--save-dir DIR and/or --push-to-hub' in capsys.readouterr().err
     assert not (root / 'x').exists()
+
+
+def test_measure_decisions_reports_rejection_and_catch_rates():
+    from timm_ssod.decision_benchmark import format_decisions, measure_decisions
+    from timm_ssod.detectors import SSODFused
+    model = tiny(seed=5)
+    ood = {'noise': [(3 * torch.randn(12, 3, IMG, IMG), torch.zeros(12))]}
+    res = measure_decisions(model, batches(2, 7), batches(2, 8), batches(2, 9), ood,
+                            detectors=('ssod', SSODFused(method='stouffer', name='fused_stouffer')), alphas=(0.05, 0.1))
+    assert (res['n_fit'], res['n_calibration'], res['n_test'], res['n_ood']) == (24, 24, 24, {'noise': 12})
+    for name in ('ssod', 'fused_stouffer'):
+        d = res['detectors'][name]
+        assert set(d['id_rejection']) == {'0.05', '0.1'} and d['id_rejection']['0.1']['n_test'] == 24
+        assert 0 <= d['ood']['noise']['caught']['0.05'] <= d['ood']['noise']['caught']['0.1'] <= 1
+    json.dumps(res)
+    table = format_decisions(res, 0.1).splitlines()
+    assert len(table) == 4 and table[2].startswith('| ssod |') and 'ID rejected @0.1' in table[0]
