@@ -157,6 +157,10 @@ def test_fitted_detector_stored_as_json_and_tensors_scores_the_same(name):
     det.generator = torch.Generator()
     with pytest.raises(ValueError, match="attribute 'generator' \\(Generator\\) cannot be stored"):
         detector_state(det)
+    with pytest.raises(ValueError, match="invalid attribute name '__class__'"):
+        load_detector(dict(config, attrs={'__class__': 1}), tensors)
+    with pytest.raises(ValueError, match="unknown detector 'evil'"):
+        load_detector(dict(config, detector='evil'), tensors)
 
 
 # ------------------------------------------------------------------------- the model's decision
