@@ -164,9 +164,10 @@ def test_fitted_detector_stored_as_json_and_tensors_scores_the_same(name):
 
 
 # ------------------------------------------------------------------------- the model's decision
-def tiny(num_classes=CLASSES, seed=0):
+def tiny(num_classes=CLASSES, seed=0, size=IMG):
     torch.manual_seed(seed)
-    return timm_ssod.create_model(MODEL, num_classes=num_classes, output_stride=16).eval()
+    return timm_ssod.create_model(MODEL, num_classes=num_classes, output_stride=16,
+                                  pretrained_cfg_overlay=dict(input_size=(3, size, size))).eval()
 
 
 def batches(n_batches, seed, size=IMG, batch=12):
@@ -187,6 +188,8 @@ def test_predict_decision_and_its_errors():
     with pytest.raises(CalibrationError, match='ssod_fused must first be fitted .* fit_loader'):
         model.calibrate(batches(2, 1))
 
+    with pytest.warns(UserWarning, match=r"3x64x64 but the model's data config .* says 3x96x96"):
+        tiny(size=96).calibrate(batches(2, 1), detector='ssod', alpha=0.1)
     cal = model.calibrate(batches(2, 1), detector='ssod', alpha=0.1)  # n = 24
     assert cal.n == 24 and model.ssod_calibration is cal and cal.input_size == (3, IMG, IMG)
     pred = model.predict(x)

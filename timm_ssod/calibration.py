@@ -25,6 +25,7 @@ rejected against alpha (``timm_ssod.conformal.id_rejection_check``).
 """
 import datetime
 import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
@@ -184,6 +185,12 @@ def calibrate(model: nn.Module, loader: Iterable, detector: Union[str, Detector]
     if any(s != input_size for s in shapes):
         raise CalibrationError(f'the ID calibration images have different sizes {sorted(set(shapes))}: use one '
                                'input size (the model\'s data config)')
+    configured = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or ())
+    if configured and configured != tuple(input_size):
+        warnings.warn(f'the calibration images are {"x".join(map(str, input_size))} but the model\'s data config '
+                      f'(pretrained_cfg input_size) says {"x".join(map(str, configured))}: predict() refuses inputs of '
+                      'another size than the calibration\'s, so preprocess test images as the calibration images (and '
+                      'save the model with that data_config).', stacklevel=2)
     info = dict(info or {}, date=datetime.date.today().isoformat())
     return calibrate_scores(det, torch.cat(parts), model.num_classes, input_size, alpha, info)
 
