@@ -316,7 +316,7 @@ def test_outputs_cat():
 
 def test_registry():
     assert set(DETECTORS) == {'msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn',
-                              'react', 'vim', 'ssod', 'ssod_msp'}
+                              'react', 'vim', 'ssod', 'ssod_msp', 'ssod_fused'}
     assert create_detector('energy', temperature=2.0).temperature == 2.0
     with pytest.raises(ValueError, match='unknown detector'):
         create_detector('nope')
