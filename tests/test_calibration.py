@@ -11,7 +11,7 @@ import torch
 import timm_ssod
 from timm_ssod.calibration import CalibrationError, NotCalibratedError, calibrate, id_rejection_rate
 from timm_ssod.conformal import (check_calibration_size, combine_pvalues, conformal_pvalue, id_rejection_check,
-                                 min_calibration_size, score_threshold)
+                                 lower_tail_scale, min_calibration_size, score_threshold, tail_pvalue)
 from timm_ssod.detectors import ModelOutputs, create_detector
 from timm_ssod.detectors.state import detector_state, load_detector
 from timm_ssod.metrics import auroc
@@ -42,6 +42,20 @@ def test_score_threshold_is_the_pvalue_decision():
     scores = torch.cat([reference, reference + 1e-9, torch.linspace(-3, 3, 101).double()])
     for alpha in (0.02, 0.1, 0.33):
         assert torch.equal(conformal_pvalue(reference, scores) <= alpha, scores < score_threshold(reference, alpha))
+
+
+def test_tail_pvalue_continues_below_the_lowest_id_score():
+    gen = torch.Generator().manual_seed(0)
+    reference = (-torch.empty(4000).exponential_(generator=gen) * 2.0).double().sort().values  # lower tail, scale 2
+    scale = lower_tail_scale(reference)
+    assert scale == pytest.approx(2.0, rel=0.15)
+    inside = torch.linspace(float(reference[0]), 1.0, 50).double()
+    assert torch.equal(tail_pvalue(reference, inside, scale), conformal_pvalue(reference, inside))
+    below = float(reference[0]) - torch.tensor([1e-9, 1.0, 10.0, 1e6], dtype=torch.float64)
+    p = tail_pvalue(reference, below, scale)
+    assert p[0].item() == pytest.approx(1 / 4001) and p[1].item() == pytest.approx(math.exp(-1 / scale) / 4001)
+    assert (p.diff() < 0).all() and p[-1].item() > 0  # keeps decreasing, floored above 0
+    assert lower_tail_scale(torch.zeros(10, dtype=torch.float64)) > 0  # all tied
 
 
 def test_fisher_and_stouffer_by_hand():

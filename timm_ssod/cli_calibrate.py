@@ -109,7 +109,6 @@ def _calibrate(args) -> int:
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    from .calibration import calibrate
     from .conformal import check_calibration_size
     from .eval_data import EvalDataError, build_id_dataset, cut, dataset_num_classes, make_loader, same_folder
 

@@ -32,7 +32,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-__all__ = ['CalibrationError', 'NotCalibratedError', 'COMBINE_METHODS', 'conformal_pvalue', 'min_calibration_size',
+__all__ = ['CalibrationError', 'NotCalibratedError', 'COMBINE_METHODS', 'conformal_pvalue', 'tail_pvalue',
+           'lower_tail_scale', 'min_calibration_size',
            'check_calibration_size', 'score_threshold', 'combine_pvalues', 'id_rejection_check']
 
 COMBINE_METHODS = ('fisher', 'stouffer')
@@ -54,6 +55,30 @@ def conformal_pvalue(reference: torch.Tensor, scores: torch.Tensor) -> torch.Ten
     ref = reference.to(device=scores.device, dtype=torch.float64)
     below = torch.searchsorted(ref, scores.to(torch.float64).contiguous(), right=True)
     return (below + 1).to(torch.float64) / (ref.numel() + 1)
+
+
+def lower_tail_scale(reference: torch.Tensor, share: float = 0.05) -> float:
+    """Scale of the lower tail of sorted ID scores, for ``tail_pvalue``: the mean distance of
+    the lowest k scores to the k-th (k = max(2, ceil(share n))), the maximum-likelihood scale
+    of an exponential tail; a small positive number when they are tied."""
+    ref = reference.to(torch.float64)
+    k = min(ref.numel(), max(2, math.ceil(share * ref.numel())))
+    scale = float((ref[k - 1] - ref[:k - 1]).mean()) if k > 1 else 0.0
+    spread = float(ref[-1] - ref[0]) if ref.numel() > 1 else 0.0
+    return max(scale, 1e-6 * spread, 1e-12)
+
+
+def tail_pvalue(reference: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """``conformal_pvalue``, continued below the lowest reference score s_(1) by an exponential
+    tail: p = exp(-(s_(1) - s) / scale) / (n + 1), so that a score far below every ID score
+    gets a p-value far below 1 / (n + 1) instead of stopping there (floored at the smallest
+    positive float64). Monotone in the score, but not a valid p-value below s_(1): for
+    combining scores (``SSODFused``), whose result is then calibrated as a score of its own."""
+    p = conformal_pvalue(reference, scores)
+    low = reference[0].to(device=scores.device, dtype=torch.float64)
+    s = scores.to(torch.float64)
+    tail = torch.exp(-(low - s) / scale) / (reference.numel() + 1)
+    return torch.where(s < low, tail, p).clamp_min(torch.finfo(torch.float64).tiny)
 
 
 def min_calibration_size(alpha: float) -> int:
@@ -86,14 +111,15 @@ def combine_pvalues(pvalues: torch.Tensor, method: str = 'fisher', n_reference: 
     """(B, k) p-values -> (B,) combined statistic, higher = more ID (see the module docstring).
 
     Conformal p-values reach 1, where Phi^-1 is infinite: with ``n_reference`` (the n_j of
-    each column), Stouffer reads the mid-p p_j - 1 / (2 (n_j + 1)) instead, which keeps the
-    order of each column. Fisher needs no such care (log 1 = 0)."""
+    each column), Stouffer reads p_j = 1 as 1 - 1 / (2 (n_j + 1)), the mid-point of the last
+    step, which keeps the order of each column. Fisher needs no such care (log 1 = 0)."""
     p = pvalues.to(torch.float64)
     if method == 'fisher':
         return torch.log(p).sum(dim=-1)
     if method == 'stouffer':
         if n_reference is not None:
-            p = p - 0.5 / (torch.as_tensor(n_reference, dtype=torch.float64, device=p.device) + 1)
+            top = 1 - 0.5 / (torch.as_tensor(n_reference, dtype=torch.float64, device=p.device) + 1)
+            p = torch.minimum(p, top)
         return torch.special.ndtri(p).sum(dim=-1) / math.sqrt(p.shape[-1])
     raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
 

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from .calibration import calibrate_scores

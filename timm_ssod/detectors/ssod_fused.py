@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from ..conformal import COMBINE_METHODS, combine_pvalues, conformal_pvalue
+from ..conformal import COMBINE_METHODS, combine_pvalues, conformal_pvalue, lower_tail_scale, tail_pvalue
 from .base import Detector, ModelOutputs
 
 DEFAULT_COMPONENTS = ('ssod', 'mahalanobis', 'energy')
@@ -52,6 +52,9 @@ class SSODFused(Detector):
         components: detector names (``create_detector``), default ``ssod, mahalanobis, energy``.
         method: ``fisher`` (default) or ``stouffer``.
         folds: cross-fitting folds for the ID references of fitted components (>= 2).
+        tail: continue each p-value below the lowest ID reference score by an exponential
+            tail (``timm_ssod.conformal.tail_pvalue``), so that one component's evidence does
+            not stop at 1 / (n + 1); False: plain conformal p-values.
         component_kwargs: constructor arguments by component name, e.g. ``{'knn': {'k': 10}}``.
         name: the name it is reported under (to compare variants in one evaluation).
     """
@@ -59,7 +62,7 @@ class SSODFused(Detector):
     needs_fit = True
 
     def __init__(self, components: Sequence[str] = DEFAULT_COMPONENTS, method: str = 'fisher', folds: int = 5,
-                 component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None):
+                 tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None):
         super().__init__()
         from .registry import create_detector
         if method not in COMBINE_METHODS:
@@ -81,6 +84,7 @@ class SSODFused(Detector):
         self.component_names = names
         self.method = method
         self.folds = int(folds)
+        self.tail = bool(tail)
         if name:
             self.name = name
 
@@ -114,6 +118,7 @@ class SSODFused(Detector):
             c.fit_outputs([(outputs, targets)])
             references.append(ref)
         self.references = [r.sort().values for r in references]
+        self.tail_scales = [lower_tail_scale(r) for r in self.references]
         self._fitted = True
         return self
 
@@ -121,8 +126,11 @@ class SSODFused(Detector):
     def component_pvalues(self, outputs: ModelOutputs) -> torch.Tensor:
         """(B, k) ID p-values of the components, in ``component_names`` order."""
         self._check_fitted()
-        return torch.stack([conformal_pvalue(r, c.score_outputs(outputs))
-                            for c, r in zip(self.components, self.references)], dim=-1)
+        if not self.tail:
+            return torch.stack([conformal_pvalue(r, c.score_outputs(outputs))
+                                for c, r in zip(self.components, self.references)], dim=-1)
+        return torch.stack([tail_pvalue(r, c.score_outputs(outputs), t)
+                            for c, r, t in zip(self.components, self.references, self.tail_scales)], dim=-1)
 
     def _score(self, outputs: ModelOutputs):
         p = self.component_pvalues(outputs)
