@@ -23,8 +23,34 @@ calibrates it once more on held-out ID data (never the fit data), which turns it
 conformal p-value with the guarantee, although the components are correlated (DESIGN.md,
 "Calibrated decisions without OOD data").
 
-Fisher vs Stouffer: measured on the built-in benchmark (see ``FISHER_VS_STOUFFER`` below);
-Fisher is the default.
+Fisher vs Stouffer, measured (``examples/measure_ssod_fused.py``, ``docs/measurements/ssod_fused.json``):
+the SSOD checkpoint of ``timm-ssod demo`` (resnet10t, 64 px), fitted on 2000 ID training
+images, calibrated on 1000 ID validation images, tested on 600 ID test images and 600 of
+each OOD set; average FPR95 over the four OOD sets in %, mean ± std over three data seeds:
+
+    components                  Fisher       Stouffer     without the tail: Fisher / Stouffer
+    ssod+mahalanobis+energy     19.3 ± 0.8   32.4 ± 1.3   19.3 / 66.1
+    ssod+mahalanobis            23.8 ± 0.2   23.2 ± 0.7   23.8 / 68.1
+    ssod+vim+energy             29.6 ± 1.8   75.8 ± 1.5   43.4 / 78.0
+    ssod+knn+energy             73.6 ± 0.9   80.1 ± 0.6   74.3 / 80.2
+    ssod+mahalanobis+klm        13.6 ± 0.1   13.3 ± 0.9   13.6 / 55.6
+    ssod+mahalanobis+msp        20.4 ± 1.3   21.2 ± 2.4   20.4 / 65.5
+    single detectors: mahalanobis 30.5 ± 0.9, vim 31.8 ± 1.8, knn 46.3 ± 6.5, ssod 77.4 ± 1.1,
+    energy 86.5 ± 0.5
+
+Fisher's sum of log p is led by the smallest p-value: on noise and textures Mahalanobis gives
+p near 0 while SSOD and Energy give p near 1 (they find these images *more* ID than ID
+images), and Fisher still rejects them (FPR95 0.0 and 0.6) where Stouffer's mean of z-scores
+lets the two confident, wrong components cancel the right one (21.8 and 29.6). Stouffer is
+ahead by at most 0.8 points, where the components agree; Fisher by 6 to 46 points where one
+component alone sees the OOD images. Hence ``method='fisher'``. The tail
+(``tail_pvalue``) matters for Stouffer and for Fisher with ViM: without it a component's
+evidence stops at p = 1 / (n + 1). KNN's moderate evidence on noise is diluted by the
+others (73.6): a fused score is no better than its components' ID p-values allow.
+
+The default components are the a-priori choice (SSOD, a feature-space score, a logit score),
+not the best row above: ``ssod+mahalanobis+klm`` measured better on this benchmark (13.6),
+but picking components on OOD test sets would be tuning on OOD data.
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -34,8 +60,6 @@ from ..conformal import COMBINE_METHODS, combine_pvalues, conformal_pvalue, lowe
 from .base import Detector, ModelOutputs
 
 DEFAULT_COMPONENTS = ('ssod', 'mahalanobis', 'energy')
-
-FISHER_VS_STOUFFER = """(filled in from the measurement)"""
 
 
 def select_outputs(outputs: ModelOutputs, index: torch.Tensor) -> ModelOutputs:
