@@ -38,7 +38,7 @@ def load_model(spec: str, use_ema: bool = True, model_kwargs: Optional[Dict] = N
 
     from .factory import create_model
     from .model import is_ssod_model
-    if parse_model_name(spec)[0] in ('hf-hub', 'local-dir'):
+    if spec.startswith(('hf-hub:', 'local-dir:')) and parse_model_name(spec)[0]:
         model = create_model(spec, pretrained=True, **(model_kwargs or {}))
         save_kwargs: Dict = {}
     elif os.path.exists(spec):
@@ -120,6 +120,9 @@ def _calibrate(args) -> int:
     model.to(device)
     data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
     transform = create_transform(**data_config, is_training=False)
+    # what save_pretrained will record as the model's preprocessing, and predict will use
+    model.pretrained_cfg = dict(model.pretrained_cfg, **{k: data_config[k] for k in (
+        'input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode') if k in data_config})
     classes = model.num_classes
 
     def id_set(split):
