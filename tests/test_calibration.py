@@ -312,3 +312,23 @@ def test_measure_decisions_reports_rejection_and_catch_rates():
     json.dumps(res)
     table = format_decisions(res, 0.1).splitlines()
     assert len(table) == 4 and table[2].startswith('| ssod |') and 'ID rejected @0.1' in table[0]
+
+
+def test_calibrate_command_on_a_training_checkpoint(tmp_path, capsys):
+    """MODEL as a training checkpoint path (slashes and all): the run's preprocessing is used for
+    calibration and recorded in the saved folder, so predict's transform matches."""
+    from timm_ssod.cli import main
+    model = tiny(seed=6)
+    args = dict(model=MODEL, num_classes=None, gp=None, in_chans=None, input_size=None, img_size=IMG,
+                model_kwargs={'output_stride': 16}, ssod=True, gamma=0.9, ood_lambda=1.0, balance='lwb',
+                dataset='synthetic/id', mean=None, std=None, crop_pct=None, interpolation='')
+    run = tmp_path / 'run'
+    run.mkdir()
+    torch.save({'epoch': 1, 'arch': MODEL, 'state_dict': model.state_dict(), 'args': args}, run / 'model_best.pth.tar')
+    data = ['--dataset', 'synthetic/id', '--dataset-kwargs', 'num_images=20', f'img_size={IMG}', 'num_classes=3']
+    assert main(['calibrate', str(run / 'model_best.pth.tar'), *data, '--detector', 'ssod', '--alpha', '0.1',
+                 '--save-dir', str(tmp_path / 'out')]) == 0
+    assert 'inputs 3x64x64' in capsys.readouterr().out
+    loaded = timm_ssod.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    assert tuple(loaded.pretrained_cfg['input_size']) == (3, IMG, IMG) and loaded.ssod_cfg['gamma'] == 0.9
+    assert loaded.ssod_calibration.n == 20 and loaded.predict(torch.randn(2, 3, IMG, IMG)).is_ood.shape == (2,)
