@@ -4,6 +4,7 @@ model's decision and its errors, and the calibrate / predict commands."""
 import csv
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -281,6 +282,10 @@ def test_calibrate_then_predict_commands(saved_tiny, capsys):
     assert all(r['class'] in ('cross', 'disc', 'ring') and 0 < float(r['p_value']) <= 1 for r in rows)
     saved = json.loads((root / 'pred' / 'predictions.json').read_text())
     assert saved['calibrated'] and saved['alpha'] == 0.1 and len(saved['predictions']) == 6
+    card = (out / 'README.md').read_text()  # the card's usage snippet gives the decision as written
+    code = re.search(r'```python\n(.*?)```', card, re.S).group(1).replace('hf-hub:your-org/calibrated', f'local-dir:{out}')
+    exec(compile(code, 'README.md', 'exec'), {})
+    assert 'p-value:' in capsys.readouterr().out and '| alpha (default target share of ID rejected) | 0.1 |' in card
 
 
 def test_calibrate_command_errors(saved_tiny, capsys):

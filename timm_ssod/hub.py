@@ -71,8 +71,8 @@ from .hub_files import (CONFIG_NAME, OOD_HEAD_PREFIX, SSOD_WEIGHTS_NAME, WEIGHTS
 from .model import attach_ssod, is_ssod_model
 from .model_card import load_eval_results, render_model_card
 
-__all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'ssod', 'HubError',
-           'CheckpointError', 'SSOD_ARCHITECTURE', 'push_training_run', 'save_training_run', 'model_from_checkpoint']
+__all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config', 'ssod',
+           'HubError', 'CheckpointError', 'SSOD_ARCHITECTURE', 'push_training_run', 'save_training_run', 'model_from_checkpoint']
 
 _logger = logging.getLogger(__name__)
 
