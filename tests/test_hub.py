@@ -393,7 +393,7 @@ def test_old_folder_with_architecture_ssod_keeps_loading(tmp_path, monkeypatch, 
 @pytest.fixture(scope='module')
 def calibrated(tmp_path_factory):
     """A resnet18 SSOD model calibrated (ssod_fused) on random ID images, and its saved folder."""
-    model, x = make(seed=3)
+    model, x = make(seed=3, pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))  # the calibration's input size
     gen = torch.Generator().manual_seed(5)
 
     def batches(n):
