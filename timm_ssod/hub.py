@@ -393,10 +393,11 @@ def _build(source: Source, config: Dict, pretrained_cfg: Dict, pretrained: bool,
 def ssod(pretrained: bool = False, backbone: Optional[str] = None, ood_hidden: Optional[int] = None,
          ssod: bool = True, allow_pickle: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
          cache_dir=None, pretrained_model_args: Optional[Dict] = None, **kwargs) -> nn.Module:
-    """timm entrypoint of SSOD models (``architecture: ssod`` in config.json).
+    """timm entrypoint of old SSOD folders (``architecture: ssod`` in config.json).
 
-    ``timm.create_model('hf-hub:org/name' | 'local-dir:path', pretrained=True)`` rebuilds a
-    saved SSOD model; ``timm.create_model('ssod', backbone='resnet50', ...)`` makes a new
+    ``timm.create_model('hf-hub:org/name' | 'local-dir:path', pretrained=True)`` rebuilds an
+    SSOD model saved before the split layout (new folders are plain timm folders, see the
+    module docstring); ``timm.create_model('ssod', backbone='resnet50', ...)`` makes a new
     one. ``ssod=False`` gives the plain backbone; ``allow_pickle=True`` allows a
     ``pytorch_model.bin``-only folder.
     """
