@@ -319,12 +319,12 @@ def test_outputs_cat():
 
 def test_registry():
     assert set(DETECTORS) == {'msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn',
-                              'react', 'vim', 'ssod', 'ssod_msp',
+                              'react', 'vim', 'ssod', 'ssod_msp', 'ssod_fused',
                               'rmds', 'gen', 'fdbd', 'scale', 'ash_s', 'ash_b', 'nnguide', 'she', 'dice'}
-    # the harness's default set is explicit: the issue-12 baselines run when named
+    # the harness's default set is explicit: the other issue-12 baselines run when named
     from timm_ssod.evaluate import DEFAULT_DETECTORS
-    assert DEFAULT_DETECTORS == ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn', 'react',
-                                 'vim', 'ssod', 'ssod_msp')
+    assert DEFAULT_DETECTORS == ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'gen', 'mahalanobis', 'rmds', 'knn',
+                                 'react', 'vim', 'ssod', 'ssod_msp', 'ssod_fused')
     assert set(DEFAULT_DETECTORS) <= set(DETECTORS)
     assert create_detector('energy', temperature=2.0).temperature == 2.0
     with pytest.raises(ValueError, match='unknown detector'):

@@ -5,13 +5,15 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import timm_ssod
 from timm_ssod.hub import CheckpointError, HubError
@@ -20,7 +22,7 @@ from backbones import BACKBONES
 from hub_server import HubServer, patch_hub_env
 
 NUM_CLASSES = 4
-FILES = {'model.safetensors', 'config.json', 'README.md'}
+FILES = {'model.safetensors', 'ssod.safetensors', 'config.json', 'README.md'}
 EVAL = {'id_accuracy': 0.9417,
         'results': {'ssod': {'svhn': {'fpr95': 0.0523, 'auroc': 0.98941, 'aupr_in': 0.991, 'aupr_out': 0.97},
                              'textures': {'fpr95': 0.1, 'auroc': 0.955}},
@@ -41,7 +43,7 @@ def make(name='resnet18', seed=0, **extra):
 
 def same_prediction(a, b, x):
     pa, pb = a.predict(x), b.predict(x)
-    return all(torch.equal(u, v) for u, v in zip(pa, pb))
+    return all(u is v is None or (u is not None and v is not None and torch.equal(u, v)) for u, v in zip(pa, pb))
 
 
 @pytest.fixture(scope='module')
@@ -71,16 +73,19 @@ def test_save_load_round_trip(tmp_path, name):
     assert {p.name for p in folder.iterdir()} == FILES
     assert [p.name for p in tmp_path.iterdir()] == ['out']  # no temporary folder left
     config = json.loads((folder / 'config.json').read_text())
-    assert config['architecture'] == 'ssod' and config['num_classes'] == NUM_CLASSES
-    assert config['ssod'] == {'backbone': name, 'num_features': model.num_features, 'ood_hidden': 0}
-    assert config['model_args']['backbone'] == name and 'pretrained_cfg' in config
-    assert set(load_file(str(folder / 'model.safetensors'))) == set(model.state_dict())
+    assert config['architecture'] == name and config['num_classes'] == NUM_CLASSES  # a plain timm folder
+    assert config['ssod'] == {'backbone': name, 'num_features': model.num_features, 'ood_hidden': 0,
+                              'weights': 'ssod.safetensors'}
+    assert not {'backbone', 'ood_hidden', 'ssod'} & set(config['model_args']) and 'pretrained_cfg' in config
+    timm_keys = {k for k in model.state_dict() if not k.startswith('ood_head.')}
+    assert set(load_file(str(folder / 'model.safetensors'))) == timm_keys
+    assert set(load_file(str(folder / 'ssod.safetensors'))) == set(model.state_dict()) - timm_keys
 
     loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
     assert type(loaded) is type(model) and loaded.ssod_cfg == model.ssod_cfg
     assert same_prediction(model, loaded, x)
-    again = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()  # timm itself
-    assert timm_ssod.is_ssod_model(again) and same_prediction(model, again, x)
+    plain = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()  # timm itself: the classifier
+    assert not timm_ssod.is_ssod_model(plain) and torch.equal(plain(x), model(x))
 
 
 def test_ssod_false_gives_the_plain_backbone(saved):
@@ -161,6 +166,25 @@ def copy_folder(src: Path, dst: Path) -> Path:
     return dst
 
 
+def write_legacy_folder(model, folder: Path) -> Path:
+    """The folder save_pretrained wrote before the split: "architecture": "ssod" (the timm_ssod
+    entrypoint), the OOD head inside model.safetensors, backbone / ood_hidden in model_args."""
+    model.save_pretrained(folder)
+    state = dict(load_file(str(folder / 'model.safetensors')), **load_file(str(folder / 'ssod.safetensors')))
+    save_file(state, str(folder / 'model.safetensors'), metadata={'format': 'pt'})
+    (folder / 'ssod.safetensors').unlink()
+    config = json.loads((folder / 'config.json').read_text())
+    block = {k: v for k, v in config['ssod'].items() if k != 'weights'}
+    config.update(architecture='ssod', ssod=block,
+                  model_args=dict(config['model_args'], backbone=block['backbone'], ood_hidden=block['ood_hidden']))
+    (folder / 'config.json').write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def backbone_state(model):
+    return {k: v for k, v in model.state_dict().items() if not k.startswith('ood_head.')}
+
+
 def test_truncated_safetensors(saved, tmp_path):
     folder = copy_folder(saved[2], tmp_path / 'trunc')
     data = (folder / 'model.safetensors').read_bytes()
@@ -175,7 +199,15 @@ def test_bad_configs(saved, tmp_path):
     write_config(unknown, ssod=dict(ssod_block, backbone='resnet9000'))
     with pytest.raises(CheckpointError, match="backbone 'resnet9000'.*does not know"):
         timm_ssod.create_model(f'local-dir:{unknown}', pretrained=True)
-    no_block = copy_folder(saved[2], tmp_path / 'noblock')
+    edited = copy_folder(saved[2], tmp_path / 'edited')
+    write_config(edited, ssod=dict(ssod_block, backbone='resnet34'))
+    with pytest.raises(CheckpointError, match="architecture 'resnet18' but its 'ssod' block backbone 'resnet34'"):
+        timm_ssod.create_model(f'local-dir:{edited}', pretrained=True)
+    no_head = copy_folder(saved[2], tmp_path / 'nohead')
+    (no_head / 'ssod.safetensors').unlink()
+    with pytest.raises(HubError, match='has no ssod.safetensors'):
+        timm_ssod.create_model(f'local-dir:{no_head}', pretrained=True)
+    no_block = write_legacy_folder(saved[0], tmp_path / 'noblock')
     write_config(no_block, ssod=None)
     with pytest.raises(CheckpointError, match="no 'ssod' block"):
         timm_ssod.create_model(f'local-dir:{no_block}', pretrained=True)
@@ -200,14 +232,21 @@ def test_pickle_only_folder_needs_opt_in(saved, tmp_path):
     model, x, src = saved
     folder = copy_folder(src, tmp_path / 'pickle')
     (folder / 'model.safetensors').unlink()
-    torch.save(model.state_dict(), folder / 'pytorch_model.bin')
-    write_config(folder, model_args=dict(json.loads((folder / 'config.json').read_text())['model_args'],
+    torch.save(backbone_state(model), folder / 'pytorch_model.bin')
+    with pytest.raises(CheckpointError, match='allow_pickle=True'):
+        timm_ssod.create_model(f'local-dir:{folder}', pretrained=True)
+    loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True, allow_pickle=True).eval()
+    assert same_prediction(model, loaded, x)
+    legacy = write_legacy_folder(model, tmp_path / 'legacy')  # the old format, through timm's entrypoint too
+    (legacy / 'model.safetensors').unlink()
+    torch.save(model.state_dict(), legacy / 'pytorch_model.bin')
+    write_config(legacy, model_args=dict(json.loads((legacy / 'config.json').read_text())['model_args'],
                                          allow_pickle=True))  # a repo cannot opt in for the user
     for create in (timm_ssod.create_model, timm.create_model):
         with pytest.raises(CheckpointError, match='allow_pickle=True'):
-            create(f'local-dir:{folder}', pretrained=True)
-    loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True, allow_pickle=True).eval()
-    assert same_prediction(model, loaded, x)
+            create(f'local-dir:{legacy}', pretrained=True)
+    assert same_prediction(model, timm_ssod.create_model(f'local-dir:{legacy}', pretrained=True,
+                                                         allow_pickle=True).eval(), x)
 
     class Payload:  # any non-tensor object: refused by weights_only, never unpickled
         def __reduce__(self):
@@ -224,14 +263,16 @@ def test_hub_download_then_offline_from_cache(hub, saved, monkeypatch, tmp_path)
     assert same_prediction(model, loaded, x)
     assert loaded.pretrained_cfg['label_names'] == ['a', 'b', 'c', 'd']
     assert ('cdn', 'GET') in {r[:2] for r in hub.requests}  # weights came through the LFS redirect
-    by_commit = timm.create_model(f'hf-hub:org/ssod-r18@{hub.commit}', pretrained=True).eval()
-    assert timm_ssod.is_ssod_model(by_commit) and same_prediction(model, by_commit, x)
+    by_commit = timm_ssod.create_model(f'hf-hub:org/ssod-r18@{hub.commit}', pretrained=True).eval()
+    assert same_prediction(model, by_commit, x)
+    plain = timm.create_model(f'hf-hub:org/ssod-r18@{hub.commit}', pretrained=True).eval()
+    assert not timm_ssod.is_ssod_model(plain) and torch.equal(plain(x), model(x))
 
     patch_hub_env(monkeypatch, tmp_path / 'hf', offline=True)
     hub.requests.clear()
     for name in ('hf-hub:org/ssod-r18', f'hf-hub:org/ssod-r18@{hub.commit}'):
         assert same_prediction(model, timm_ssod.create_model(name, pretrained=True).eval(), x)
-    assert same_prediction(model, timm.create_model('hf-hub:org/ssod-r18', pretrained=True).eval(), x)
+    assert torch.equal(timm.create_model('hf-hub:org/ssod-r18', pretrained=True).eval()(x), model(x))
     assert hub.requests == []  # nothing asked of the network
 
 
@@ -282,12 +323,110 @@ def test_pickle_only_hub_repo(hub, saved, tmp_path):
     model, x, src = saved
     folder = copy_folder(src, tmp_path / 'pickle')
     (folder / 'model.safetensors').unlink()
-    torch.save(model.state_dict(), folder / 'pytorch_model.bin')
+    torch.save(backbone_state(model), folder / 'pytorch_model.bin')
     hub.add_folder('org/pickle', folder)
     with pytest.raises(CheckpointError, match='has no model.safetensors.*allow_pickle=True'):
         timm_ssod.create_model('hf-hub:org/pickle', pretrained=True)
     loaded = timm_ssod.create_model('hf-hub:org/pickle', pretrained=True, allow_pickle=True).eval()
     assert same_prediction(model, loaded, x)
+
+
+# ------------------------------------------------------------ stock timm, old folders, calibration
+STOCK_TIMM = """
+import sys, torch, timm
+names, x_path, out_path = sys.argv[1].split(','), sys.argv[2], sys.argv[3]
+x = torch.load(x_path)
+logits = [timm.create_model(n, pretrained=True).eval()(x) for n in names]  # strict load (timm's default)
+try:
+    timm.create_model(sys.argv[4], pretrained=True)
+    legacy = 'loaded'
+except RuntimeError as e:
+    legacy = str(e)
+assert 'timm_ssod' not in sys.modules, 'the plugin was imported'
+torch.save({'logits': logits, 'legacy': legacy}, out_path)
+"""
+
+
+def test_stock_timm_without_the_plugin_loads_the_classifier(hub, saved, tmp_path):
+    """The saved folder is a plain timm model: a fresh process that never imports timm_ssod
+    loads it from the loopback Hub and from disk, strictly, with the same class logits. A
+    folder in the old format ("architecture": "ssod") is what stock timm cannot load."""
+    model, x, folder = saved
+    legacy = write_legacy_folder(model, tmp_path / 'legacy')
+    torch.save(x, tmp_path / 'x.pt')
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / 'hf2'), HF_HUB_CACHE=str(tmp_path / 'hf2' / 'hub'),
+               HF_HUB_OFFLINE='0', HF_HUB_DISABLE_TELEMETRY='1', OMP_NUM_THREADS='1')
+    env.pop('HF_TOKEN', None)
+    names = f'hf-hub:org/ssod-r18@{hub.commit},local-dir:{folder}'
+    proc = subprocess.run([sys.executable, '-c', STOCK_TIMM, names, str(tmp_path / 'x.pt'), str(tmp_path / 'out.pt'),
+                           f'local-dir:{legacy}'], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(tmp_path / 'out.pt')
+    expected = model(x)
+    assert len(out['logits']) == 2 and all(torch.equal(logits, expected) for logits in out['logits'])
+    assert 'Unknown model (ssod)' in out['legacy']
+    resolved = {r[2].rsplit('/', 1)[-1] for r in hub.requests if '/resolve/' in r[2]}
+    assert resolved == {'config.json', 'model.safetensors'}  # stock timm never needs ssod.safetensors
+
+
+def test_old_folder_with_architecture_ssod_keeps_loading(tmp_path, monkeypatch, saved):
+    """A folder written the old way (checked equal to what the pre-split save_pretrained wrote):
+    timm_ssod.create_model loads it from disk and from the loopback Hub, timm.create_model too
+    once timm_ssod is imported, with the OOD head and the settings; saving it again gives the
+    new layout."""
+    model, x, _ = saved
+    legacy = write_legacy_folder(model, tmp_path / 'legacy')
+    assert {p.name for p in legacy.iterdir()} == {'model.safetensors', 'config.json', 'README.md'}
+    for create in (timm_ssod.create_model, timm.create_model):
+        loaded = create(f'local-dir:{legacy}', pretrained=True).eval()
+        assert timm_ssod.is_ssod_model(loaded) and loaded.ssod_cfg == model.ssod_cfg
+        assert same_prediction(model, loaded, x)
+    with HubServer() as server:
+        server.add_folder('org/legacy', legacy)
+        patch_hub_env(monkeypatch, tmp_path / 'hf', server.url)
+        assert same_prediction(model, timm_ssod.create_model('hf-hub:org/legacy', pretrained=True).eval(), x)
+    resaved = loaded.save_pretrained(tmp_path / 'resaved')
+    assert json.loads((resaved / 'config.json').read_text())['architecture'] == 'resnet18'
+    assert same_prediction(model, timm_ssod.create_model(f'local-dir:{resaved}', pretrained=True).eval(), x)
+
+
+@pytest.fixture(scope='module')
+def calibrated(tmp_path_factory):
+    """A resnet18 SSOD model calibrated (ssod_fused) on random ID images, and its saved folder."""
+    model, x = make(seed=3, pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))  # the calibration's input size
+    gen = torch.Generator().manual_seed(5)
+
+    def batches(n):
+        return [(torch.randn(20, 3, 64, 64, generator=gen), torch.randint(0, NUM_CLASSES, (20,), generator=gen))
+                for _ in range(n)]
+    cal = model.calibrate(batches(2), fit_loader=batches(2), alpha=0.1)
+    folder = model.save_pretrained(tmp_path_factory.mktemp('cal') / 'ssod-cal', label_names=['a', 'b', 'c', 'd'])
+    return model, torch.cat([x, 3 * torch.randn(6, 3, 64, 64, generator=gen)]), folder, cal
+
+
+def test_calibrated_model_push_load_gives_the_same_decisions(calibrated, tmp_path, monkeypatch, caplog):
+    """save -> loopback Hub -> hf-hub: load: the same p-values and decisions; config.json and
+    the card show the calibration; another num_classes drops it with a warning."""
+    model, x, folder, cal = calibrated
+    config = json.loads((folder / 'config.json').read_text())
+    saved = config['ssod']['calibration']
+    assert saved['detector'] == 'ssod_fused' and saved['n'] == 40 and saved['alpha'] == 0.1
+    assert saved['num_classes'] == NUM_CLASSES and saved['input_size'] == [3, 64, 64]
+    assert saved['threshold'] == cal.threshold()
+    assert {k.split('.')[0] for k in load_file(str(folder / 'ssod.safetensors'))} == {'ood_head', 'calibration'}
+    card = (folder / 'README.md').read_text()
+    assert '## OOD decision (ID-calibrated)' in card and '**40 held-out in-distribution images**' in card
+    pred = model.predict(x)
+    assert pred.p_value is not None and pred.is_ood.dtype == torch.bool
+    with HubServer() as server:
+        server.add_folder('org/ssod-cal', folder)
+        patch_hub_env(monkeypatch, tmp_path / 'hf', server.url)
+        loaded = timm_ssod.create_model('hf-hub:org/ssod-cal', pretrained=True).eval()
+        assert loaded.ssod_calibration is not None and same_prediction(model, loaded, x)
+        assert torch.equal(loaded.predict(x, alpha=0.5).is_ood, model.predict(x, alpha=0.5).is_ood)
+        with caplog.at_level(logging.WARNING, logger='timm_ssod.hub'):
+            other = timm_ssod.create_model('hf-hub:org/ssod-cal', pretrained=True, num_classes=7).eval()
+    assert other.ssod_calibration is None and 'calibration was made for 4 classes' in caplog.text
 
 
 # ------------------------------------------------------------------------------------- push

@@ -270,12 +270,13 @@ def test_hub_repo_with_python_code_and_auto_map_runs_nothing(tmp_path, monkeypat
         server.add_files('org/evil', dict(files, **{'config.json': json.dumps(config).encode()}))
         server.add_files('org/evil-arch', dict(files, **{'config.json': json.dumps(evil_arch).encode()}))
         patch_hub_env(monkeypatch, tmp_path / 'hf', server.url)
-        for create in (timm_ssod.create_model, timm.create_model):
-            loaded = create('hf-hub:org/evil', pretrained=True).eval()
-            assert timm_ssod.is_ssod_model(loaded)
-            assert torch.equal(loaded.predict(x).id_prob, model.predict(x).id_prob)
+        loaded = timm_ssod.create_model('hf-hub:org/evil', pretrained=True).eval()
+        assert timm_ssod.is_ssod_model(loaded)
+        assert torch.equal(loaded.predict(x).id_prob, model.predict(x).id_prob)
+        assert torch.equal(timm.create_model('hf-hub:org/evil', pretrained=True).eval()(x), model(x))  # stock timm
         with pytest.raises(CheckpointError, match=r"architecture 'modeling_evil\.EvilModel', which timm .* not know"):
             timm_ssod.create_model('hf-hub:org/evil-arch', pretrained=True)
         requested = [r[2] for r in server.requests]
     assert not marker.exists() and 'modeling_evil' not in sys.modules
-    assert {p.rsplit('/', 1)[-1] for p in requested if '/resolve/' in p} == {'config.json', 'model.safetensors'}
+    assert {p.rsplit('/', 1)[-1] for p in requested if '/resolve/' in p} == {'config.json', 'model.safetensors',
+                                                                             'ssod.safetensors'}

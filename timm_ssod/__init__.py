@@ -1,4 +1,5 @@
 """timm_ssod: SSOD (Self-supervised Sampling for OOD Detection, ICLR 2024) for any timm backbone."""
+from .conformal import CalibrationError, NotCalibratedError
 from .factory import create_model
 from .hub import CheckpointError, HubError, push_to_hub, push_training_run, save_pretrained
 from .layout import UnsupportedBackboneError

@@ -3,6 +3,8 @@
     timm-ssod train --config examples/synthetic.yaml
     timm-ssod train --help
     timm-ssod push output/train/<run> org/name
+    timm-ssod calibrate output/train/<run> --dataset synthetic/id --save-dir out/model
+    timm-ssod predict local-dir:out/model photos/
 
 Two kinds of subcommands:
 
@@ -11,7 +13,7 @@ Two kinds of subcommands:
   some 150 flags). Imported only when that command runs.
 * ``SUBPARSER_MODULES``: a module with ``add_parser(subparsers)`` that registers an argparse
   subparser whose defaults hold ``func=run(args) -> exit code`` (``push``; ``eval``,
-  ``visualize``, ``demo`` are added the same way: one line in this tuple). ``add_command``,
+  ``calibrate``, ``predict``, ``visualize``, ``demo`` are added the same way: one line in this tuple). ``add_command``,
   ``report_errors`` and ``parse_and_run`` are their ``add_parser``, ``run`` and ``main``.
 """
 import argparse
@@ -23,7 +25,8 @@ from typing import List, Optional
 RAW_COMMANDS = {
     'train': ('timm_ssod.train', 'run', 'train a timm model with the SSOD objective (timm train.py flags, --config YAML)'),
 }
-SUBPARSER_MODULES = ('timm_ssod.cli_eval', 'timm_ssod.cli_push', 'timm_ssod.visualize', 'timm_ssod.demo')
+SUBPARSER_MODULES = ('timm_ssod.cli_eval', 'timm_ssod.cli_push', 'timm_ssod.cli_calibrate', 'timm_ssod.cli_predict',
+                     'timm_ssod.visualize', 'timm_ssod.demo')
 BAD_INPUT = (ValueError, OSError, FloatingPointError)  # data / checkpoint errors, non-finite outputs ...
 
 

@@ -143,7 +143,7 @@ def _evaluate(args) -> int:
         ood_sets = {k: cut(v, len(id_set), args.seed) for k, v in ood_sets.items()}
 
     fit_loader = None
-    if any(DETECTORS[n].needs_fit for n in names if n not in SSOD_DETECTORS):
+    if any(DETECTORS[n].needs_fit for n in names if info['ssod'] or n not in SSOD_DETECTORS):
         fit_set = build_id_dataset(args.dataset, args.data_dir, args.fit_split, num_classes, args.dataset_kwargs)
         if same_folder(fit_set, id_set):
             raise EvalDataError(f'--fit-split {args.fit_split!r} and --split {args.split!r} read the same folder '

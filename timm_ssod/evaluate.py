@@ -67,11 +67,12 @@ __all__ = ['DEFAULT_DETECTORS', 'SSOD_DETECTORS', 'AVERAGE', 'EvalScores', 'NonF
 
 # The default set (demo, benchmarks, `timm-ssod eval` without --detectors), explicit rather than
 # "everything registered": every detector added to the registry would otherwise slow the demo and
-# change every committed table. The others (rmds, gen, fdbd, scale, ash_s, ash_b, nnguide, she, dice)
-# run when named: evaluate(..., detectors=[...]) or `timm-ssod eval --detectors rmds,gen`.
-DEFAULT_DETECTORS = ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'mahalanobis', 'knn', 'react', 'vim',
-                     'ssod', 'ssod_msp')
-SSOD_DETECTORS = ('ssod', 'ssod_msp')
+# change every committed table. RMDS and GEN (single pass, any backbone, near the top of OpenOOD v1.5)
+# are in it; the others (fdbd, scale, ash_s, ash_b, nnguide, she, dice) run when named:
+# evaluate(..., detectors=[...]) or `timm-ssod eval --detectors fdbd,dice`.
+DEFAULT_DETECTORS = ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'gen', 'mahalanobis', 'rmds', 'knn', 'react', 'vim',
+                     'ssod', 'ssod_msp', 'ssod_fused')
+SSOD_DETECTORS = ('ssod', 'ssod_msp', 'ssod_fused')
 AVERAGE = 'average'  # result[AVERAGE][detector]: the mean over the OOD sets; no OOD set may have this name
 SMALL_SET = 100  # fewer images than this in a metric pair: a note that the numbers are noisy
 

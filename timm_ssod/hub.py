@@ -1,47 +1,53 @@
 """Save, push and load SSOD models in timm's Hugging Face Hub format.
 
-Folder layout (what ``save_pretrained`` writes and ``push_to_hub`` uploads), the same files
-as timm's ``save_for_hf`` / ``push_to_hf_hub``:
+Folder layout (what ``save_pretrained`` writes and ``push_to_hub`` uploads): a plain timm
+model of the backbone, which stock timm loads without this package, plus one file and one
+``config.json`` block that ``timm_ssod.create_model`` reads to attach the OOD head:
 
-* ``model.safetensors``: the model's ``state_dict()`` = the timm backbone's keys plus
-  ``ood_head.*``. No pickle is ever written.
-* ``config.json``: written by timm's own ``save_config_for_hf`` (``num_classes``,
-  ``label_names``, ``pretrained_cfg`` with the preprocessing, ``model_args``), with
-  ``"architecture": "ssod"``, ``model_args.backbone`` / ``model_args.ood_hidden``, and an
-  ``"ssod"`` block = the model's ``ssod_cfg`` (``backbone``, ``num_features``, ``ood_hidden``
-  and whatever training added: ``gamma``, ``lam``, ``balance`` ...). That is everything
-  needed to rebuild the model.
+* ``model.safetensors``: the timm backbone's ``state_dict()`` only (timm's own keys), so
+  ``timm.create_model('hf-hub:org/name', pretrained=True)`` loads the classifier strictly.
+* ``ssod.safetensors``: the OOD head (``ood_head.*``) and, for a calibrated model, the
+  calibration (``calibration.*``: the detector's fitted state and the ID reference scores).
+* ``config.json``: written by timm's own ``save_config_for_hf``: ``"architecture"`` = the
+  backbone's timm name, ``num_classes``, ``label_names``, ``pretrained_cfg`` with the
+  preprocessing, ``model_args`` (the backbone's reconstruction arguments only), and an
+  ``"ssod"`` block that stock timm ignores: the model's ``ssod_cfg`` (``backbone``,
+  ``num_features``, ``ood_hidden``, and whatever training added: ``gamma``, ``lam``,
+  ``balance`` ...), ``"weights": "ssod.safetensors"`` and, once calibrated, ``"calibration"``
+  (detector, alpha, n, threshold, class count, input size; ``timm_ssod.calibration``).
 * ``README.md``: the model card (``model_card.py``), generated, never hand-written.
 
-How ``timm.create_model('hf-hub:org/name')`` returns an SSOD model (timm interop):
-importing ``timm_ssod`` registers one entrypoint, ``ssod``, in timm's model registry
-(``timm.list_models('ssod')``). timm reads ``config.json``, finds ``architecture: ssod`` and
-calls that entrypoint with the ``pretrained_cfg`` and ``model_args`` it parsed, exactly as
-for its own models. The entrypoint re-reads the ``ssod`` block, builds the backbone with
-``timm.create_model(backbone, pretrained_cfg=...)`` and loads its weights through timm's own
-``load_pretrained`` (so classifier re-initialisation for another ``num_classes``, input-conv
-adaptation and the model family's checkpoint filter all behave as in timm), then attaches
-the OOD head and loads ``ood_head.*``. The weights reach timm as an in-memory state dict
-(``pretrained_cfg_overlay=dict(state_dict=...)``), read by us from safetensors; timm copies
-it once (``dataclasses.asdict``), so loading briefly holds the weights twice. ``timm.create_model('ssod', backbone='resnet50')``
-also works (a fresh SSOD model, like ``timm_ssod.create_model('resnet50')``). Without
-``import timm_ssod``, timm answers "Unknown model (ssod)". We chose a registry entrypoint
-over patching timm's functions: it is timm's public extension point, and the
-``architecture`` field keeps meaning "the entrypoint that rebuilds this model".
+Loading, ``timm_ssod.create_model('hf-hub:...' | 'local-dir:...')`` reads ``config.json`` first:
 
-``timm_ssod.create_model('hf-hub:...' | 'local-dir:...')`` reads ``config.json`` first:
-* an SSOD folder: the entrypoint above; ``ssod=False`` gives the plain timm backbone with
-  the backbone weights (``ood_head.*`` dropped);
+* a folder with an ``ssod`` block: timm builds the backbone from the folder as it would
+  without us (``model_args``, ``pretrained_cfg``; weights through timm's ``load_pretrained``,
+  handed over as a state dict we read from safetensors), then the OOD head is attached and
+  loaded from ``ssod.safetensors``, and the calibration with it. A different ``num_classes``
+  re-initialises the classifier (timm's behaviour, with a warning) and drops the calibration
+  (made for the old classes; warned). ``ssod=False`` gives the plain timm model.
 * a plain timm folder (no ``ssod`` block, e.g. ``hf-hub:timm/resnet50.a1_in1k``): the timm
-  model with its weights, and with ``ssod=True`` a freshly initialised OOD head (logged);
+  model with its weights, and with ``ssod=True`` a freshly initialised OOD head (logged).
+* an *old* SSOD folder, written before the split (``"architecture": "ssod"``, one
+  ``model.safetensors`` holding ``ood_head.*`` too): still loads, through the ``ssod``
+  entrypoint that importing ``timm_ssod`` registers in timm's model registry: timm reads
+  ``config.json``, finds ``architecture: ssod`` and calls that entrypoint with the
+  ``pretrained_cfg`` and ``model_args`` it parsed; the entrypoint builds the backbone named in
+  the ``ssod`` block with timm's ``load_pretrained`` and loads ``ood_head.*``. So
+  ``timm.create_model`` also loads old folders once ``timm_ssod`` is imported (stock timm
+  answers "Unknown model (ssod)" for them, which is why folders are no longer written so).
+  ``timm.create_model('ssod', backbone='resnet50')`` makes a new SSOD model.
 * ``architecture: ssod`` without the block, or an unknown backbone: ``CheckpointError``.
 
-Safety: weights are read from ``model.safetensors`` only; a ``pytorch_model.bin``-only repo
+The weights reach timm as an in-memory state dict (``pretrained_cfg_overlay=dict(state_dict=...)``);
+timm copies it once (``dataclasses.asdict``), so loading briefly holds the weights twice.
+
+Safety: weights are read from safetensors only; a ``pytorch_model.bin``-only repo
 is refused unless ``allow_pickle=True`` is passed (then ``torch.load(weights_only=True)``).
 ``allow_pickle`` found in a repo's ``config.json`` is ignored: only the caller can opt in
 (``timm_ssod.create_model`` hands it to the entrypoint through a context variable that
 config.json cannot reach; a direct ``timm.create_model(..., allow_pickle=True)`` is honoured
-unless config.json's ``model_args`` also holds ``allow_pickle``).
+unless config.json's ``model_args`` also holds ``allow_pickle``). A saved calibration names
+its detector, which is looked up in the detector registry; its state is numbers and tensors.
 No code from a repo is imported or executed. See ``hub_files.py`` for the errors.
 """
 import json
@@ -60,18 +66,20 @@ import torch.nn as nn
 from timm.models import parse_model_name, register_model
 from timm.models._hub import save_config_for_hf
 
-from .hub_files import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, HubError, Source, read_config,
-                        read_state_dict, split_ood_head)
+from .hub_files import (CONFIG_NAME, OOD_HEAD_PREFIX, SSOD_WEIGHTS_NAME, WEIGHTS_NAME, CheckpointError, HubError, Source,
+                        load_safetensors, read_config, read_state_dict, split_ood_head)
 from .model import attach_ssod, is_ssod_model
 from .model_card import load_eval_results, render_model_card
 
-__all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'ssod', 'HubError',
-           'CheckpointError', 'SSOD_ARCHITECTURE', 'push_training_run', 'save_training_run', 'model_from_checkpoint']
+__all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config', 'ssod',
+           'HubError', 'CheckpointError', 'SSOD_ARCHITECTURE', 'push_training_run', 'save_training_run', 'model_from_checkpoint']
 
 _logger = logging.getLogger(__name__)
 
-SSOD_ARCHITECTURE = 'ssod'  # config.json "architecture" of SSOD folders = the timm entrypoint below
+SSOD_ARCHITECTURE = 'ssod'  # config.json "architecture" of old SSOD folders = the timm entrypoint below
 README_NAME = 'README.md'
+FOLDER_FILES = (WEIGHTS_NAME, SSOD_WEIGHTS_NAME, README_NAME, CONFIG_NAME)  # written in this order, config.json last
+_BLOCK_FILE_KEYS = ('weights', 'calibration')  # entries of the ssod block that are not model settings
 # create-time options, never reconstruction arguments of the model
 _OPTION_KWARGS = ('ssod', 'allow_pickle')
 _SSOD_KWARGS = ('backbone', 'ood_hidden')
@@ -122,11 +130,17 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, Path], *, eval_
 def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, model_args, data_config):
     from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={'format': 'pt'})
+    backbone, ood_head = split_ood_head(state)
+    save_file(backbone, str(folder / WEIGHTS_NAME), metadata={'format': 'pt'})
+    extras = {OOD_HEAD_PREFIX + k: v for k, v in ood_head.items()}
+    block = dict(_ssod_block_for(model), weights=SSOD_WEIGHTS_NAME)
+    if model.ssod_calibration is not None:
+        model.ssod_calibration.check_model(model)
+        block['calibration'], tensors = model.ssod_calibration.to_saved()
+        extras.update(tensors)
+    save_file(extras, str(folder / SSOD_WEIGHTS_NAME), metadata={'format': 'pt'})
 
-    block = _ssod_block_for(model)
-    args = dict(model_args or {}, backbone=block['backbone'], ood_hidden=block['ood_hidden'])
-    model_config = {'architecture': SSOD_ARCHITECTURE, 'ssod': block}
+    model_config = {'ssod': block}
     if label_names is None and model.pretrained_cfg.get('num_classes') == model.num_classes:
         label_names = model.pretrained_cfg.get('label_names')
     if label_names:
@@ -134,13 +148,16 @@ def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, 
             raise ValueError(f'{len(label_names)} label_names for a model with {model.num_classes} classes')
         model_config['label_names'] = dict(label_names) if isinstance(label_names, dict) else list(label_names)
     with _export_model_args(model):
-        save_config_for_hf(model, str(folder / CONFIG_NAME), model_config=model_config, model_args=args,
+        save_config_for_hf(model, str(folder / CONFIG_NAME), model_config=model_config, model_args=model_args,
                            data_config=data_config)
     with open(folder / CONFIG_NAME, encoding='utf-8') as f:
         config = json.load(f)
+    if config['architecture'] != block['backbone']:
+        raise ValueError(f"pretrained_cfg names architecture {config['architecture']!r} but the backbone is "
+                         f"{block['backbone']!r}")
     card = render_model_card(config, repo_id=repo_id, eval_results=evals, card=model_card)
     (folder / README_NAME).write_text(card, encoding='utf-8')
-    for name in (WEIGHTS_NAME, README_NAME, CONFIG_NAME):
+    for name in FOLDER_FILES:
         _fsync(folder / name)
 
 
@@ -186,7 +203,7 @@ def _move_into_place(tmp: Path, target: Path):
     except OSError:
         if not target.is_dir():
             raise
-    for name in (WEIGHTS_NAME, README_NAME, CONFIG_NAME):  # config.json last: it marks a model folder
+    for name in FOLDER_FILES:  # config.json last: it marks a model folder
         os.replace(tmp / name, target / name)
 
 
@@ -213,7 +230,12 @@ def push_to_hub(model: nn.Module, repo_id: str, *, token: Optional[str] = None, 
 
 # ----------------------------------------------------------------------------------------- load
 def is_ssod_config(config: Dict) -> bool:
-    """True for the config.json of a folder written by ``save_pretrained``."""
+    """True for the config.json of a folder written by ``save_pretrained`` (now or before the split)."""
+    return is_legacy_ssod_config(config) or isinstance(config.get('ssod'), dict)
+
+
+def is_legacy_ssod_config(config: Dict) -> bool:
+    """True for an old SSOD folder: ``"architecture": "ssod"``, the OOD head inside model.safetensors."""
     return config.get('architecture') == SSOD_ARCHITECTURE
 
 
@@ -223,7 +245,7 @@ def create_from_source(model_name: str, ssod: bool = True, pretrained: bool = Fa
     kind, name = parse_model_name(model_name)
     source = Source(kind, name, kwargs.get('cache_dir'))
     config = read_config(source)
-    if is_ssod_config(config):
+    if is_legacy_ssod_config(config):
         if ood_hidden:
             kwargs['ood_hidden'] = ood_hidden
         token = _CALLER_ALLOW_PICKLE.set(bool(allow_pickle))
@@ -235,19 +257,69 @@ def create_from_source(model_name: str, ssod: bool = True, pretrained: bool = Fa
         model._model_args = {k: v for k, v in model._model_args.items() if k not in drop}
         return model
     arch = config['architecture']
-    if 'ssod' in config:
-        raise CheckpointError(f"{CONFIG_NAME} of {source} has an 'ssod' block but architecture '{arch}' (not "
-                              f"'{SSOD_ARCHITECTURE}'): it was not written by save_pretrained; re-save the model.")
     if not timm.is_model(arch):
         raise CheckpointError(f"{CONFIG_NAME} of {source} names architecture '{arch}', which timm "
-                              f"{timm.__version__} does not know, and it has no 'ssod' block.")
+                              f"{timm.__version__} does not know" + ('.' if 'ssod' in config else
+                                                                      ", and it has no 'ssod' block."))
+    block = _ssod_block(config, source) if 'ssod' in config else None
+    if block is not None and block['backbone'] != arch:
+        raise CheckpointError(f"{CONFIG_NAME} of {source} names architecture '{arch}' but its 'ssod' block backbone "
+                              f"'{block['backbone']}': the folder was edited by hand; re-save the model.")
+    if block is not None and ood_hidden and ood_hidden != block['ood_hidden']:
+        raise CheckpointError(f"{source}: ood_hidden={ood_hidden!r} was asked but the 'ssod' block says "
+                              f"{block['ood_hidden']!r}; the saved weights need the latter.")
     state_dict = read_state_dict(source, allow_pickle) if pretrained else None
     model = _create_timm(model_name, state_dict, source, config.get('num_classes'), **kwargs)
-    if ssod:
+    if not ssod:
+        return model
+    if block is None:
         _logger.info(f"{source} is a plain timm model (no 'ssod' block in {CONFIG_NAME}): "
                      f'the OOD head is freshly initialised.')
-        attach_ssod(model, ood_hidden=ood_hidden, backbone=arch)
+        return attach_ssod(model, ood_hidden=ood_hidden, backbone=arch)
+    attach_ssod(model, ood_hidden=block['ood_hidden'], backbone=arch)
+    _check_features(model, block, source)
+    model.ssod_cfg.update({k: v for k, v in block.items() if k not in _BLOCK_FILE_KEYS})
+    if pretrained:
+        _load_ssod_file(model, block, source)
     return model
+
+
+def _check_features(model, block: Dict, source: Source) -> None:
+    if model.ssod_cfg['num_features'] != block['num_features']:
+        raise CheckpointError(f"{source}: the rebuilt backbone has {model.ssod_cfg['num_features']} features, "
+                              f"the 'ssod' block says {block['num_features']}; check the model arguments.")
+
+
+def _load_ssod_file(model, block: Dict, source: Source) -> None:
+    """The OOD head and the calibration, from ``ssod.safetensors`` (``block['weights']``)."""
+    filename = block.get('weights', SSOD_WEIGHTS_NAME)
+    if not isinstance(filename, str) or filename != Path(filename).name or not filename.endswith('.safetensors'):
+        raise CheckpointError(f"the 'ssod' block of {CONFIG_NAME} of {source} names weights {filename!r}: expected a "
+                              'file name ending in .safetensors, in the same folder')
+    tensors = load_safetensors(source.fetch(filename), str(source))
+    _load_ood_head(model, {k: v for k, v in tensors.items() if k.startswith(OOD_HEAD_PREFIX)}, source, filename)
+    saved = block.get('calibration')
+    if not saved:
+        return
+    from .calibration import Calibration
+    calibration = Calibration.from_saved(saved, tensors)
+    if calibration.num_classes != model.num_classes:
+        _logger.warning(f'{source}: the saved calibration was made for {calibration.num_classes} classes and the '
+                        f'model now has {model.num_classes}: it is dropped (calibrate again for an OOD decision).')
+        return
+    model.set_calibration(calibration)
+
+
+def _load_ood_head(model, tensors: Dict, source: Source, filename: str) -> None:
+    _, ood_state = split_ood_head(tensors)
+    if not ood_state:
+        raise CheckpointError(f'{filename} of {source} has no {OOD_HEAD_PREFIX}* tensors although {CONFIG_NAME} '
+                              "has an 'ssod' block.")
+    try:
+        model.ood_head.load_state_dict(ood_state)
+    except RuntimeError as e:
+        raise CheckpointError(f'the {OOD_HEAD_PREFIX}* weights of {source} do not fit the OOD head described by '
+                              f'{CONFIG_NAME}: {e}') from e
 
 
 def _create_timm(model_name: str, state_dict, source: Source, ckpt_classes=None, pretrained_cfg=None,
@@ -270,6 +342,8 @@ def _create_timm(model_name: str, state_dict, source: Source, ckpt_classes=None,
 
 def _ssod_block(config: Dict, source: Source) -> Dict:
     block = config.get('ssod')
+    if block is not None and not isinstance(block, dict):
+        raise CheckpointError(f"the 'ssod' entry of {CONFIG_NAME} of {source} is not a JSON object: {block!r}")
     if not isinstance(block, dict):
         raise CheckpointError(f"{CONFIG_NAME} of {source} names architecture '{SSOD_ARCHITECTURE}' but has no "
                               "'ssod' block: it cannot be rebuilt. Re-save the model with save_pretrained.")
@@ -308,16 +382,10 @@ def _build(source: Source, config: Dict, pretrained_cfg: Dict, pretrained: bool,
     if not ssod:
         return model
     attach_ssod(model, ood_hidden=block['ood_hidden'], backbone=block['backbone'])
-    if model.ssod_cfg['num_features'] != block['num_features']:
-        raise CheckpointError(f"{source}: the rebuilt backbone has {model.ssod_cfg['num_features']} features, "
-                              f"the 'ssod' block says {block['num_features']}; check the model arguments.")
-    model.ssod_cfg.update(block)
+    _check_features(model, block, source)
+    model.ssod_cfg.update({k: v for k, v in block.items() if k not in _BLOCK_FILE_KEYS})
     if ood_state is not None:
-        try:
-            model.ood_head.load_state_dict(ood_state)
-        except RuntimeError as e:
-            raise CheckpointError(f'the ood_head.* weights of {source} do not fit the OOD head described by '
-                                  f'{CONFIG_NAME}: {e}') from e
+        _load_ood_head(model, {OOD_HEAD_PREFIX + k: v for k, v in ood_state.items()}, source, WEIGHTS_NAME)
     return model
 
 
@@ -325,10 +393,11 @@ def _build(source: Source, config: Dict, pretrained_cfg: Dict, pretrained: bool,
 def ssod(pretrained: bool = False, backbone: Optional[str] = None, ood_hidden: Optional[int] = None,
          ssod: bool = True, allow_pickle: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
          cache_dir=None, pretrained_model_args: Optional[Dict] = None, **kwargs) -> nn.Module:
-    """timm entrypoint of SSOD models (``architecture: ssod`` in config.json).
+    """timm entrypoint of old SSOD folders (``architecture: ssod`` in config.json).
 
-    ``timm.create_model('hf-hub:org/name' | 'local-dir:path', pretrained=True)`` rebuilds a
-    saved SSOD model; ``timm.create_model('ssod', backbone='resnet50', ...)`` makes a new
+    ``timm.create_model('hf-hub:org/name' | 'local-dir:path', pretrained=True)`` rebuilds an
+    SSOD model saved before the split layout (new folders are plain timm folders, see the
+    module docstring); ``timm.create_model('ssod', backbone='resnet50', ...)`` makes a new
     one. ``ssod=False`` gives the plain backbone; ``allow_pickle=True`` allows a
     ``pytorch_model.bin``-only folder.
     """

@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - older huggingface_hub
     from huggingface_hub.utils import EntryNotFoundError as RemoteEntryNotFoundError
 
 WEIGHTS_NAME = 'model.safetensors'
+SSOD_WEIGHTS_NAME = 'ssod.safetensors'  # the OOD head and the calibration, beside timm's weights
 PICKLE_WEIGHTS_NAME = 'pytorch_model.bin'
 CONFIG_NAME = 'config.json'
 OOD_HEAD_PREFIX = 'ood_head.'

@@ -6,7 +6,9 @@ keys, ``pretrained_cfg``, ``forward``, ``forward_head``, ``reset_classifier`` ..
 * ``model.ood_head``: the OOD head f_ood (Eq. 13), applied to every feature location;
 * ``model.forward_ssod(x)``: what the SSOD objective (Eq. 12 + 14) needs;
 * ``model.forward_ood_head(features)``: the pooled ID/OOD logits (Eq. 15);
-* ``model.predict(x)``: class posterior, P(ID | x) and the (M+1)-way posterior (Eq. 7).
+* ``model.predict(x)``: class posterior, P(ID | x) and the (M+1)-way posterior (Eq. 7), and,
+  once the model is calibrated on ID data (``model.calibrate`` / ``set_calibration``,
+  ``timm_ssod.calibration``), a conformal p-value and an OOD decision per image.
 
 It does so by switching the instance to a subclass of its own class that mixes in
 ``SSODMixin``, so a timm ResNet stays an instance of ``timm.models.ResNet`` and its
@@ -14,7 +16,7 @@ state_dict is the plain model's plus ``ood_head.*``: timm checkpoints load into 
 (``strict=False``) and its backbone weights load back into the plain timm model.
 """
 import warnings
-from typing import Dict, NamedTuple, Tuple, Type
+from typing import Dict, NamedTuple, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -33,11 +35,14 @@ class SSODOutput(NamedTuple):
 
 
 class SSODPrediction(NamedTuple):
-    """Inference output of ``predict``; probabilities are float32."""
+    """Inference output of ``predict``; probabilities are float32. ``p_value`` and ``is_ood``
+    are None unless the model is calibrated (``timm_ssod.calibration``)."""
     logits: torch.Tensor       # (B, M)
     class_probs: torch.Tensor  # (B, M)  P(w_i | x in ID): softmax of the logits
     id_prob: torch.Tensor      # (B,)    P(x in ID | x), Eq. 15
     posterior: torch.Tensor    # (B, M + 1) Eq. 7; last column = "unknown"
+    p_value: Optional[torch.Tensor] = None  # (B,) float64, conformal p-value of the calibrated score
+    is_ood: Optional[torch.Tensor] = None   # (B,) bool, p_value <= alpha
 
 
 class OODHead(nn.Module):
@@ -63,6 +68,7 @@ class SSODMixin:
     """Methods added to a timm model by ``attach_ssod``. Not used on its own."""
     ood_head: OODHead
     ssod_cfg: Dict
+    ssod_calibration = None  # a timm_ssod.calibration.Calibration, or None
 
     def _locations(self, feats, img_size):
         locations, grid = to_locations(self, feats, img_size)
@@ -98,14 +104,38 @@ class SSODMixin:
         return SSODOutput(logits, patch_logits, patch_ood_logits, ood_logits, grid)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> SSODPrediction:
+    def predict(self, x: torch.Tensor, alpha: Optional[float] = None) -> SSODPrediction:
         """Inference (Eq. 7 and 15) from one backbone pass. Call ``model.eval()`` first, as
-        for any timm model."""
+        for any timm model.
+
+        A calibrated model (``calibrate`` / ``set_calibration``) also gives each image's
+        conformal p-value and ``is_ood = p_value <= alpha`` (default: the calibration's
+        alpha), which rejects at most a share alpha of ID images in expectation. Asking for
+        ``alpha`` without a calibration raises ``NotCalibratedError``."""
         feats = self.forward_features(x)
         logits = merge_heads(self.forward_head(feats))
         ood_logits = self.forward_ood_head(feats, x.shape[-2:])
+        p_value = is_ood = None
+        if self.ssod_calibration is not None or alpha is not None:
+            from .calibration import decide
+            p_value, is_ood = decide(self.ssod_calibration, self, x, feats, logits, ood_logits, alpha)
         return SSODPrediction(logits, torch.softmax(logits.float(), dim=-1), id_probability(ood_logits),
-                              unified_posterior(logits, ood_logits))
+                              unified_posterior(logits, ood_logits), p_value, is_ood)
+
+    # ID calibration (timm_ssod.calibration)
+    def calibrate(self, loader, detector: str = 'ssod_fused', alpha: float = 0.05, fit_loader=None, **kwargs):
+        """Calibrate an OOD decision on held-out ID images (``timm_ssod.calibration.calibrate``)
+        and keep it with the model (saved by ``save_pretrained``). Returns the calibration."""
+        from .calibration import calibrate
+        cal = calibrate(self, loader, detector=detector, alpha=alpha, fit_loader=fit_loader, **kwargs)
+        self.set_calibration(cal)
+        return cal
+
+    def set_calibration(self, calibration) -> None:
+        """Attach a ``Calibration`` (None removes it); one made for another class count is refused."""
+        if calibration is not None:
+            calibration.check_model(self)
+        self.ssod_calibration = calibration
 
     # Hub (timm_ssod.hub): thin methods, so ``model.save_pretrained(...)`` reads like transformers
     def save_pretrained(self, save_directory, **kwargs):

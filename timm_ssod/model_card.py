@@ -31,7 +31,7 @@ CITATION = """@inproceedings{ssod2024,
 }"""
 _SSOD_SETTINGS = (('gamma', 'sampler threshold γ (Eq. 12)'), ('lam', 'OOD-term weight λ (Eq. 14)'),
                   ('balance', 'balance of the OOD term (Table 5)'), ('ood_weight', 'OOD weight of balance "lw"'))
-_SHOWN_ELSEWHERE = ('backbone', 'num_features', 'ood_hidden')
+_SHOWN_ELSEWHERE = ('backbone', 'num_features', 'ood_hidden', 'weights', 'calibration')
 
 
 def _fraction(value, where: str) -> float:
@@ -103,8 +103,11 @@ def usage_snippet(repo_id: str, config: Dict) -> str:
     """Python code that loads the model and scores one image (the card's usage section)."""
     label = ("print('label:', model.pretrained_cfg['label_names'][pred.class_probs.argmax(-1).item()])\n"
              if config.get('label_names') else "print('class:', pred.class_probs.argmax(-1).item())\n")
+    decision = ("print('p-value:', pred.p_value.item(), 'OOD:', pred.is_ood.item())  # ID calibration, "
+                f"alpha={config.get('ssod', {}).get('calibration', {}).get('alpha')}\n"
+                if config.get('ssod', {}).get('calibration') else '')
     return (
-        'import timm_ssod  # also registers SSOD models with timm.create_model\n'
+        'import timm_ssod\n'
         'from PIL import Image\n'
         'from timm.data import create_transform, resolve_model_data_config\n\n'
         f"model = timm_ssod.create_model('hf-hub:{repo_id}', pretrained=True).eval()\n"
@@ -113,7 +116,33 @@ def usage_snippet(repo_id: str, config: Dict) -> str:
         'pred = model.predict(transform(image).unsqueeze(0))\n'
         + label +
         "print('P(in-distribution):', pred.id_prob.item())  # Eq. 15; low => out-of-distribution\n"
-        "print('P(unknown):', pred.posterior[0, -1].item())  # the (M+1)-th class of Eq. 7\n")
+        "print('P(unknown):', pred.posterior[0, -1].item())  # the (M+1)-th class of Eq. 7\n"
+        + decision)
+
+
+def calibration_section(config: Dict) -> str:
+    """The card's section on the ID calibration (the OOD decision), from config.json."""
+    cal = config.get('ssod', {}).get('calibration')
+    if not cal:
+        return ('## OOD decision\nNot calibrated: `model.predict` gives P(in-distribution) but no decision. '
+                'Calibrate on held-out ID images with `timm-ssod calibrate` (or `model.calibrate`).')
+    info = cal.get('info') or {}
+    data = f" ({info['data']})" if info.get('data') else ''
+    size = ' x '.join(str(v) for v in cal.get('input_size', []))
+    return '\n'.join([
+        '## OOD decision (ID-calibrated)',
+        f"`model.predict(x)` also gives a conformal p-value per image and `is_ood = p_value <= alpha`. The "
+        f"`{cal.get('detector')}` score was calibrated on **{cal.get('n')} held-out in-distribution images**{data}, "
+        'no OOD data. For ID images like those, the share rejected as OOD is at most alpha in expectation '
+        '(conformal guarantee); what share of OOD images is caught depends on the OOD data (see Evaluation).',
+        '',
+        '| | |', '|---|---|',
+        f"| score | `{cal.get('detector')}` |",
+        f"| alpha (default target share of ID rejected) | {cal.get('alpha')} |",
+        f"| calibration images n | {cal.get('n')} (the smallest usable alpha is 1/(n+1)) |",
+        f"| score threshold at alpha | {cal.get('threshold'):.6g} (OOD when the score is below) |",
+        f"| made for | {cal.get('num_classes')} classes, input {size} |",
+    ])
 
 
 def render_model_card(config: Dict, repo_id: str, eval_results: Optional[Dict] = None,
@@ -166,6 +195,10 @@ def render_model_card(config: Dict, repo_id: str, eval_results: Optional[Dict] =
         parts.append('\n'.join(head) + '\n' + eval_table(eval_results))
     else:
         parts.append('## Evaluation\nNo evaluation results were given when this card was generated.')
-    parts.append('## Usage\n```python\n' + usage_snippet(repo_id, config) + '```')
+    parts.append(calibration_section(config))
+    parts.append('## Usage\n```python\n' + usage_snippet(repo_id, config) + '```\n\n'
+                 'Without timm_ssod, stock timm loads the classifier of this folder (`model.safetensors` holds only '
+                 f"the timm weights): `timm.create_model('hf-hub:{repo_id}', pretrained=True)`. The OOD head and the "
+                 'calibration are in `ssod.safetensors` and the `ssod` block of `config.json`.')
     parts.append('## Citation\n```bibtex\n' + CITATION + '\n```')
     return '\n\n'.join(parts) + '\n'

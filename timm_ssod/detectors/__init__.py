@@ -22,10 +22,11 @@ from .scale import SCALE, scale_features
 from .she import SHE
 from .ssod import SSOD
 from .ssod_msp import SSODMSP
+from .ssod_fused import SSODFused
 from .vim import ViM, principal_dim
 
 __all__ = ['Detector', 'ModelOutputs', 'NotFittedError', 'NotApplicableError', 'apply_classifier',
            'collect_outputs', 'compute_outputs', 'DETECTORS', 'create_detector', 'MSP', 'MaxLogit', 'Energy',
            'energy_score', 'ODIN', 'KLMatching', 'Mahalanobis', 'KNN', 'ReAct', 'ViM',
-           'principal_dim', 'SSOD', 'SSODMSP', 'RMDS', 'GEN', 'generalized_entropy', 'FDBD', 'SCALE',
-           'scale_features', 'ASHS', 'ASHB', 'ash_s', 'ash_b', 'NNGuide', 'SHE', 'DICE']
+           'principal_dim', 'SSOD', 'SSODMSP', 'SSODFused', 'RMDS', 'GEN', 'generalized_entropy', 'FDBD',
+           'SCALE', 'scale_features', 'ASHS', 'ASHB', 'ash_s', 'ash_b', 'NNGuide', 'SHE', 'DICE']

@@ -41,6 +41,10 @@ EXPERIMENTAL_DETECTORS: Dict[str, Type[Detector]] = {
     cls.name: cls for cls in (EnergySSOD, SSODPatchMax, SSODEnergyRank)
 }
 
+# SSOD fused with other scores through their ID p-values (needs an SSOD model and a fit)
+from .ssod_fused import SSODFused  # noqa: E402  (imports create_detector lazily)
+DETECTORS[SSODFused.name] = SSODFused
+
 
 def create_detector(name: str, **kwargs) -> Detector:
     """``create_detector('knn', k=50)``: a new detector; kwargs go to its constructor."""
