@@ -143,6 +143,29 @@ def test_an_unreadable_id_image_is_skipped_with_a_warning_naming_the_file(tmp_pa
         in caplog.text
 
 
+def test_a_val_folder_with_some_of_the_classes_is_read_with_the_models_class_indices(tmp_path, capsys):
+    """timm numbers the class folders it finds: a val folder without 'a' would label 'b' as 0. With
+    the checkpoint's class names the folder is read through a class map; a class the model does
+    not know is an error naming it."""
+    model = tiny(num_classes=3)
+    with torch.no_grad():  # always predicts 'c': 1 of the 2 val images right if 'c' keeps index 2, 0 if shifted
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    torch.save({'state_dict': model.state_dict(), 'arch': MODEL, 'label_names': ['a', 'b', 'c']},
+               tmp_path / 'm.pth.tar')
+    for split, classes in (('train', 'abc'), ('val', 'bc'), ('odd', 'bz')):
+        for cls in classes:
+            _image(tmp_path / 'id' / split / cls / 'x.png', 'RGB')
+    _image(tmp_path / 'ood' / 'o.png', 'RGB')
+    argv = ['--checkpoint', str(tmp_path / 'm.pth.tar'), '--data-dir', str(tmp_path / 'id'), '--img-size', str(IMG),
+            '--workers', '0', '--quiet', '--no-plots', '--detectors', 'msp', '--ood', f'o={tmp_path / "ood"}',
+            '--use-all', '--output', str(tmp_path / 'out')]
+    assert eval_main(argv) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / 'out' / 'results.json').read_text())['id_accuracy'] == 0.5
+    assert eval_main(argv[:-1] + [str(tmp_path / 'out2'), '--split', 'odd']) == 1
+    assert "has classes the model was not trained on: z (the model knows a, b, c)" in capsys.readouterr().err
+
+
 def test_ood_folder_where_nothing_decodes_is_an_error(tmp_path):
     from timm_ssod.data import ImageFolderOOD
     (tmp_path / 'a.png').write_bytes(b'x')
