@@ -166,9 +166,13 @@ def test_visualize_draws_the_data_dir_it_is_given(photos, run, tmp_path):
 
 # ------------------------------------------------------------------------- one-line user errors
 @pytest.mark.parametrize('case', ['missing-data-dir', 'model-typo', 'torch-not-downloaded', 'torch-download-offline',
-                                  'torch-unknown', 'pretrained-path-missing'])
+                                  'torch-unknown', 'pretrained-path-missing', 'train-split-holds-val'])
 def test_training_user_errors_are_one_line(tmp_path, case, photos):
+    import shutil
     refused = f'http://127.0.0.1:{free_port()}'
+    if case == 'train-split-holds-val':  # class folders beside val/: timm would train on val/ too
+        shutil.copytree(photos / 'photos' / 'val', tmp_path / 'mixed' / 'val')
+        shutil.copytree(photos / 'photos' / 'train' / 'disc', tmp_path / 'mixed' / 'disc')
     cifar = ['--dataset', 'torch/cifar10', '--data-dir', tmp_path / 'cifar']
     argv, env, parts = {
         'missing-data-dir': (['--data-dir', tmp_path / 'nope'], {}, [f"--data-dir '{tmp_path / 'nope'}': no such folder"]),
@@ -182,6 +186,8 @@ def test_training_user_errors_are_one_line(tmp_path, case, photos):
                           ["unknown torchvision dataset 'torch/svhn': timm knows torch/cifar10"]),
         'pretrained-path-missing': (['--data-dir', photos / 'photos', '--pretrained-path', tmp_path / 'w.pth'], {},
                                     [f"--pretrained-path '{tmp_path / 'w.pth'}': no such file"]),
+        'train-split-holds-val': (['--data-dir', tmp_path / 'mixed'], {},
+                                  ["--train-split 'train'", f'which holds the validation images ({tmp_path / "mixed" / "val"})']),
     }[case]
     base = [a for a in TRAIN if a not in ('--model', 'test_resnet')] if case == 'model-typo' else TRAIN
     rc, out, err, seconds = cli('train', *base, *argv, '--output', tmp_path / 'runs', env=env)

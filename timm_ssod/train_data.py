@@ -46,13 +46,19 @@ def build_datasets(args) -> Tuple:
         raise TrainConfigError('no training data: give --data-dir DIR (an ImageFolder) or --dataset NAME '
                                '(e.g. --dataset synthetic/id for the built-in benchmark)')
     args.data_dir = data_dir
-    folder = is_image_folder(args.dataset)
-    if folder and not os.path.isdir(data_dir):
-        raise TrainConfigError(f'--data-dir {data_dir!r}: no such folder' if not os.path.exists(data_dir) else
-                               f'--data-dir {data_dir!r} is not a folder')
-    split_train = resolve_split(data_dir, args.train_split) if folder else None
-    split_val = check_evaluation_split(data_dir, args.val_split, '--val-split', [split_train.folder],
-                                       TrainConfigError) if folder else None
+    if is_image_folder(args.dataset) and not os.path.exists(data_dir):
+        raise TrainConfigError(f'--data-dir {data_dir!r}: no such folder')
+    folder = is_image_folder(args.dataset) and os.path.isdir(data_dir)  # (not a .tar of images)
+    split_train = split_val = None
+    if folder:
+        split_train = resolve_split(data_dir, args.train_split)
+        split_val = check_evaluation_split(data_dir, args.val_split, '--val-split', [split_train.folder],
+                                           TrainConfigError)
+        if not split_train.found and split_val.found:  # timm would train on DIR, its val/ included
+            raise TrainConfigError(
+                f'--train-split {args.train_split!r}: {data_dir} has no {args.train_split!r} sub-folder, so timm would '
+                f'train on all of {data_dir}, which holds the validation images ({split_val.folder}). Put the training '
+                f'images in {os.path.join(data_dir, "train")} (class sub-folders as in {split_val.folder}).')
     common = dict(class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
                   error=TrainConfigError, download_hint='pass --dataset-download')
     train = create_id_dataset(args.dataset, data_dir, args.train_split, is_training=True, seed=args.seed,

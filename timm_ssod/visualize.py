@@ -291,6 +291,9 @@ def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
             args.dataset = ''
         elif train_args.get('dataset') is not None or train_args.get('data_dir'):
             args.dataset, args.data_dir = train_args.get('dataset') or '', train_args.get('data_dir')
+            if is_image_folder(args.dataset) and not (args.data_dir and os.path.exists(args.data_dir)):
+                raise EvalDataError(f"the checkpoint's training run read the image folder {args.data_dir!r}, which is "
+                                    'not there from here: give --data-dir DIR, --images FILES or --dataset NAME')
         else:
             args.dataset = 'synthetic/id'
     if is_synthetic(args.dataset):
