@@ -15,7 +15,8 @@ read train + val). Here:
   torchvision dataset, torchvision data not downloaded or the download failing), image
   folders reading every format PIL decodes (timm reads only .png/.jpg/.jpeg), and timm's
   "Skipped sample (index i)" warning naming the file (``name_skipped_files``);
-* ``class_names``: a dataset's class names (folder names, torchvision ``classes``, synthetic).
+* ``class_names``: a dataset's class names (folder names, torchvision ``classes``, synthetic);
+  ``model_class_map``: how to read a folder with a model's class indices.
 """
 import logging
 import os
@@ -24,28 +25,15 @@ import threading
 from typing import Dict, List, NamedTuple, Optional, Sequence, Type
 
 from timm.data import ImageDataset
+from timm.data.dataset_factory import _search_split  # timm's own split lookup, so both agree
 
 from .data import create_dataset
 from .data.folders import image_extensions
-from .ood_specs import TORCH_DATASETS, is_synthetic, unknown_torch_dataset
-
-try:
-    from timm.data.dataset_factory import _search_split
-except ImportError:  # pragma: no cover - a timm without it: its documented behaviour
-    def _search_split(root, split):
-        name = split.split('[')[0]
-        synonyms = {'train': ('train', 'training'),
-                    'eval': ('val', 'valid', 'validation', 'eval', 'evaluation')}
-        for group in synonyms.values():
-            if name in group:
-                for s in (name,) + group:
-                    if os.path.exists(os.path.join(root, s)):
-                        return os.path.join(root, s)
-                return root
-        return os.path.join(root, name) if os.path.exists(os.path.join(root, name)) else root
+from .ood_specs import is_synthetic, unknown_torch_dataset
 
 __all__ = ['SplitFolder', 'resolve_split', 'check_evaluation_split', 'create_id_dataset', 'class_names',
-           'name_skipped_files', 'is_image_folder', 'TORCH_DATASETS', 'EVAL_SPLITS']
+           'name_skipped_files', 'is_image_folder', 'folder_summary', 'recorded_training_folder', 'model_class_map',
+           'EVAL_SPLITS']
 
 EVAL_SPLITS = ('test', 'val', 'valid', 'validation', 'eval', 'evaluation')  # sub-folders offered as a way out
 

@@ -225,8 +225,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
                    help='dataset arguments (default for synthetic data: the training run\'s img_size / seed)')
     g.add_argument('-n', '--num-images', type=int, default=None,
-                   help=f'N images of the dataset (default {DEFAULT_IMAGES}: the first ones; of an image folder, spread '
-                        'evenly over its files, so that several classes show), or of --images (default all)')
+                   help=f'N images of the dataset (default {DEFAULT_IMAGES}: the first ones; of an image folder, '
+                        'spread evenly over its files, so that several classes show), or of --images (default all)')
     g = p.add_argument_group('histograms (Fig. 6)')
     g.add_argument('--hist', action='store_true', help='also draw ID-vs-OOD score histograms')
     g.add_argument('--ood', nargs='+', action='extend', default=[], metavar='NAME=SPEC',
@@ -350,7 +350,8 @@ def _images(args, model, dataset_kwargs):
     cmap = model_class_map(names, class_names(ds), f'the data ({args.dataset or args.data_dir}, split {args.split})',
                            EvalDataError)
     if cmap:  # read with the model's class indices
-        ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dict(dataset_kwargs, class_map=cmap))
+        ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes,
+                              dict(dataset_kwargs, class_map=cmap))
     if not len(ds):
         raise EvalDataError(f'no images in {args.dataset or args.data_dir} (split {args.split})')
     n = min(len(ds), args.num_images or DEFAULT_IMAGES)
