@@ -307,10 +307,9 @@ def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
         return f'{args.dataset or args.data_dir}, split {args.split}'
     if args.split is None:
         args.split = 'test' if resolve_split(args.data_dir, 'test').found else 'validation'
-    training = [resolve_split(args.data_dir, 'train').folder if resolve_split(args.data_dir, 'train').found else None,
-                recorded_training_folder(train_args)]
+    own_train = resolve_split(args.data_dir, 'train')
+    training = [own_train.folder if own_train.found else None, recorded_training_folder(train_args)]
     split = check_evaluation_split(args.data_dir, args.split, '--split', training, EvalDataError)
-    args._split_folder = split
     if split.training:
         loaded.info['notes'].append(f'--split {args.split!r} reads the training images ({split.training})')
     return f'the image folder {split.folder} (split {args.split!r})'
@@ -437,7 +436,7 @@ def _visualize(args) -> int:
     out_dir = args.output or os.path.join('output', 'visualize', datetime.now().strftime('%Y%m%d-%H%M%S'))
     check_output_dir(out_dir)
 
-    source = _resolve_data(args, models[0])  # also the ID data of --hist
+    source = _resolve_data(args, models[0]) if args.hist or not args.images else None  # --hist: its ID data
     dataset_kwargs = _dataset_kwargs(args, models[0].train_args)
     names, images, labels, classes = _images(args, models[0].model, dataset_kwargs)
     if not args.images:
