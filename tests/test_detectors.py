@@ -201,6 +201,19 @@ def test_vim_hand_checked():
     assert det.score_outputs(query).item() == pytest.approx(1 + math.log(2) - 35 / 3, abs=1e-5)
 
 
+def test_vim_fitted_on_fewer_images_than_dimensions_warns_what_it_needs():
+    """16 images of 64-dim features: the residual on ID data is ~0 and the scores explode
+    (about -1e11 on a real model, issue 15); the fit says so and what it needs."""
+    out, labels = _outputs(n=16, d=64)
+    with pytest.warns(UserWarning, match=r'vim: fitted on 16 ID images, fewer than the 64 feature dimensions.*'
+                                         r'Fit on at least 64 images'):
+        ViM().fit_outputs([(out, labels)])
+    enough, labels = _outputs(n=80, d=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        ViM().fit_outputs([(enough, labels)])
+
+
 def test_vim_default_dim():
     from timm_ssod.detectors import principal_dim
     assert principal_dim(2048) == 1000 and principal_dim(768) == 512 and principal_dim(512) == 256

@@ -23,7 +23,8 @@ from timm_ssod.report import format_table, result_rows, write_results
 
 IMG = 64  # resnet18 -> 2x2 feature map
 N_FIT, N_ID, N_A, N_B = 16, 12, 8, 16
-pytestmark = pytest.mark.filterwarnings('ignore:knn. the ID bank has')  # k=50 > 16 fit images
+pytestmark = [pytest.mark.filterwarnings('ignore:knn. the ID bank has'),  # k=50 > 16 fit images
+              pytest.mark.filterwarnings('ignore:vim. fitted on')]  # 16 fit images < 512 dimensions
 ALL = ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'gen', 'mahalanobis', 'rmds', 'knn', 'react', 'vim', 'ssod',
        'ssod_msp', 'ssod_fused')
 

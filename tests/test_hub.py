@@ -276,6 +276,34 @@ def test_hub_download_then_offline_from_cache(hub, saved, monkeypatch, tmp_path)
     assert hub.requests == []  # nothing asked of the network
 
 
+def test_unreachable_hub_answers_from_the_cache_or_fails_at_once(monkeypatch, tmp_path):
+    """huggingface_hub retries a refused connection 5 times (1+2+4+8+8 s) per file and timm asks
+    for two weight files: ~54 s of "Retrying in Ns" before any message (issue 15). One TCP connect
+    decides first; then the cache answers, or a clear error comes at once."""
+    import time
+    from safetensors.torch import save as safetensors_bytes
+    from timm_ssod.factory import PretrainedWeightsError
+    torch.manual_seed(0)
+    weights = timm.create_model('test_resnet').state_dict()
+    with HubServer() as server:
+        server.add_files('timm/test_resnet.r160_in1k', {'model.safetensors': safetensors_bytes(weights)})
+        patch_hub_env(monkeypatch, tmp_path / 'hf', server.url)
+        timm_ssod.create_model('test_resnet', pretrained=True)  # online: into the cache
+        endpoint = server.url
+    start = time.time()  # the server is gone: connections to its port are refused
+    cached = timm_ssod.create_model('test_resnet', pretrained=True)
+    assert all(torch.equal(cached.state_dict()[k], v) for k, v in weights.items())
+    patch_hub_env(monkeypatch, tmp_path / 'empty', endpoint)
+    with pytest.raises(PretrainedWeightsError, match=f"{endpoint} cannot be reached: ConnectionRefusedError.*"
+                                                     "pretrained_cfg_overlay=dict"):
+        timm_ssod.create_model('test_resnet', pretrained=True)
+    with pytest.raises(HubError, match=f"config.json of Hub repo 'org/ssod-r18' is not in the local Hub cache and the "
+                                       f"Hub at {endpoint} could not be reached .*ConnectionRefusedError"):
+        timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
+    assert time.time() - start < 10
+    assert not huggingface_hub.constants.HF_HUB_OFFLINE  # offline only for those calls
+
+
 def test_offline_missing_file_names_repo_file_and_way_out(hub, monkeypatch, tmp_path):
     assert huggingface_hub.model_info('org/ssod-r18').sha == hub.commit  # the server's API endpoint
     timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=False)   # caches config.json only

@@ -80,6 +80,16 @@ def test_one_sided_or_empty_batch_gives_zero_ood_term_and_no_nan(balance, patch_
     assert torch.count_nonzero(out.patch_ood_logits.grad) == 0
 
 
+@pytest.mark.parametrize('balance', ['lwb', 'lw', 'dr'])
+def test_empty_ood_term_prints_as_zero_not_minus_zero(balance):
+    """The zero term is 0 * sum(logits): a negative sum made it -0.0, and ``print(stats)``
+    showed ``'ood_loss': tensor(-0.)`` (issue 15)."""
+    out = make_output([[UNSURE, UNSURE, UNSURE]], [[[-1., -2.], [-3., -1.], [0., 0.]]])  # sum < 0
+    _, stats = SSODLoss(balance=balance)(out, TARGET)
+    assert not torch.signbit(stats['ood_loss'])
+    assert repr(stats['ood_loss']) == 'tensor(0.)'
+
+
 def test_gradient_flows_only_through_sampled_locations():
     out = make_output([[SURE_0, SURE_1, SURE_1, UNSURE]], [[[0., LN3], [0., LN3], [0., 0.], [5., -5.]]])
     loss, _ = SSODLoss()(out, TARGET)

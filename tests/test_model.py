@@ -1,4 +1,5 @@
 """The SSOD model on every timm layout family: shapes, per-location head, Eq. 7/15, timm interop."""
+import logging
 import warnings
 
 import pytest
@@ -218,6 +219,39 @@ def test_pretrained_offline_says_how_to_pass_a_local_file(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(OSError, match='pretrained_cfg_overlay=dict\\(file='):
         timm_ssod.create_model('resnet18', pretrained=True)
+
+
+def test_checkpoint_path_loads_a_training_checkpoint_into_the_ssod_model(tmp_path, caplog):
+    """timm loads checkpoint_path before the OOD head exists: "Unexpected key(s) ood_head.net.weight"
+    (issue 15). The head is attached first, its width read from the file; class names come along."""
+    torch.manual_seed(0)
+    model = timm_ssod.create_model('test_resnet', num_classes=3, ood_hidden=8)
+    torch.save({'state_dict': model.state_dict(), 'arch': 'test_resnet', 'args': {'model': 'test_resnet'},
+                'label_names': ['cat', 'dog', 'fox']}, tmp_path / 'model_best.pth.tar')
+    loaded = timm_ssod.create_model('test_resnet', num_classes=3, checkpoint_path=str(tmp_path / 'model_best.pth.tar'))
+    assert loaded.ssod_cfg['ood_hidden'] == 8
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert loaded.pretrained_cfg['label_names'] == ['cat', 'dog', 'fox']
+    a, b, c, d = pred = loaded.eval().predict(torch.randn(2, 3, 64, 64))  # still a 4-tuple
+    assert pred.label_names == ('cat', 'dog', 'fox') and pred.labels == [['cat', 'dog', 'fox'][i] for i in
+                                                                           b.argmax(-1).tolist()]
+
+    plain = timm.create_model('test_resnet', num_classes=3)
+    torch.save(plain.state_dict(), tmp_path / 'plain.pth')
+    with caplog.at_level(logging.WARNING):
+        fresh = timm_ssod.create_model('test_resnet', num_classes=3, checkpoint_path=str(tmp_path / 'plain.pth'))
+    assert torch.equal(fresh.fc.weight, plain.fc.weight) and 'holds no OOD head' in caplog.text
+    assert timm_ssod.create_model('test_resnet', num_classes=3, checkpoint_path=str(tmp_path / 'plain.pth')
+                                  ).predict(torch.randn(1, 3, 64, 64)).labels in (['0'], ['1'], ['2'])
+    with pytest.raises(RuntimeError, match='size mismatch for fc.weight'):
+        timm_ssod.create_model('test_resnet', num_classes=5, checkpoint_path=str(tmp_path / 'plain.pth'))
+    with pytest.raises(FileNotFoundError, match="checkpoint_path '.*nope.pth': no such file"):
+        timm_ssod.create_model('test_resnet', checkpoint_path=str(tmp_path / 'nope.pth'))
+
+
+def test_unknown_model_name_suggests_the_closest_timm_names():
+    with pytest.raises(RuntimeError, match=r"Unknown model \(resnet10\); did you mean resnet10t.*list_models"):
+        timm_ssod.create_model('resnet10')
 
 
 def test_pretrained_local_file_loads_backbone_weights(tmp_path):

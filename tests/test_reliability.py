@@ -5,6 +5,7 @@ test_evaluate). Tiny models (timm's test_resnet), a few tiny images, one thread.
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -108,6 +109,61 @@ def test_id_folder_with_grayscale_rgba_and_corrupt_images_evaluates_with_warning
     assert 'Skipped sample' in caplog.text and 'bad.png' in caplog.text
     result = json.loads((tmp_path / 'out' / 'results.json').read_text())
     assert result['num_used'] == {'o': {'id': 8, 'ood': 3}}  # the corrupt files' slots hold a neighbour image
+
+
+def test_folders_read_every_format_pil_decodes(tmp_path):
+    """OOD folders took only .png/.jpg/.jpeg (timm's list): .bmp, .webp, .tif ... were silently
+    left out, an all-WebP folder was "empty" (issue 15). ID image folders read them too."""
+    from timm_ssod.data import ImageFolderOOD
+    from timm_ssod.id_data import create_id_dataset
+    formats = ('.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.jpeg', '.JPG', '.png')
+    for i, ext in enumerate(formats):
+        _image(tmp_path / 'ood' / f'{i}{ext}', 'RGB')
+        _image(tmp_path / 'id' / 'val' / ('a' if i % 2 else 'b') / f'{i}{ext}', 'RGB')
+    (tmp_path / 'ood' / 'data.h5').write_bytes(b'not an image PIL can decode')  # PIL only has a stub for HDF5
+    ood = ImageFolderOOD(str(tmp_path / 'ood'))
+    assert sorted(os.path.splitext(f)[1] for f in ood.files) == sorted(formats)
+    assert all(ood[i][0].mode == 'RGB' for i in range(len(ood)))
+    id_set = create_id_dataset('', str(tmp_path / 'id'), 'validation')
+    assert len(id_set) == len(formats) and id_set[0][0].mode == 'RGB'
+
+
+def test_an_unreadable_id_image_is_skipped_with_a_warning_naming_the_file(tmp_path, caplog):
+    """timm's warning named only the index ("Skipped sample (index 1). image file is truncated"),
+    and a truncated image's error does not name the file (issue 15)."""
+    from timm_ssod.id_data import create_id_dataset
+    for name in ('a.png', 'b.png', 'c.png'):
+        _image(tmp_path / 'id' / 'val' / 'x' / name, 'RGB')
+    truncate(tmp_path / 'id' / 'val' / 'x' / 'b.png')
+    dataset = create_id_dataset('', str(tmp_path / 'id'), 'validation')
+    with caplog.at_level(logging.WARNING):
+        image, label = dataset[1]
+    assert image.size == (24, 24) and label == 0  # timm's behaviour: the next image in its place
+    assert f"Skipped sample (index 1, file '{tmp_path / 'id' / 'val' / 'x' / 'b.png'}'). image file is truncated" \
+        in caplog.text
+
+
+def test_a_val_folder_with_some_of_the_classes_is_read_with_the_models_class_indices(tmp_path, capsys):
+    """timm numbers the class folders it finds: a val folder without 'a' would label 'b' as 0. With
+    the checkpoint's class names the folder is read through a class map; a class the model does
+    not know is an error naming it."""
+    model = tiny(num_classes=3)
+    with torch.no_grad():  # always predicts 'c': 1 of the 2 val images right if 'c' keeps index 2, 0 if shifted
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    torch.save({'state_dict': model.state_dict(), 'arch': MODEL, 'label_names': ['a', 'b', 'c']},
+               tmp_path / 'm.pth.tar')
+    for split, classes in (('train', 'abc'), ('val', 'bc'), ('odd', 'bz')):
+        for cls in classes:
+            _image(tmp_path / 'id' / split / cls / 'x.png', 'RGB')
+    _image(tmp_path / 'ood' / 'o.png', 'RGB')
+    argv = ['--checkpoint', str(tmp_path / 'm.pth.tar'), '--data-dir', str(tmp_path / 'id'), '--img-size', str(IMG),
+            '--workers', '0', '--quiet', '--no-plots', '--detectors', 'msp', '--ood', f'o={tmp_path / "ood"}',
+            '--use-all', '--output', str(tmp_path / 'out')]
+    assert eval_main(argv) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / 'out' / 'results.json').read_text())['id_accuracy'] == 0.5
+    assert eval_main(argv[:-1] + [str(tmp_path / 'out2'), '--split', 'odd']) == 1
+    assert "has classes the model was not trained on: z (the model knows a, b, c)" in capsys.readouterr().err
 
 
 def test_ood_folder_where_nothing_decodes_is_an_error(tmp_path):

@@ -5,7 +5,7 @@ model, the same ID and OOD images, the paper's metrics.
     timm-ssod eval --checkpoint output/train/RUN/model_best.pth.tar --dataset synthetic/id
     # CIFAR-10 as an image folder (DIR/train, DIR/val), two OOD folders
     timm-ssod eval --model resnet18 --checkpoint ckpt.pth.tar --data-dir cifar10 \\
-        --ood svhn=/data/svhn textures=/data/dtd/images
+        --ood svhn=/data/svhn textures=/data/dtd/images cifar100=torch/cifar100
     # a saved model; a plain timm model gets the baselines only
     timm-ssod eval --model local-dir:saved/ssod-resnet18 --data-dir cifar10 --ood svhn=/data/svhn
 
@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
                    help='ID dataset arguments (synthetic: num_images=, img_size=, seed=)')
     g.add_argument('--ood', nargs='+', action='extend', default=[], metavar='NAME=SPEC',
-                   help='OOD sets: NAME=FOLDER (all images under it), NAME=synthetic/<set> or NAME=torch/svhn '
-                        '(default with synthetic ID data: every built-in synthetic OOD set)')
+                   help='OOD sets: NAME=FOLDER (all images under it), NAME=synthetic/<set> or a timm dataset, e.g. '
+                        'NAME=torch/cifar100 (default with synthetic ID data: every built-in synthetic OOD set)')
     g.add_argument('--use-all', action='store_true',
                    help='use every ID and OOD image (default: each pair cut to the smaller count)')
     g.add_argument('--seed', type=int, default=0, help='seed of the subsampling (default 0)')
@@ -88,6 +88,19 @@ def _detector_names(values: Optional[List[str]]) -> Optional[List[str]]:
     return names
 
 
+def evaluation_splits(args, info, error):
+    """``(evaluation split, fit split)`` folders of an image-folder ID set (None otherwise). An
+    evaluation split that timm would read from a folder holding the training images (its
+    sub-folder is missing, so the whole folder) is an ``error``: the fit split's folder, when it
+    exists, and the folder the checkpoint's training run read count as training images."""
+    from .id_data import check_evaluation_split, is_image_folder, recorded_training_folder, resolve_split
+    if not is_image_folder(args.dataset) or not args.data_dir or not os.path.isdir(args.data_dir):
+        return None, None
+    split_fit = resolve_split(args.data_dir, args.fit_split)
+    training = [split_fit.folder if split_fit.found else None, recorded_training_folder(info.get('train_args') or {})]
+    return check_evaluation_split(args.data_dir, args.split, '--split', training, error), split_fit
+
+
 def _output_dir(args, model_name: str) -> str:
     if args.output:
         return args.output
@@ -105,6 +118,8 @@ def _evaluate(args) -> int:
     from .eval_data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, dataset_num_classes,
                             default_ood_specs, is_synthetic, make_loader, same_folder)
     from .evaluate import DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
+    from .id_data import class_names, folder_summary, model_class_map
+    from .model import label_names
     from .report import format_table, plot_histograms, write_results
 
     names = _detector_names(args.detectors)
@@ -125,7 +140,18 @@ def _evaluate(args) -> int:
     transform = create_transform(**data_config, is_training=False)
 
     num_classes = model.num_classes
+    split_ev, split_fit = evaluation_splits(args, info, EvalDataError)
     id_set = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, args.dataset_kwargs)
+    cmap = model_class_map(label_names(model), class_names(id_set), f'the ID data ({args.dataset or args.data_dir}, '
+                           f'split {args.split})', EvalDataError)
+    dataset_kwargs = dict(args.dataset_kwargs, class_map=cmap) if cmap else args.dataset_kwargs
+    if cmap:  # read with the model's class indices (e.g. a val folder lacking one class)
+        id_set = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)
+    if split_ev is not None:
+        print(f'ID data: {folder_summary(id_set, split_ev)}')
+        if split_ev.training:
+            info['notes'].append(f'--split {args.split!r} reads the training images ({split_ev.training}): the '
+                                 'metrics say how the model scores images it was trained on, not new ones')
     declared = dataset_num_classes(id_set)
     if declared and declared != num_classes:
         raise EvalDataError(f'the ID dataset ({args.dataset or args.data_dir}, split {args.split}) has {declared} '
@@ -144,7 +170,9 @@ def _evaluate(args) -> int:
 
     fit_loader = None
     if any(DETECTORS[n].needs_fit for n in names if info['ssod'] or n not in SSOD_DETECTORS):
-        fit_set = build_id_dataset(args.dataset, args.data_dir, args.fit_split, num_classes, args.dataset_kwargs)
+        fit_set = build_id_dataset(args.dataset, args.data_dir, args.fit_split, num_classes, dataset_kwargs)
+        if split_fit is not None:
+            print(f'Fit data: {folder_summary(fit_set, split_fit)}')
         if same_folder(fit_set, id_set):
             raise EvalDataError(f'--fit-split {args.fit_split!r} and --split {args.split!r} read the same folder '
                                 f'({args.data_dir}): the detectors would be fitted on the evaluation images. Put the '
@@ -166,10 +194,14 @@ def _evaluate(args) -> int:
         device=device, progress=not args.quiet, equal_counts=not args.use_all, seed=args.seed,
         detector_kwargs={'odin': {'std': data_config['std']}}, return_scores=True)
     result['model'] = info['model']
+    if label_names(model):
+        result['label_names'] = label_names(model)
     result['notes'] = info['notes'] + result['notes']
     result['config'] = dict(
         checkpoint=info['checkpoint'], weights=info['weights'], dataset=args.dataset, data_dir=args.data_dir,
         split=args.split, fit_split=args.fit_split if fit_loader else None,
+        split_folder=split_ev.folder if split_ev else None,
+        fit_folder=split_fit.folder if split_fit and fit_loader else None,
         fit_samples=len(fit_loader.dataset) if fit_loader else 0, ood=args.ood or default_ood_specs(),
         ood_available=available, data_config={k: list(v) if isinstance(v, tuple) else v
                                               for k, v in data_config.items()}, device=str(device))

@@ -6,7 +6,7 @@ timm searches them), ``torch/cifar10``, ``hfds/...`` ...
 
 ``--ood NAME=SPEC`` (``timm_ssod.ood_specs``): ``synthetic/<set>``, drawn from the evaluation
 split with the ID set's synthetic options (image size, seed); a folder (every image under it,
-any layout); a timm dataset name (``torch/svhn`` ...), read from ``--data-dir`` with the
+any layout); a timm dataset name (``torch/cifar100`` ...), read from ``--data-dir`` with the
 evaluation split; optionally ``?KEY=VALUE&...`` options for the set.
 """
 import os
@@ -18,6 +18,7 @@ import torch.utils.data as tud
 
 from .data import create_dataset, list_ood_sets
 from .evaluate import AVERAGE, subsample_indices
+from .id_data import create_id_dataset
 from .ood_specs import is_synthetic, open_ood_set, parse_ood_spec
 from .train_data import dataset_num_classes
 
@@ -42,7 +43,9 @@ def build_id_dataset(name: str, root: Optional[str], split: str, num_classes: Op
                             '--dataset NAME (e.g. synthetic/id, torch/cifar10)')
     if not name and not os.path.isdir(root):
         raise EvalDataError(f'--data-dir {root!r} is not a folder')
-    return create_dataset(name, root=root, split=split, is_training=False, **kwargs)
+    return create_id_dataset(name, root, split, error=EvalDataError, is_training=False,
+                             download_hint='download it first (timm-ssod train --dataset-download, or torchvision)',
+                             **kwargs)
 
 
 def same_folder(a, b) -> bool:

@@ -22,8 +22,9 @@ import torch.nn as nn
 from timm.models import clean_state_dict, parse_model_name
 from timm.utils import ParseKwargs
 
-from .factory import create_model
+from .factory import create_model, unknown_model_message
 from .hub_files import OOD_HEAD_PREFIX, CheckpointError, load_safetensors
+from .model import set_label_names
 
 __all__ = ['load_eval_model', 'read_checkpoint', 'EvalModelError', 'add_model_arguments', 'load_model_of_args']
 
@@ -51,7 +52,8 @@ def read_checkpoint(path: str, use_ema: bool = True) -> Tuple[Dict[str, torch.Te
     if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
         key = 'state_dict_ema' if use_ema and isinstance(ckpt.get('state_dict_ema'), dict) else 'state_dict'
         args = ckpt.get('args') or {}
-        meta = dict(arch=ckpt.get('arch'), args=vars(args) if isinstance(args, argparse.Namespace) else dict(args))
+        meta = dict(arch=ckpt.get('arch'), args=vars(args) if isinstance(args, argparse.Namespace) else dict(args),
+                    label_names=ckpt.get('label_names'))
         return clean_state_dict(ckpt[key]), meta, key
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         return clean_state_dict(ckpt), {}, 'state_dict'
@@ -85,7 +87,11 @@ def _train_kwargs(args: Dict[str, Any]) -> Dict[str, Any]:
 def _from_checkpoint(name, path, ssod, use_ema, num_classes, model_kwargs, info):
     state_dict, meta, key = read_checkpoint(path, use_ema)
     train_args = meta.get('args') or {}
-    name = name or train_args.get('model') or meta.get('arch')
+    recorded = train_args.get('model') or meta.get('arch')
+    if name and unknown_model_message(name):  # a typo in --model, not in the checkpoint
+        also = f" The checkpoint records {recorded!r}: leave --model out to use it." if recorded else ''
+        raise EvalModelError(f'--model {name!r}: {unknown_model_message(name)}{also}')
+    name = name or recorded
     if not name or not (timm.is_model(name) or parse_model_name(name)[0]):
         raise EvalModelError(f'checkpoint {path!r} does not name a timm model (arch = {name!r}): give --model NAME')
     has_ood = any(k.startswith(OOD_HEAD_PREFIX) for k in state_dict)
@@ -110,8 +116,11 @@ def _from_checkpoint(name, path, ssod, use_ema, num_classes, model_kwargs, info)
         detail = ' '.join(str(e).split())[:600]
         raise EvalModelError(f'{key} of checkpoint {path!r} does not fit {name} ({kwargs}): {detail}. Check --model, '
                              '--num-classes and --model-kwargs.') from e
-    info.update(model=name, checkpoint=str(path), weights=key, data_args={k: train_args[k] for k in _DATA_ARGS
-                                                                           if train_args.get(k) is not None})
+    names = meta.get('label_names')
+    if isinstance(names, (list, tuple)) and len(names) == model.num_classes:  # timm-ssod train's class names
+        set_label_names(model, names)
+    info.update(model=name, checkpoint=str(path), weights=key, train_args=train_args,
+                data_args={k: train_args[k] for k in _DATA_ARGS if train_args.get(k) is not None})
     return model
 
 
@@ -136,8 +145,12 @@ def load_eval_model(name: Optional[str] = None, checkpoint: Optional[str] = None
                     pretrained: bool = False, use_ema: bool = True, num_classes: Optional[int] = None,
                     model_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """``(model in eval mode, info)``; info: ``model`` (name), ``checkpoint``, ``weights``,
-    ``ssod`` (bool), ``data_args`` (preprocessing recorded by training), ``notes``."""
-    info: Dict[str, Any] = dict(notes=[], data_args={})
+    ``ssod`` (bool), ``data_args`` (preprocessing recorded by training), ``train_args`` (the
+    training run's arguments, when the checkpoint has them), ``notes``. A training
+    checkpoint's class names go to ``pretrained_cfg['label_names']``."""
+    info: Dict[str, Any] = dict(notes=[], data_args={}, train_args={})
+    if name and not checkpoint and unknown_model_message(name):
+        raise EvalModelError(f'--model {name!r}: {unknown_model_message(name)}')
     if checkpoint:
         model = _from_checkpoint(name, checkpoint, ssod, use_ema, num_classes, model_kwargs, info)
     elif name and parse_model_name(name)[0]:

@@ -1,9 +1,43 @@
 """``create_model``: timm's ``create_model`` with an ``ssod`` switch."""
-import timm
-import torch.nn as nn
+import argparse
+import difflib
+import logging
+import os
+from typing import Dict, Optional
 
-from .model import attach_ssod
+import timm
+import torch
+import torch.nn as nn
+from timm.models import load_state_dict, parse_model_name
+
+from .model import attach_ssod, set_label_names
 from .hub import create_from_source  # hf-hub: / local-dir: names (and registers timm's 'ssod' entrypoint)
+from .hub_files import CheckpointError, HubError
+from .hub_offline import offline_if_unreachable
+
+__all__ = ['create_model', 'PretrainedWeightsError', 'unknown_model_message']
+
+_logger = logging.getLogger(__name__)
+OOD_HEAD_PREFIX = 'ood_head.'
+
+
+class PretrainedWeightsError(OSError):
+    """timm's pretrained weights could not be fetched (offline, Hub unreachable, not cached)."""
+
+    def __init__(self, message: str, model_name: str, reason: str):
+        super().__init__(message)
+        self.model_name, self.reason = model_name, reason
+
+
+def unknown_model_message(name: str) -> Optional[str]:
+    """None when timm can create ``name`` (or it is an ``hf-hub:`` / ``local-dir:`` name);
+    else timm's "Unknown model" with the closest timm names."""
+    if parse_model_name(name)[0] or timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f'; did you mean {", ".join(close)}?' if close else '.'
+    stem = name.split('.')[0].split('_')[0].rstrip('0123456789') or name
+    return f"Unknown model ({name}){hint} timm.list_models('*{stem}*') lists the names, wildcards allowed."
 
 
 def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
@@ -11,28 +45,102 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
     """Create a timm model by name and, with ``ssod=True`` (default), add the SSOD OOD head.
 
     Every other keyword argument goes to ``timm.create_model`` unchanged (``num_classes``,
-    ``img_size``, ``drop_rate``, ``pretrained_cfg_overlay``, ``checkpoint_path`` ...).
-    ``pretrained=True`` loads timm's weights for the backbone; the OOD head starts fresh.
-    With ``ssod=False`` this is exactly ``timm.create_model``.
+    ``img_size``, ``drop_rate``, ``pretrained_cfg_overlay`` ...). ``pretrained=True`` loads
+    timm's weights for the backbone; the OOD head starts fresh. With ``ssod=False`` this is
+    ``timm.create_model``.
+
+    ``checkpoint_path`` loads weights after the OOD head is attached, as timm does after
+    building its model: a ``timm-ssod train`` checkpoint (``model_best.pth.tar``; EMA weights
+    when present, like timm; class names into ``pretrained_cfg['label_names']``), a plain timm
+    checkpoint (only ``ood_head.*`` missing: a fresh OOD head, logged), or ``.safetensors``.
+    ``ood_hidden`` is read from the checkpoint's OOD head when not given. With ``ssod=False`` an
+    SSOD checkpoint's ``ood_head.*`` are ignored.
 
     ``hf-hub:org/name[@revision]`` and ``local-dir:/path`` load a folder written by
     ``save_pretrained`` (weights and OOD head) or a plain timm one (fresh OOD head); see
     ``timm_ssod.hub``. Their weights are read from ``model.safetensors`` only, unless
     ``allow_pickle=True`` allows ``pytorch_model.bin`` (read with ``weights_only=True``).
+
+    An unknown name is timm's ``RuntimeError("Unknown model (...)")``, with the closest names.
+    Offline (``HF_HUB_OFFLINE=1``, or the Hub refusing connections) pretrained weights come
+    from the local cache or fail at once with ``PretrainedWeightsError`` (an ``OSError``)
+    saying how to pass a local file, instead of huggingface_hub's ~50 s of retries.
     """
-    if timm.models.parse_model_name(model_name)[0]:  # a saved folder: timm_ssod.hub
+    if parse_model_name(model_name)[0]:  # a saved folder: timm_ssod.hub
         return create_from_source(model_name, ssod=ssod, pretrained=pretrained, ood_hidden=ood_hidden,
                                   allow_pickle=allow_pickle, **kwargs)
+    message = unknown_model_message(model_name)
+    if message:
+        raise RuntimeError(message)
+    checkpoint_path = kwargs.pop('checkpoint_path', None)
+    state, meta = _read_checkpoint(checkpoint_path) if checkpoint_path else (None, {})
+    model = _create_timm(model_name, pretrained, kwargs)
+    if ssod:
+        if not ood_hidden and state is not None:
+            ood_hidden = _ood_hidden_of(state)
+        attach_ssod(model, ood_hidden=ood_hidden, backbone=model_name)
+    if state is not None:
+        _load_checkpoint(model, state, checkpoint_path, ssod)
+        if meta.get('label_names'):
+            set_label_names(model, meta['label_names'])
+    return model
+
+
+def _create_timm(model_name: str, pretrained: bool, kwargs: Dict) -> nn.Module:
+    local_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    if not pretrained or local_file:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    with offline_if_unreachable() as reason:  # huggingface_hub would retry ~25 s per file
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except (OSError, HubError) as e:  # huggingface_hub's LocalEntryNotFoundError is a FileNotFoundError
+            why = reason or f'{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+            raise PretrainedWeightsError(
+                f'could not fetch the pretrained weights of {model_name!r} ({why}), and they are not in the local '
+                f'Hub cache. Offline, pass a local file instead: create_model({model_name!r}, pretrained=True, '
+                f"pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')), or pretrained=False with "
+                "checkpoint_path='/path/to/checkpoint'.", model_name, why) from e
+
+
+def _read_checkpoint(path: str):
+    """``(state_dict, meta)`` of a checkpoint file: timm's ``load_state_dict`` (weights_only,
+    EMA first), and from a ``timm-ssod train`` checkpoint its ``label_names``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint_path {path!r}: no such file')
     try:
-        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    except OSError as e:  # huggingface_hub's LocalEntryNotFoundError is a FileNotFoundError
-        if not pretrained:
-            raise
-        raise OSError(
-            f'could not fetch the pretrained weights of {model_name!r} ({e.__class__.__name__}: '
-            f'{str(e).splitlines()[0] if str(e) else ""}). Offline, pass a local file instead: '
-            f"create_model({model_name!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/"
-            "model.safetensors')), or pretrained=False with checkpoint_path='/path/to/checkpoint'.") from e
+        state = load_state_dict(path, use_ema=True)
+    except Exception as e:  # truncated, corrupt, or refused by weights_only
+        text = str(e).strip()
+        raise CheckpointError(f'checkpoint_path {path!r} could not be read with torch.load(weights_only=True): '
+                              f'{type(e).__name__}: {text.splitlines()[0] if text else ""}') from e
+    meta = {}
+    if not str(path).endswith('.safetensors'):
+        try:  # memory-mapped: only the small entries are read
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            if isinstance(ckpt, dict) and isinstance(ckpt.get('label_names'), (list, tuple)):
+                meta['label_names'] = list(ckpt['label_names'])
+        except Exception:  # a legacy (non-zip) file: its weights loaded above, it has no class names
+            pass
+    return state, meta
+
+
+def _ood_hidden_of(state: Dict[str, torch.Tensor]) -> int:
+    w = state.get(OOD_HEAD_PREFIX + 'net.0.weight')  # OODHead with a hidden layer
+    return int(w.shape[0]) if w is not None and w.ndim == 2 else 0
+
+
+def _load_checkpoint(model: nn.Module, state: Dict[str, torch.Tensor], path: str, ssod: bool) -> None:
+    """Strict load, except that an SSOD model may lack ``ood_head.*`` in the file (a fresh OOD
+    head) and a plain model ignores them; other differences raise as timm's strict load does."""
     if not ssod:
-        return model
-    return attach_ssod(model, ood_hidden=ood_hidden, backbone=model_name)
+        state = {k: v for k, v in state.items() if not k.startswith(OOD_HEAD_PREFIX)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(OOD_HEAD_PREFIX)]
+    if missing or result.unexpected_keys:
+        model.load_state_dict(state, strict=True)  # raises torch's error, listing the keys
+    if result.missing_keys:
+        _logger.warning(f'checkpoint_path {path!r} holds no OOD head (ood_head.*): the OOD head is freshly '
+                        'initialised, the other weights are loaded')
+    else:
+        _logger.info(f'Loaded checkpoint_path {path!r}')

@@ -69,6 +69,7 @@ from timm.models._hub import save_config_for_hf
 from .hub_files import (CONFIG_NAME, OOD_HEAD_PREFIX, SSOD_WEIGHTS_NAME, WEIGHTS_NAME, CheckpointError, HubError, Source,
                         load_safetensors, read_config, read_state_dict, split_ood_head)
 from .model import attach_ssod, is_ssod_model
+from .model import label_names as model_label_names
 from .model_card import load_eval_results, render_model_card
 
 __all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config', 'ssod',
@@ -141,8 +142,8 @@ def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, 
     save_file(extras, str(folder / SSOD_WEIGHTS_NAME), metadata={'format': 'pt'})
 
     model_config = {'ssod': block}
-    if label_names is None and model.pretrained_cfg.get('num_classes') == model.num_classes:
-        label_names = model.pretrained_cfg.get('label_names')
+    if label_names is None:  # the model's own (timm's pretrained_cfg['label_names'], e.g. from training)
+        label_names = model_label_names(model)
     if label_names:
         if len(label_names) != model.num_classes:
             raise ValueError(f'{len(label_names)} label_names for a model with {model.num_classes} classes')
@@ -218,14 +219,43 @@ def push_to_hub(model: nn.Module, repo_id: str, *, token: Optional[str] = None, 
     is always the generated card, replacing the repo's. Returns the ``CommitInfo``."""
     from huggingface_hub import HfApi
     from . import __version__
-    api = HfApi(token=token, library_name='timm_ssod', library_version=__version__)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # written first: a bad model fails before any upload
         folder = save_pretrained(model, Path(tmp) / repo_id.split('/')[-1], repo_id=repo_id, **save_kwargs)
-        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                 create_pr=create_pr, commit_message=commit_message)
+        with _push_errors(repo_id):
+            api = HfApi(token=token, library_name='timm_ssod', library_version=__version__)
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                                     create_pr=create_pr, commit_message=commit_message)
+
+
+@contextmanager
+def _push_errors(repo_id: str):
+    """huggingface_hub's errors of an upload (HTTP errors, and httpx's transport errors, which
+    are not OSErrors) as one-line ``HubError``s naming the endpoint and the way out."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+    endpoint = constants.ENDPOINT
+    local = 'or write the folder locally with save_pretrained (timm-ssod push --save-dir DIR)'
+    try:
+        yield
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, 'response', None), 'status_code', None)
+        if status in (401, 403):
+            raise HubError(f"the Hub at {endpoint} refused to write to '{repo_id}' (HTTP {status}): log in with "
+                           '`hf auth login` or set HF_TOKEN to a token with write access to that user or org.') from e
+        raise HubError(f"pushing to Hub repo '{repo_id}' at {endpoint} failed: {_one_line(e)}") from e
+    except (ValueError, TypeError):  # invalid repo id or arguments: already clear
+        raise
+    except Exception as e:  # no token found, transport errors (httpx's are not OSErrors) ...
+        raise HubError(f"pushing to Hub repo '{repo_id}' at {endpoint} failed: {_one_line(e)}. Check the network, "
+                       f'HF_ENDPOINT and the token (`hf auth login` or HF_TOKEN), {local}.') from e
+
+
+def _one_line(e: BaseException) -> str:
+    text = ' '.join(str(e).split())
+    return f'{type(e).__name__}: {text[:300]}'
 
 
 # ----------------------------------------------------------------------------------------- load

@@ -28,6 +28,8 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from timm.models._hub import hf_split
 
+from .hub_offline import offline_if_unreachable
+
 try:  # huggingface_hub >= 1.0 separates remote and local "entry not found"
     from huggingface_hub.errors import RemoteEntryNotFoundError
 except ImportError:  # pragma: no cover - older huggingface_hub
@@ -95,9 +97,11 @@ class Source:
         return self._fetch_hub(filename, optional)
 
     def _fetch_hub(self, filename: str, optional: bool) -> Optional[str]:
+        user_offline = hf_constants.is_offline_mode()
         try:
-            return hf_hub_download(self.repo_id, filename, revision=self.revision, cache_dir=self.cache_dir,
-                                   library_name='timm_ssod')
+            with offline_if_unreachable() as unreachable:  # no ~25 s of retries when nothing answers
+                return hf_hub_download(self.repo_id, filename, revision=self.revision, cache_dir=self.cache_dir,
+                                       library_name='timm_ssod')
         except RevisionNotFoundError as e:
             raise HubError(f"{self}: revision '{self.revision}' does not exist. Give a branch, tag or commit of "
                            f"the repo after '@', or leave '@...' out for the default branch.") from e
@@ -107,7 +111,7 @@ class Source:
         except LocalEntryNotFoundError as e:  # not cached, and the Hub was not asked or not reachable
             if optional and self._known_missing(filename):
                 return None
-            if hf_constants.is_offline_mode():
+            if user_offline:
                 raise HubError(
                     f'{filename} of {self} is not in the local Hub cache and HF_HUB_OFFLINE=1 forbids downloading '
                     f'it. Download it once while online (unset HF_HUB_OFFLINE, or run `hf download '
@@ -115,8 +119,8 @@ class Source:
                 ) from e
             raise HubError(
                 f'{filename} of {self} is not in the local Hub cache and the Hub at {hf_constants.ENDPOINT} could '
-                f'not be reached ({_first_line(e.__cause__ or e)}). Check the connection (or HF_ENDPOINT), or load '
-                f"a local copy of the folder with 'local-dir:/path/to/folder'.") from e
+                f'not be reached ({unreachable or _first_line(e.__cause__ or e)}). Check the connection (or '
+                f"HF_ENDPOINT), or load a local copy of the folder with 'local-dir:/path/to/folder'.") from e
         except RemoteEntryNotFoundError as e:
             if optional:
                 return None

@@ -3,12 +3,13 @@
 A training checkpoint (``model_best.pth.tar`` / ``last.pth.tar``, written by timm's
 ``CheckpointSaver`` or ``timm_ssod.checkpoint.AtomicCheckpointSaver``) is a dict with
 ``state_dict`` (and ``state_dict_ema``), ``arch``, ``args`` (a plain dict, or timm's
-``argparse.Namespace``) and, from ``timm-ssod train``, ``ssod_cfg``. It is read with
-``torch.load(weights_only=True)``; ``argparse.Namespace`` is the one extra class allowed
-(``torch.serialization.safe_globals``), as timm's own loader does. The model is rebuilt from
-``args`` the way ``timm-ssod train`` built it (``--model``, ``--gp``, ``--bn-*``,
-``--in-chans``, ``--model-kwargs``; the class count is read from the classifier weights),
-and loaded strictly.
+``argparse.Namespace``) and, from ``timm-ssod train``, ``ssod_cfg`` and ``label_names`` (the
+class names of the training data). It is read with ``torch.load(weights_only=True)``;
+``argparse.Namespace`` is the one extra class allowed (``torch.serialization.safe_globals``), as
+timm's own loader does. The model is rebuilt from ``args`` the way ``timm-ssod train`` built it
+(``--model``, ``--gp``, ``--bn-*``, ``--in-chans``, ``--model-kwargs``; the class count is read
+from the classifier weights), loaded strictly, and given the class names
+(``pretrained_cfg['label_names']``, which ``save_pretrained`` writes to config.json).
 """
 import argparse
 import logging
@@ -21,6 +22,7 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 
 from .hub_files import CheckpointError
+from .model import set_label_names
 from .hub import push_to_hub, save_pretrained
 
 _logger = logging.getLogger(__name__)
@@ -89,6 +91,9 @@ def model_from_checkpoint(path, use_ema: bool = True, model_kwargs: Optional[Dic
         raise CheckpointError(f'{key} of {path} does not fit the rebuilt {arch} ({kwargs}); pass model_kwargs= '
                               f'to correct the arguments: {str(e).splitlines()[0]}') from e
     model.ssod_cfg.update({k: v for k, v in ssod_cfg.items() if k not in ('backbone', 'num_features')})
+    names = ckpt.get('label_names')
+    if isinstance(names, (list, tuple)) and len(names) == model.num_classes:  # timm-ssod train's class names
+        set_label_names(model, names)
     return model.eval(), args
 
 

@@ -50,7 +50,8 @@ def ood_term(patch_ood_logits: torch.Tensor, labels: torch.Tensor, balance: str 
              ood_weight: float = 0.2) -> torch.Tensor:
     """The OOD part of Eq. 14. patch_ood_logits (B, L, 2), labels (B, L) in {1, 0, -1}."""
     is_id, is_ood = labels == ID_INDEX, labels == OOD_INDEX
-    zero = patch_ood_logits.sum() * 0.0  # keeps the OOD head in the graph
+    # keeps the OOD head in the graph; "+ 0.0" turns the -0.0 of a negative sum into 0.0 (printed stats)
+    zero = patch_ood_logits.sum() * 0.0 + 0.0
     if balance == 'dr':
         keep = _dr_mask(labels)
         if not keep.any():

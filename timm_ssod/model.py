@@ -16,7 +16,7 @@ state_dict is the plain model's plus ``ood_head.*``: timm checkpoints load into 
 (``strict=False``) and its backbone weights load back into the plain timm model.
 """
 import warnings
-from typing import Dict, NamedTuple, Optional, Tuple, Type
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -34,15 +34,39 @@ class SSODOutput(NamedTuple):
     grid: Tuple[int, int]           # (H, W), L = H * W
 
 
-class SSODPrediction(NamedTuple):
-    """Inference output of ``predict``; probabilities are float32. ``p_value`` and ``is_ood``
-    are None unless the model is calibrated (``timm_ssod.calibration``)."""
+class _Prediction(NamedTuple):
     logits: torch.Tensor       # (B, M)
     class_probs: torch.Tensor  # (B, M)  P(w_i | x in ID): softmax of the logits
     id_prob: torch.Tensor      # (B,)    P(x in ID | x), Eq. 15
     posterior: torch.Tensor    # (B, M + 1) Eq. 7; last column = "unknown"
     p_value: Optional[torch.Tensor] = None  # (B,) float64, conformal p-value of the calibrated score
     is_ood: Optional[torch.Tensor] = None   # (B,) bool, p_value <= alpha
+
+
+class SSODPrediction(_Prediction):
+    """Inference output of ``predict``, a named tuple (probabilities float32): ``logits`` (B, M),
+    ``class_probs`` (B, M) = P(w_i | x in ID), ``id_prob`` (B,) = P(ID | x) (Eq. 15),
+    ``posterior`` (B, M + 1) (Eq. 7, last column "unknown"), and ``p_value`` / ``is_ood`` (None
+    unless the model is calibrated, ``timm_ssod.calibration``). Besides them (not tuple fields):
+    ``label_names``, the model's class names if it has them, and ``labels``, the predicted class
+    of each image by name."""
+    label_names: Optional[Tuple[str, ...]] = None  # per instance, set by __new__ (``_replace`` drops it)
+
+    def __new__(cls, logits, class_probs, id_prob, posterior, p_value=None, is_ood=None,
+                label_names: Optional[Sequence[str]] = None):
+        self = super().__new__(cls, logits, class_probs, id_prob, posterior, p_value, is_ood)
+        self.label_names = tuple(label_names) if label_names else None
+        return self
+
+    def __getnewargs__(self):
+        return tuple(self) + (self.label_names,)
+
+    @property
+    def labels(self) -> List[str]:
+        """The predicted class of each image (argmax of ``class_probs``) by name, or its index as
+        a string when the model has no class names."""
+        top = self.class_probs.argmax(dim=-1).tolist()
+        return [self.label_names[i] if self.label_names else str(i) for i in top]
 
 
 class OODHead(nn.Module):
@@ -120,7 +144,7 @@ class SSODMixin:
             from .calibration import decide
             p_value, is_ood = decide(self.ssod_calibration, self, x, feats, logits, ood_logits, alpha)
         return SSODPrediction(logits, torch.softmax(logits.float(), dim=-1), id_probability(ood_logits),
-                              unified_posterior(logits, ood_logits), p_value, is_ood)
+                              unified_posterior(logits, ood_logits), p_value, is_ood, label_names=label_names(self))
 
     # ID calibration (timm_ssod.calibration)
     def calibrate(self, loader, detector: str = 'ssod_fused', alpha: float = 0.05, fit_loader=None, **kwargs):
@@ -147,6 +171,31 @@ class SSODMixin:
         """Upload the ``save_pretrained`` folder to the Hub (``timm_ssod.hub.push_to_hub``)."""
         from .hub import push_to_hub
         return push_to_hub(self, repo_id, **kwargs)
+
+
+def label_names(model: nn.Module) -> Optional[List[str]]:
+    """The class names of a timm model, by classifier index: timm's ``pretrained_cfg['label_names']``
+    (a list, or timm's ``{index: name}`` form) when it names every class of the current
+    classifier, else None (e.g. ImageNet names after ``num_classes=3``)."""
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    count = getattr(model, 'num_classes', None)
+    if isinstance(names, dict):
+        try:
+            names = [names[i] if i in names else names[str(i)] for i in range(count or 0)]
+        except KeyError:
+            return None
+    if isinstance(names, (list, tuple)) and names and len(names) == count:
+        return [str(n) for n in names]
+    return None
+
+
+def set_label_names(model: nn.Module, names: Sequence[str]) -> None:
+    """Record class names where timm keeps them (``model.pretrained_cfg['label_names']``), so
+    ``save_pretrained`` writes them to config.json and ``predict`` returns them."""
+    names = [str(n) for n in names]
+    if len(names) != model.num_classes:
+        raise ValueError(f'{len(names)} class names for a model with {model.num_classes} classes')
+    model.pretrained_cfg['label_names'] = names  # a dict of this model's own (timm copies it per model)
 
 
 _SSOD_CLASSES: Dict[type, type] = {}

@@ -101,7 +101,7 @@ def _ood_head(block: Dict) -> str:
 
 def usage_snippet(repo_id: str, config: Dict) -> str:
     """Python code that loads the model and scores one image (the card's usage section)."""
-    label = ("print('label:', model.pretrained_cfg['label_names'][pred.class_probs.argmax(-1).item()])\n"
+    label = ("print('label:', pred.labels[0])  # the class name (config.json label_names)\n"
              if config.get('label_names') else "print('class:', pred.class_probs.argmax(-1).item())\n")
     decision = ("print('p-value:', pred.p_value.item(), 'OOD:', pred.is_ood.item())  # ID calibration, "
                 f"alpha={config.get('ssod', {}).get('calibration', {}).get('alpha')}\n"

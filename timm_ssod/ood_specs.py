@@ -4,7 +4,7 @@ SPEC is one of:
 
 * ``synthetic/<set>`` (``backgrounds``, ``novel_objects``, ``noise``, ``textures`` ...);
 * an existing folder: every image under it, recursively, any layout (``ImageFolderOOD``);
-* a timm dataset name (``torch/svhn``, ``hfds/...`` ...), read from the data folder.
+* a timm dataset name (``torch/cifar100``, ``hfds/...`` ...), read from the data folder.
 
 Options may follow as ``?KEY=VALUE&...`` (``synthetic/noise?num_images=200&seed=1``): values
 are Python literals where they parse as one, else strings; they go to the dataset. Without
@@ -16,9 +16,22 @@ from typing import Any, Dict, NamedTuple, Optional, Type
 
 from .data import ImageFolderOOD, create_dataset, parse_synthetic_name
 
-__all__ = ['OODSpec', 'TIMM_PREFIXES', 'is_synthetic', 'parse_ood_spec', 'open_ood_set']
+__all__ = ['OODSpec', 'TIMM_PREFIXES', 'TORCH_DATASETS', 'is_synthetic', 'parse_ood_spec', 'open_ood_set',
+           'unknown_torch_dataset']
 
 TIMM_PREFIXES = ('torch', 'hfds', 'hfids', 'tfds', 'wds')
+# what timm.data.create_dataset accepts after 'torch/' (anything else is an AssertionError there)
+TORCH_DATASETS = ('cifar10', 'cifar100', 'mnist', 'kmnist', 'fashion_mnist', 'qmnist', 'inaturalist', 'inat',
+                  'places365', 'imagenet', 'image_folder', 'folder')
+
+
+def unknown_torch_dataset(name: str) -> Optional[str]:
+    """For ``torch/<x>`` names timm does not have: an error message listing those it has."""
+    prefix, sep, rest = name.partition('/')
+    if not sep or prefix.lower() != 'torch' or rest.split('/')[-1].lower() in TORCH_DATASETS:
+        return None
+    return (f'unknown torchvision dataset {name!r}: timm knows ' + ', '.join(f'torch/{n}' for n in TORCH_DATASETS) +
+            '; give any other image set as a folder')
 
 
 def is_synthetic(name: str) -> bool:
@@ -64,6 +77,20 @@ def open_ood_set(ood: OODSpec, flag: str, root: Optional[str], split: str,
     if os.path.isdir(ood.target):
         return ImageFolderOOD(ood.target, **ood.options)
     if '/' in ood.target and ood.target.split('/')[0] in TIMM_PREFIXES:
-        return create_dataset(ood.target, root=root, split=split, is_training=False, **timm_kwargs, **ood.options)
+        if unknown_torch_dataset(ood.target):
+            raise error(f'{flag} {ood.spec!r}: {unknown_torch_dataset(ood.target)}')
+        try:
+            return create_dataset(ood.target, root=root, split=split, is_training=False, **timm_kwargs,
+                                  **ood.options)
+        except (RuntimeError, OSError) as e:  # torchvision: not downloaded, or the download failed
+            download = timm_kwargs.get('download')
+            if isinstance(e, RuntimeError) and 'download' not in str(e):
+                raise
+            if isinstance(e, OSError) and not download:
+                raise
+            raise error(f'{flag} {ood.spec!r}: {ood.target} ' + (
+                f'could not be downloaded into {root!r}' if download else f'was not found in {root!r}') +
+                f' ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}). Download '
+                'it first (timm-ssod train --dataset-download needs internet), or give the images as a folder') from e
     raise error(f'{flag} {ood.spec!r}: {ood.target!r} is not an existing folder, synthetic/<set> or a timm dataset '
                 f'name ({", ".join(p + "/..." for p in TIMM_PREFIXES)})')

@@ -48,7 +48,9 @@ from .checkpoint import (AtomicCheckpointSaver, CheckpointError, NonFiniteWeight
                          atomic_write_text, check_output_dir, estimate_checkpoint_bytes, load_training_state,
                          remove_partial_files, resolve_resume, rng_state, set_rng_state, trim_summary,
                          unreadable_checkpoint)
-from .factory import create_model
+from .factory import PretrainedWeightsError, create_model, unknown_model_message
+from .id_data import class_names
+from .model import label_names, set_label_names
 from .loss import SSODLoss
 from .train_args import eval_metric_names, is_decreasing, parse_args
 from .train_data import TrainConfigError, build_datasets, build_ood_sets, dataset_num_classes
@@ -67,10 +69,30 @@ def _setup_logging(rank: int) -> None:
         utils.setup_default_logging(default_level=logging.INFO if rank == 0 else logging.WARNING)
 
 
+# measured on this project's 2-core CPU machine (issue 15): seconds per training batch
+CPU_AMP_SECONDS = {'float32': 1.0, 'float16': 21.0, 'bfloat16': 16.5}
+
+
 def _amp(args, device):
-    """(autocast context factory, loss scaler or None), as timm: a scaler for CUDA float16 only."""
+    """(autocast context factory, loss scaler or None), as timm: a scaler for CUDA float16 only.
+
+    On CPU, autocast is much slower than float32 (``CPU_AMP_SECONDS``): ``--amp`` alone trains in
+    float32 there, with a warning; ``--amp --amp-dtype float16|bfloat16`` is honoured, warned."""
     if not args.amp:
         return suppress, None
+    if device.type == 'cpu':
+        if args.amp_dtype is None:
+            _logger.warning(
+                f'--amp on CPU: training in float32 instead. CPU autocast is far slower than float32 (on a 2-core '
+                f"CPU a batch took {CPU_AMP_SECONDS['float16']:g} s in float16 and {CPU_AMP_SECONDS['bfloat16']:g} s "
+                f"in bfloat16 against {CPU_AMP_SECONDS['float32']:g} s in float32). To use it anyway, name the type: "
+                '--amp --amp-dtype bfloat16 (or float16).')
+            args.amp = False
+            return suppress, None
+        _logger.warning(f'--amp --amp-dtype {args.amp_dtype} on CPU: expect it to be much slower than float32 (on a '
+                        f'2-core CPU {CPU_AMP_SECONDS[args.amp_dtype]:g} s per batch against '
+                        f"{CPU_AMP_SECONDS['float32']:g} s); leave --amp out on CPU")
+    args.amp_dtype = args.amp_dtype or 'float16'
     dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     autocast = partial(torch.autocast, device_type=device.type, dtype=dtype)
     scaler = NativeScaler(device=device.type) if device.type == 'cuda' and dtype == torch.float16 else None
@@ -79,27 +101,49 @@ def _amp(args, device):
     return autocast, scaler
 
 
+def _check_model_args(args) -> None:
+    """Model flags that cannot work, as one-line errors before any data is read: an unknown
+    --model (with timm's closest names), a --pretrained-path that is not a file. A
+    --pretrained-path implies --pretrained (timm ignores it without)."""
+    message = unknown_model_message(args.model)
+    if message:
+        raise TrainConfigError(f'--model {args.model!r}: {message}')
+    if args.pretrained_path:
+        if not os.path.isfile(args.pretrained_path):
+            raise TrainConfigError(f'--pretrained-path {args.pretrained_path!r}: no such file')
+        if not args.pretrained:
+            _logger.info(f'--pretrained-path {args.pretrained_path}: loading it as the pretrained weights '
+                         '(implies --pretrained)')
+            args.pretrained = True
+
+
 def _create_model(args, num_classes: Optional[int]) -> nn.Module:
     in_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
     factory_kwargs = {}
     if args.pretrained_path:
         factory_kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
-    model = create_model(
-        args.model,
-        ssod=args.ssod,
-        ood_hidden=args.ood_hidden,
-        pretrained=args.pretrained,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        drop_rate=args.drop,
-        drop_path_rate=args.drop_path,
-        drop_block_rate=args.drop_block,
-        global_pool=args.gp,
-        bn_momentum=args.bn_momentum,
-        bn_eps=args.bn_eps,
-        **factory_kwargs,
-        **args.model_kwargs,
-    )
+    try:
+        model = create_model(
+            args.model,
+            ssod=args.ssod,
+            ood_hidden=args.ood_hidden,
+            pretrained=args.pretrained,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            drop_rate=args.drop,
+            drop_path_rate=args.drop_path,
+            drop_block_rate=args.drop_block,
+            global_pool=args.gp,
+            bn_momentum=args.bn_momentum,
+            bn_eps=args.bn_eps,
+            **factory_kwargs,
+            **args.model_kwargs,
+        )
+    except PretrainedWeightsError as e:
+        raise TrainConfigError(f"--pretrained: could not fetch timm's weights for {args.model!r} ({e.reason}), and "
+                               'they are not in the local Hub cache. Pass a local weights file with --pretrained-path '
+                               'FILE (.safetensors or .pth), or start from a checkpoint with --initial-checkpoint '
+                               'FILE.') from e
     if args.initial_checkpoint:
         load_initial_checkpoint(model, args.initial_checkpoint)
     if args.ssod:
@@ -316,6 +360,7 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     if args.amp and utils.is_primary(args):
         _logger.info(f'Using native Torch AMP ({args.amp_dtype}). Training in mixed precision.')
     utils.random_seed(args.seed, args.rank)
+    _check_model_args(args)
 
     # datasets first: the number of classes is read from them when --num-classes is not given
     dataset_train, dataset_eval = build_datasets(args)
@@ -334,11 +379,16 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
 
     model = _create_model(args, num_classes)
     args.num_classes = model.num_classes
+    names = class_names(dataset_train)
+    if names and len(names) == model.num_classes:  # carried to checkpoints, config.json and predict()
+        set_label_names(model, names)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     if utils.is_primary(args):
         _logger.info(f'Model {safe_model_name(args.model)} created ({"SSOD" if args.ssod else "plain, --no-ssod"}, '
                      f'{args.num_classes} classes), param count:{sum(m.numel() for m in model.parameters())}')
+        if label_names(model):
+            _logger.info(f'Classes: {", ".join(label_names(model))}')
     data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
 
     model.to(device=device)
@@ -422,6 +472,8 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
             state['scheduler'] = lr_scheduler.state_dict()
         if args.ssod:
             state['ssod_cfg'] = dict(model.ssod_cfg)
+        if label_names(model):
+            state['label_names'] = label_names(model)
         return state
 
     saver, summary_path = None, None

@@ -77,7 +77,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--pretrained', action='store_true', default=False,
                        help='Start with pretrained version of specified network (if avail)')
     group.add_argument('--pretrained-path', default=None, type=str, metavar='PATH',
-                       help='Load these pretrained weights (a local file) instead of downloading them')
+                       help='Load these pretrained weights (a local file) instead of downloading them (implies '
+                            '--pretrained)')
     group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
                        help='Initialize model from this checkpoint; a plain timm checkpoint loads into an SSOD '
                             'model with only ood_head.* missing')
@@ -278,8 +279,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
                        help='how many data loading processes to use')
     group.add_argument('--amp', action='store_true', default=False, help='use native torch AMP (autocast)')
-    group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
-                       help='lower precision AMP dtype')
+    group.add_argument('--amp-dtype', default=None, type=str, choices=('float16', 'bfloat16'),
+                       help='lower precision AMP dtype (default float16; on CPU --amp trains in float32 unless this '
+                            'is given, since CPU autocast is much slower)')
     group.add_argument('--device', default=None, type=str, help='device (default: cuda if available, else cpu)')
     group.add_argument('--dist-backend', default=None, type=str,
                        help='torch.distributed backend (default: nccl on cuda, gloo on cpu)')
@@ -343,7 +345,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(f'--balance: unknown balance scheme {args.balance!r}; choose one of {", ".join(BALANCE_SCHEMES)}')
     if not args.ood_weight > 0:
         parser.error(f'--ood-weight must be > 0, got {args.ood_weight!r}')
-    if args.amp_dtype not in ('float16', 'bfloat16'):
+    if args.amp_dtype not in (None, 'float16', 'bfloat16'):
         parser.error(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}')
     mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if args.ssod and mixup_active:

@@ -6,14 +6,19 @@ reach the dataset constructor (``num_images``, ``img_size``, ``seed`` for synthe
 ``--val-dataset-kwargs`` override them for the validation split and synthetic OOD sets.
 
 ``--ood-val NAME=SPEC``: ``synthetic/<set>`` (with the validation split and its synthetic
-options), a folder or a timm dataset name (``torch/svhn``, read from ``--data-dir`` with
+options), a folder or a timm dataset name (``torch/cifar100``, read from ``--data-dir`` with
 ``--val-split``), optionally ``?KEY=VALUE&...`` options (``timm_ssod.ood_specs``).
 """
+import logging
+import os
 from collections import OrderedDict
 from typing import Dict, Optional, Tuple
 
 from .data import create_dataset
+from .id_data import check_evaluation_split, create_id_dataset, folder_summary, is_image_folder, resolve_split
 from .ood_specs import is_synthetic, open_ood_set, parse_ood_spec
+
+_logger = logging.getLogger('train')
 
 
 class TrainConfigError(ValueError):
@@ -41,12 +46,31 @@ def build_datasets(args) -> Tuple:
         raise TrainConfigError('no training data: give --data-dir DIR (an ImageFolder) or --dataset NAME '
                                '(e.g. --dataset synthetic/id for the built-in benchmark)')
     args.data_dir = data_dir
-    common = dict(root=data_dir, class_map=args.class_map, download=args.dataset_download,
-                  batch_size=args.batch_size)
-    train = create_dataset(args.dataset, split=args.train_split, is_training=True, seed=args.seed,
-                           repeats=args.epoch_repeats, **common, **args.dataset_kwargs)
-    val = create_dataset(args.dataset, split=args.val_split, is_training=False, **common,
-                         **{**args.dataset_kwargs, **args.val_dataset_kwargs})
+    if is_image_folder(args.dataset) and not os.path.exists(data_dir):
+        raise TrainConfigError(f'--data-dir {data_dir!r}: no such folder')
+    folder = is_image_folder(args.dataset) and os.path.isdir(data_dir)  # (not a .tar of images)
+    split_train = split_val = None
+    if folder:
+        split_train = resolve_split(data_dir, args.train_split)
+        split_val = check_evaluation_split(data_dir, args.val_split, '--val-split', [split_train.folder],
+                                           TrainConfigError)
+        if not split_train.found and split_val.found:  # timm would train on DIR, its val/ included
+            raise TrainConfigError(
+                f'--train-split {args.train_split!r}: {data_dir} has no {args.train_split!r} sub-folder, so timm would '
+                f'train on all of {data_dir}, which holds the validation images ({split_val.folder}). Put the training '
+                f'images in {os.path.join(data_dir, "train")} (class sub-folders as in {split_val.folder}).')
+    common = dict(class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
+                  error=TrainConfigError, download_hint='pass --dataset-download')
+    train = create_id_dataset(args.dataset, data_dir, args.train_split, is_training=True, seed=args.seed,
+                              repeats=args.epoch_repeats, **common, **args.dataset_kwargs)
+    val = create_id_dataset(args.dataset, data_dir, args.val_split, is_training=False, **common,
+                            **{**args.dataset_kwargs, **args.val_dataset_kwargs})
+    if folder:
+        _logger.info(f'Training data: {folder_summary(train, split_train)}')
+        _logger.info(f'Validation data: {folder_summary(val, split_val)}')
+        if split_val.training:
+            _logger.warning(f'--val-split {args.val_split!r} reads the training images ({split_val.training}): '
+                            'validation accuracy and model_best then measure memorisation, not generalisation')
     return train, val
 
 

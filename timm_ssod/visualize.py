@@ -13,6 +13,14 @@
         --compare output/demo/finetune_ssod/last.pth.tar --hist --ood backgrounds=synthetic/backgrounds
     # your own images (files and/or folders) with a saved model
     timm-ssod visualize --model local-dir:saved/ssod-resnet18 --images cat.jpg more_photos/
+    # an image folder (train/ + val/ or test/), labelled by its class folders, as timm-ssod eval reads it
+    timm-ssod visualize --checkpoint output/train/RUN/model_best.pth.tar --data-dir my_photos
+
+Images drawn: ``--images``; else ``--dataset`` / ``--data-dir`` (``--data-dir`` alone is an image
+folder); else the data the checkpoint's training run recorded; else ``synthetic/id``. The
+split defaults to the test split (an image folder: ``test/``, else ``val/``); one that would
+read the training images (timm reads the whole folder when the split's sub-folder is missing)
+is an error. Class names: the model's (its training folder's), else the dataset's.
 
 Models load as in ``timm-ssod eval`` (``timm_ssod.eval_model``); ``--compare`` takes a checkpoint
 file or a model name (``local-dir:PATH``, ``hf-hub:org/name``). gamma: ``--gamma``, else the
@@ -206,14 +214,19 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group('images')
     g.add_argument('--images', nargs='+', default=None, metavar='PATH', help='image files and/or folders '
                                                                              '(unlabelled: the predicted class)')
-    g.add_argument('--dataset', default='synthetic/id', help='otherwise a dataset, as in timm-ssod eval '
-                                                             '(default synthetic/id; synthetic/<OOD set> works too)')
-    g.add_argument('--data-dir', metavar='DIR', default=None)
-    g.add_argument('--split', default='test', help='dataset split (default: test)')
+    g.add_argument('--dataset', default=None, metavar='NAME',
+                   help="otherwise a dataset, as in timm-ssod eval: '' (an image folder, the default with --data-dir), "
+                        'synthetic/id, synthetic/<OOD set>, torch/cifar10 ... (default: the data of the checkpoint\'s '
+                        'training run, else synthetic/id)')
+    g.add_argument('--data-dir', metavar='DIR', default=None,
+                   help='image folder (train/ and val/ or test/ sub-folders), read like timm-ssod eval --data-dir')
+    g.add_argument('--split', default=None,
+                   help='dataset split (default: test, for an image folder its test/ folder, else val/)')
     g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
                    help='dataset arguments (default for synthetic data: the training run\'s img_size / seed)')
     g.add_argument('-n', '--num-images', type=int, default=None,
-                   help=f'first N images of the dataset (default {DEFAULT_IMAGES}), or of --images (default all)')
+                   help=f'N images of the dataset (default {DEFAULT_IMAGES}: the first ones; of an image folder, '
+                        'spread evenly over its files, so that several classes show), or of --images (default all)')
     g = p.add_argument_group('histograms (Fig. 6)')
     g.add_argument('--hist', action='store_true', help='also draw ID-vs-OOD score histograms')
     g.add_argument('--ood', nargs='+', action='extend', default=[], metavar='NAME=SPEC',
@@ -264,6 +277,44 @@ def _load(name, checkpoint, args, device) -> _Loaded:
                    float(gamma), train_args)
 
 
+def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
+    """Decide (in ``args``) which images are drawn when no --images are given, and check it:
+    ``--data-dir`` alone means an image folder (as in eval); neither: the training run's data
+    if the checkpoint recorded it, else synthetic/id. The split defaults to test (an image
+    folder: its test/ folder if there is one, else its val/ folder); a split that would read the
+    training images is an error. Returns a line saying what is drawn."""
+    from .eval_data import EvalDataError, is_synthetic
+    from .id_data import check_evaluation_split, is_image_folder, recorded_training_folder, resolve_split
+    train_args = loaded.info.get('train_args') or loaded.train_args or {}
+    if args.dataset is None:
+        if args.data_dir:
+            args.dataset = ''
+        elif train_args.get('dataset') is not None or train_args.get('data_dir'):
+            args.dataset, args.data_dir = train_args.get('dataset') or '', train_args.get('data_dir')
+            if is_image_folder(args.dataset) and not (args.data_dir and os.path.exists(args.data_dir)):
+                raise EvalDataError(f"the checkpoint's training run read the image folder {args.data_dir!r}, which is "
+                                    'not there from here: give --data-dir DIR, --images FILES or --dataset NAME')
+        else:
+            args.dataset = 'synthetic/id'
+    if is_synthetic(args.dataset):
+        if args.data_dir and not args.images:
+            raise EvalDataError(f'--data-dir {args.data_dir!r} is not read with --dataset {args.dataset} (generated '
+                                "images); leave --dataset out (or give --dataset '') to draw the folder's images")
+        args.split = args.split or 'test'
+        return f'{args.dataset}, split {args.split}'
+    if not is_image_folder(args.dataset) or not args.data_dir or not os.path.isdir(args.data_dir):
+        args.split = args.split or 'validation'
+        return f'{args.dataset or args.data_dir}, split {args.split}'
+    if args.split is None:
+        args.split = 'test' if resolve_split(args.data_dir, 'test').found else 'validation'
+    own_train = resolve_split(args.data_dir, 'train')
+    training = [own_train.folder if own_train.found else None, recorded_training_folder(train_args)]
+    split = check_evaluation_split(args.data_dir, args.split, '--split', training, EvalDataError)
+    if split.training:
+        loaded.info['notes'].append(f'--split {args.split!r} reads the training images ({split.training})')
+    return f'the image folder {split.folder} (split {args.split!r})'
+
+
 def _dataset_kwargs(args, train_args) -> dict:
     from .eval_data import is_synthetic
     kwargs = {}
@@ -273,10 +324,13 @@ def _dataset_kwargs(args, train_args) -> dict:
     return dict(kwargs, **args.dataset_kwargs)
 
 
-def _images(args, num_classes, dataset_kwargs):
-    """``(names, PIL images, labels, class names)``."""
+def _images(args, model, dataset_kwargs):
+    """``(names, PIL images, labels, class names)``; class names: the model's, else the data's."""
     from .data import find_image_files, load_rgb
-    from .eval_data import build_id_dataset
+    from .eval_data import EvalDataError, build_id_dataset
+    from .id_data import class_names, model_class_map
+    from .model import label_names
+    num_classes, names = model.num_classes, label_names(model)
     if args.images:
         files = []
         for path in args.images:
@@ -290,14 +344,27 @@ def _images(args, num_classes, dataset_kwargs):
             else:
                 raise FileNotFoundError(f'--images {path!r}: no such file or folder')
         files = files[:args.num_images] if args.num_images else files
-        return [os.path.basename(f) for f in files], [load_rgb(f) for f in files], [-1] * len(files), None
+        return [os.path.basename(f) for f in files], [load_rgb(f) for f in files], [-1] * len(files), names
     ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)
+    cmap = model_class_map(names, class_names(ds), f'the data ({args.dataset or args.data_dir}, split {args.split})',
+                           EvalDataError)
+    if cmap:  # read with the model's class indices
+        ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes,
+                              dict(dataset_kwargs, class_map=cmap))
+    if not len(ds):
+        raise EvalDataError(f'no images in {args.dataset or args.data_dir} (split {args.split})')
     n = min(len(ds), args.num_images or DEFAULT_IMAGES)
     ds.transform = None
-    items = [ds[i] for i in range(n)]
-    classes = getattr(ds, 'classes', None) or getattr(ds, 'id_classes', None)
-    return ([f'{args.dataset or "image"} {args.split} #{i}' for i in range(n)], [im.convert('RGB') for im, _ in items],
-            [int(y) for _, y in items], classes)
+    reader = getattr(ds, 'reader', None)
+    if hasattr(reader, 'filename'):  # an image folder, sorted by class: images spread over it, titled by file
+        indices = np.linspace(0, len(ds) - 1, n).round().astype(int).tolist()
+        titles = [str(reader.filename(i)) for i in indices]
+    else:
+        indices = list(range(n))
+        titles = [f'{args.dataset or "image"} {args.split} #{i}' for i in indices]
+    items = [ds[i] for i in indices]
+    classes = names or class_names(ds) or getattr(ds, 'id_classes', None)
+    return titles, [im.convert('RGB') for im, _ in items], [int(y) for _, y in items], classes
 
 
 def _view(x: torch.Tensor, data_config) -> np.ndarray:
@@ -369,8 +436,11 @@ def _visualize(args) -> int:
     out_dir = args.output or os.path.join('output', 'visualize', datetime.now().strftime('%Y%m%d-%H%M%S'))
     check_output_dir(out_dir)
 
+    source = _resolve_data(args, models[0]) if args.hist or not args.images else None  # --hist: its ID data
     dataset_kwargs = _dataset_kwargs(args, models[0].train_args)
-    names, images, labels, classes = _images(args, models[0].model.num_classes, dataset_kwargs)
+    names, images, labels, classes = _images(args, models[0].model, dataset_kwargs)
+    if not args.images:
+        print(f'Drawing {len(images)} image(s) of {source}' + (f"; classes: {', '.join(classes)}" if classes else ''))
     views, maps = [], []
     for m in models:
         x = torch.stack([m.transform(im) for im in images])

@@ -1,19 +1,22 @@
 """Image folders on disk: write any dataset as an ImageFolder, read any folder as OOD data."""
 import os
 import warnings
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Set
 
 import torch.utils.data
 from PIL import Image
 
-try:
-    from timm.data.readers.img_extensions import get_img_extensions
-except ImportError:  # older timm
-    def get_img_extensions(as_set=False):
-        ext = ('.png', '.jpg', '.jpeg')
-        return set(ext) if as_set else ext
-
 OOD_FOLDER = 'ood'
+# PIL opens these formats but cannot decode them by itself (stubs, MPEG, EPS needs Ghostscript)
+_NOT_DECODED = {'BUFR', 'GRIB', 'HDF5', 'WMF', 'MPEG', 'EPS', 'IPTC'}
+
+
+def image_extensions() -> Set[str]:
+    """Lower-case extensions (with the dot) of every image format PIL reads and decodes itself:
+    .jpg, .png, .webp, .bmp, .tif, .gif, ... (timm's folder reader takes only .png/.jpg/.jpeg)."""
+    Image.init()
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items()
+            if fmt in Image.OPEN and fmt not in _NOT_DECODED}
 
 
 def write_image_folder(dataset, root: str) -> str:
@@ -52,7 +55,7 @@ def find_image_files(root: str) -> List[str]:
     """Sorted paths of all image files under ``root``, recursively, hidden files skipped."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f'OOD image folder not found (or not a directory): {root!r}')
-    extensions = {e.lower() for e in get_img_extensions(as_set=True)}
+    extensions = image_extensions()
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith('.')]
@@ -71,7 +74,7 @@ def load_rgb(path: str) -> Image.Image:
 
 class ImageFolderOOD(torch.utils.data.Dataset):
     """Every image file under ``root`` (recursively, any folder layout, sorted paths) as an
-    OOD dataset returning ``(PIL RGB image, -1)``; extensions are timm's image extensions.
+    OOD dataset returning ``(PIL RGB image, -1)``; every format PIL decodes (``image_extensions``).
 
     Decoding is lazy, so a corrupt file is only found in ``__getitem__``. With
     ``skip_corrupt=True`` (default) it is replaced by the next file that decodes (the
@@ -85,7 +88,8 @@ class ImageFolderOOD(torch.utils.data.Dataset):
         self.root = str(root)
         self.files = find_image_files(self.root)
         if not self.files:
-            raise ValueError(f'no image files ({", ".join(get_img_extensions())}) found under {self.root!r}')
+            raise ValueError(f'no image files (.jpg, .png, .webp, .bmp, .tif, ...: any format PIL reads) found under '
+                             f'{self.root!r}')
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.classes: List[str] = []

@@ -22,6 +22,7 @@ runs the loader twice; ``fit_outputs`` needs a re-iterable. W and b are read fro
 ``outputs.classifier`` by probing it (b = classifier(0), W = classifier(I) - b), so any
 affine last layer works, including distilled DeiT's pair of heads.
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -93,6 +94,13 @@ class ViM(Detector):
             if not 0 < dim < d:
                 raise ValueError(f'vim: the principal dimension must be in (0, {d}), got {dim}')
             self.dim_used = dim
+            if self._n < d:
+                warnings.warn(
+                    f'vim: fitted on {self._n} ID images, fewer than the {d} feature dimensions. The ID features then '
+                    f'span at most {self._n} dimensions, so the residual off the principal space is (nearly) zero on '
+                    f'ID data and alpha explodes: scores become huge negative numbers (e.g. -1e11) that rank images by '
+                    f'noise. Fit on at least {d} images (several times more is better; timm-ssod eval: '
+                    f'--fit-samples 0 uses the whole training split), or leave vim out.', stacklevel=2)
             eigvals, eigvecs = torch.linalg.eigh(self._scatter / self._n)  # ascending
             self.null_space = eigvecs[:, : d - dim]  # all but the top `dim` eigenvectors
             self._residual_sum = 0.0
