@@ -57,7 +57,7 @@ import torch
 
 from timm_ssod.checkpoint import atomic_write_text
 from timm_ssod.data import OOD_SETS
-from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
+from timm_ssod.evaluate import AVERAGE
 from timm_ssod.protocol import evaluate_checkpoint, remove_checkpoints, run_protocol, sampler_alignment, train_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,6 +84,10 @@ QUICK_SIZES = dict(stage1_images=48, num_images=48, stage1_epochs=1, finetune_ep
 # the harness's baselines, by the evidence they use (all run on the vanilla model)
 LOGIT_BASELINES = ('msp', 'maxlogit', 'energy', 'odin', 'klm')
 FEATURE_BASELINES = ('mahalanobis', 'knn', 'react', 'vim')
+# every cell scores the same detectors (the harness's default set when the study started, fixed
+# here so cells stay comparable), plus ssod_patch_max: P(ID) of the best location instead of the
+# OOD head on the pooled feature (Eq. 15), to tell a head that fails from a pooling that fails
+CELL_DETECTORS = LOGIT_BASELINES + FEATURE_BASELINES + ('ssod', 'ssod_msp', 'ssod_patch_max')
 def cell_key(background, scale, backbone, seed):
     return f'{background}/{scale}/{backbone}/seed{seed}'
 
@@ -154,6 +158,7 @@ def cell_record(record, background, scale, backbone, seed, render, size, kwargs,
         'input_size': size, 'model_kwargs': kwargs, 'grid': record['sampler_alignment']['grid'],
         'id_accuracy': record['table']['id_accuracy'], 'sampler_alignment': record['sampler_alignment'],
         'ssod': ssod_rows['ssod'], 'ssod_msp': ssod_rows['ssod_msp'],
+        'ssod_patch_max': ssod_rows.get('ssod_patch_max'),
         'best_logit': best_of(vanilla_rows, LOGIT_BASELINES, ood_sets),
         'best_feature': best_of(vanilla_rows, FEATURE_BASELINES, ood_sets),
         'vanilla': vanilla_rows, 'ssod_model': ssod_rows,
@@ -195,7 +200,7 @@ def run_config(args, background, scale, backbone, seeds, sizes, scales, header, 
         t = time.time()
         print(f'[regime] {background}/{scale}/{backbone} seed {seed}: fine-tunes and evaluation', flush=True)
         record = run_protocol(backbone, kwargs, size, sizes['num_images'], sizes['stage1_epochs'],
-                              sizes['finetune_epochs'], seed, detectors=DEFAULT_DETECTORS,
+                              sizes['finetune_epochs'], seed, detectors=CELL_DETECTORS,
                               out_dir=os.path.join(root, f'seed{seed}'), stage1_checkpoint=stage1['checkpoint'],
                               progress=False, keep_checkpoints=False, render_size=render, background=background,
                               **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit', 'batch_size',
@@ -231,7 +236,7 @@ def run_from_scratch(args, cell, kind, sizes, scales, epochs, seed, header):
                       render_size=render, background=background, num_images=sizes['stage1_images'],
                       num_val=sizes['num_val'], num_classes=6, batch_size=sizes['batch_size'], seed=seed,
                       epochs=epochs, lr=sizes['lr'], select_on=OOD_SETS, ssod=kind == 'ssod', extra_args=extra)
-    dets = [d for d in DEFAULT_DETECTORS if kind == 'ssod' or d not in ('ssod', 'ssod_msp')]
+    dets = [d for d in CELL_DETECTORS if kind == 'ssod' or d not in ('ssod', 'ssod_msp', 'ssod_patch_max')]
     result = evaluate_checkpoint(run['checkpoint'], dets, img_size=size, num_classes=6, num_test=sizes['num_test'],
                                  num_ood=sizes['num_ood'], num_fit=sizes['num_fit'], progress=False,
                                  render_size=render, background=background)
