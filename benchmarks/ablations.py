@@ -124,7 +124,8 @@ def main(argv=None):
            'settings': OrderedDict()}
     steps = 1 + len(todo)
     print(f'[ablations 1/{steps}] stage 1: vanilla {base["backbone"]} from scratch', flush=True)
-    train = {k: base[k] for k in ('backbone', 'model_kwargs', 'img_size', 'num_images', 'num_val', 'batch_size')}
+    train = {k: base[k] for k in ('backbone', 'model_kwargs', 'img_size', 'num_images', 'num_val', 'batch_size',
+                                  'render_size', 'background') if k in base}
     stage1 = train_stage('stage1_vanilla', root, epochs=base['stage1_epochs'], lr=base['lr'], ssod=False,
                          seed=args.seed, num_classes=6, **train)
     out['stage1'] = stage1

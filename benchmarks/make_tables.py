@@ -348,7 +348,7 @@ def _write(path, text):
     os.replace(tmp, path)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     for name, _ in SECTIONS:
         p.add_argument(f'--{name}', default=os.path.join(HERE, f'{name}.json'))
@@ -356,7 +356,11 @@ def main(argv=None):
                    help='also draw the regime study figure (e.g. docs/figures/regime.png; needs matplotlib)')
     p.add_argument('--out', default=os.path.join(HERE, 'tables.md'))
     p.add_argument('--readme', default=None, metavar='PATH', help="rewrite the README's generated blocks too")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     tables = {}
     for name, fn in SECTIONS:
         path = getattr(args, name)

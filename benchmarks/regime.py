@@ -309,6 +309,8 @@ def parse_args(argv=None):
     p.add_argument('--runs-dir', default='./output/benchmarks/regime', help='training runs')
     p.add_argument('--shard', default='0/1', metavar='I/N', help='run the I-th of N cost-balanced parts of the grid')
     p.add_argument('--quick', action='store_true', help='tiny model and data (tests)')
+    p.add_argument('--seeds', nargs='*', type=int, default=None,
+                   help=f'fine-tuning seeds of the cells this process runs (default {list(SEEDS)})')
     p.add_argument('--no-grid', action='store_true', help='skip the grid (only the from-scratch cell)')
     p.add_argument('--only', nargs='*', default=None, metavar='BACKGROUND/SCALE/BACKBONE',
                    help='run only these configurations of the grid (e.g. natural/native/resnet10t), any shard')
@@ -341,7 +343,7 @@ def main(argv=None):
               'sizes': sizes, 'seeds': list(SEEDS[:1] if args.quick else SEEDS), 'scales': scales,
               'ood_sets': list(OOD_SETS), 'logit_baselines': list(LOGIT_BASELINES),
               'feature_baselines': list(FEATURE_BASELINES), 'scratch_epochs': epochs}
-    seeds = header['seeds']
+    seeds = header['seeds'] if args.seeds is None else list(args.seeds)
     existing = load(args.out)
     if existing and existing.get('sizes') != sizes:
         sys.exit(f'{args.out} was made with other sizes ({existing.get("sizes")}); use another --out')
