@@ -227,9 +227,12 @@ def regime_tables(d):
                              f"{stat(lambda c: _avg(c, 'best_feature'))} ({best_f})"])
     seeds = ', '.join(map(str, d['seeds']))
     out = [f"### SSOD in its own regime: background x input scale x backbone (seeds {seeds}; mean ± std)\n\n"
-           f"Command: `{d.get('command', '').strip()}` (cells of all shards). Per cell: a vanilla stage 1 from "
-           f"scratch ({d['sizes']['stage1_epochs']} epochs, {d['sizes']['num_images']} images), then per seed a vanilla "
-           f"and an SSOD fine-tune ({d['sizes']['finetune_epochs']} epochs, best validation FPR95 kept), tested on "
+           f"Command: `python benchmarks/regime.py` (one process per shard; the JSON records the first one's command "
+           f"line). Per (background, backbone): a vanilla stage 1 from scratch at the native scale "
+           f"({d['sizes']['stage1_epochs']} epochs, {d['sizes'].get('stage1_images', d['sizes']['num_images'])} images), "
+           f"shared by both scales; per cell and seed a vanilla and an SSOD fine-tune from it "
+           f"({d['sizes']['finetune_epochs']} epochs on {d['sizes']['num_images']} images, best validation FPR95 kept), "
+           f"tested on "
            f"{d['sizes']['num_test']} ID and {d['sizes']['num_ood']} images per OOD set. FPR95 ↓ in percent, averaged "
            f"over {', '.join(sets)}. Sampler: Eq. 12 on the fine-tuned SSOD model's validation images — the share of "
            f"pure-background cells (no object pixel) labelled OOD / ID, and of object cells (> 50% object) labelled ID. "
