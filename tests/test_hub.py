@@ -300,7 +300,9 @@ def test_unreachable_hub_answers_from_the_cache_or_fails_at_once(monkeypatch, tm
     with pytest.raises(HubError, match=f"config.json of Hub repo 'org/ssod-r18' is not in the local Hub cache and the "
                                        f"Hub at {endpoint} could not be reached .*ConnectionRefusedError"):
         timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
-    assert time.time() - start < 10
+    # huggingface_hub's retries took ~54 s per call; the bound sits far below that and far above a
+    # loaded machine's in-process time (~1 s idle), so it tells the two apart on any CPU (issue 14)
+    assert time.time() - start < 45
     assert not huggingface_hub.constants.HF_HUB_OFFLINE  # offline only for those calls
 
 

@@ -232,7 +232,8 @@ def test_checkpoint_path_loads_a_training_checkpoint_into_the_ssod_model(tmp_pat
     assert loaded.ssod_cfg['ood_hidden'] == 8
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
     assert loaded.pretrained_cfg['label_names'] == ['cat', 'dog', 'fox']
-    a, b, c, d = pred = loaded.eval().predict(torch.randn(2, 3, 64, 64))  # still a 4-tuple
+    a, b, c, d, p_value, is_ood = pred = loaded.eval().predict(torch.randn(2, 3, 64, 64))
+    assert p_value is None and is_ood is None  # no calibration: no decision
     assert pred.label_names == ('cat', 'dog', 'fox') and pred.labels == [['cat', 'dog', 'fox'][i] for i in
                                                                            b.argmax(-1).tolist()]
 

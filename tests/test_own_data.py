@@ -276,12 +276,13 @@ def test_pretrained_weights_offline_fail_fast_naming_the_cli_way_out(photos, tmp
     """huggingface_hub retried each of timm's two weight files 5 times (1+2+4+8+8 s): ~54 s."""
     env = {'HF_HOME': str(tmp_path / 'hf'), 'HF_HUB_CACHE': str(tmp_path / 'hf' / 'hub')}
     env.update({'HF_ENDPOINT': f'http://127.0.0.1:{free_port()}'} if offline == 'refused' else {'HF_HUB_OFFLINE': '1'})
-    rc, out, err, seconds = cli('train', '--data-dir', photos / 'photos', *TRAIN, '--pretrained',
-                                '--output', tmp_path / 'runs', env=env)
+    rc, out, err, _ = cli('train', '--data-dir', photos / 'photos', *TRAIN, '--pretrained',
+                          '--output', tmp_path / 'runs', env=env)
     assert_one_line_error(rc, out, err, 'timm-ssod train', "--pretrained: could not fetch timm's weights",
                           '--pretrained-path FILE')
+    # the slowness was huggingface_hub's retry loop: none may run (a wall-time bound failed under
+    # load on a busy 2-core machine, issue 14; this one finished in ~6 s here)
     assert 'Retrying' not in err
-    assert seconds < 30  # process start-up included
 
 
 # ------------------------------------------------------------------------------------- --amp
