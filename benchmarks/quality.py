@@ -27,8 +27,13 @@ their JSON afterwards (nothing is retrained):
     OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones resnet18 regnety_008 --out b.json; wait
     python benchmarks/quality.py --merge a.json b.json
 
-Writes benchmarks/quality.json (or --out) atomically after every run; ``make_tables.py``
-turns it into the README's tables. Prints one line per step.
+Per SSOD run it also measures calibrated decisions (``timm_ssod.protocol.decisions_checkpoint``):
+``ssod_fused`` and its components calibrated on the ID validation split, the share of ID *test*
+images rejected at each alpha against its expected value, and the share of each OOD set caught.
+
+Writes benchmarks/quality.json (or --out) atomically after every run; a rerun with the same
+settings skips the runs already there (and reuses each backbone's stage 1), so an interrupted
+run resumes. ``make_tables.py`` turns it into the README's tables. Prints one line per step.
 """
 import argparse
 import json
@@ -43,11 +48,12 @@ import timm
 import torch
 
 from timm_ssod.checkpoint import atomic_write_text
+from timm_ssod.conformal import min_calibration_size
 from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.protocol import evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
+from timm_ssod.protocol import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # CPU-sized versions of the Table-6 families: 64-px images, a 4x4 map where the backbone allows
@@ -62,10 +68,13 @@ BACKBONES = OrderedDict([
 SIZES = dict(num_images=4000, stage1_epochs=8, finetune_epochs=3, num_val=200, num_test=400, num_ood=400, num_fit=800,
              batch_size=64, lr=2e-3, finetune_lr=5e-4)
 QUICK_BACKBONES = OrderedDict([('test_resnet', dict(model_kwargs={'output_stride': 16}, img_size=64))])
-QUICK_SIZES = dict(num_images=64, stage1_epochs=1, finetune_epochs=1, num_val=16, num_test=32, num_ood=32, num_fit=32,
+QUICK_SIZES = dict(num_images=64, stage1_epochs=1, finetune_epochs=1, num_val=20, num_test=32, num_ood=32, num_fit=32,
                    batch_size=16, lr=2e-3, finetune_lr=5e-4)
 WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 EXPERIMENTAL = ('energy_ssod', 'ssod_patch_max', 'ssod_energy_rank')
+# calibrated decisions (ID rejection vs alpha, OOD caught): the fused score and its components
+DECISION_DETECTORS = ('ssod', 'mahalanobis', 'energy', 'ssod_fused')
+DECISION_ALPHAS = (0.01, 0.05, 0.1)  # those the ID validation split can reach are measured
 
 
 def parse_args(argv=None):
@@ -167,6 +176,37 @@ def summarize(runs):
     return {'id_accuracy': acc, 'rows': rows, 'chosen_weights': [r['energy_ssod']['chosen_weight'] for r in runs]}
 
 
+def resumable(path, header):
+    """The backbones already in ``path`` when it was made with the same settings (a rerun skips
+    their finished seeds); {} when there is no such file. Other settings: an error, not an overwrite."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except ValueError as e:
+        sys.exit(f'{path}: not valid JSON ({e}); move it away to start again')
+    differs = [k for k in MUST_AGREE if old.get(k, 'smooth') != header[k]]
+    if differs:
+        sys.exit(f'{path} was made with other settings ({", ".join(differs)}); move it away or use another --out')
+    return old.get('backbones', {})
+
+
+def shared_stage1(root, name, cfg, sizes, background):
+    """The vanilla stage 1 of ``name``, trained once: a rerun reads it back from its marker."""
+    marker = os.path.join(root, 'stage1.json')
+    if os.path.exists(marker):
+        with open(marker) as f:
+            stage1 = json.load(f)
+        if os.path.exists(stage1['checkpoint']):
+            return stage1
+    stage1 = train_stage('stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'],
+                         lr=sizes['lr'], num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6,
+                         batch_size=sizes['batch_size'], background=background, **cfg)
+    atomic_write_text(marker, json.dumps(stage1, indent=2) + '\n')
+    return stage1
+
+
 def environment():
     return {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
             'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(), 'load_average': os.getloadavg()}
@@ -190,18 +230,27 @@ def main(argv=None):
     out = {'command': ' '.join(['python benchmarks/quality.py', *(sys.argv[1:] if argv is None else argv)]),
            'environment': environment(), 'sizes': sizes, 'seeds': seeds, 'ood_sets': list(OOD_SETS),
            'weights': list(WEIGHTS), 'background': args.background, 'backbones': OrderedDict()}
+    previous = resumable(args.out, out)
     steps, step = len(backbones) * (1 + len(seeds)), 0
     for name, cfg in backbones.items():
         root = os.path.abspath(os.path.join(args.runs_dir, name))
         step += 1
+        done = {r['seed']: r for r in previous.get(name, {}).get('runs', [])}
+        if all(s in done for s in seeds):
+            print(f'[quality {step}/{steps}] {name}: all seeds in {args.out}, skipped', flush=True)
+            out['backbones'][name] = previous[name]
+            step += len(seeds)
+            continue
         print(f'[quality {step}/{steps}] {name}: stage 1 (vanilla from scratch, {sizes["stage1_epochs"]} epochs)',
               flush=True)
-        stage1 = train_stage('stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'],
-                             lr=sizes['lr'], num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6,
-                             batch_size=sizes['batch_size'], background=args.background, **cfg)
+        stage1 = shared_stage1(root, name, cfg, sizes, args.background)
         entry = out['backbones'][name] = {'config': cfg, 'stage1': stage1, 'runs': []}
         for seed in seeds:
             step += 1
+            if seed in done:
+                print(f'[quality {step}/{steps}] {name} seed {seed}: in {args.out}, skipped', flush=True)
+                entry['runs'].append(done[seed])
+                continue
             t = time.time()
             print(f'[quality {step}/{steps}] {name} seed {seed}: vanilla vs SSOD fine-tune, evaluation', flush=True)
             record = run_protocol(name, cfg['model_kwargs'], cfg['img_size'], sizes['num_images'],
@@ -209,13 +258,19 @@ def main(argv=None):
                                   out_dir=os.path.join(root, f'seed{seed}'), stage1_checkpoint=stage1['checkpoint'],
                                   progress=False, background=args.background, **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit',
                                                                            'batch_size', 'lr', 'finetune_lr')})
-            extra, weights = experimental_rows(record['finetune']['ssod']['checkpoint'], cfg, sizes, args.background)
+            ssod_ckpt = record['finetune']['ssod']['checkpoint']
+            extra, weights = experimental_rows(ssod_ckpt, cfg, sizes, args.background)
+            decisions = decisions_checkpoint(ssod_ckpt, DECISION_DETECTORS, img_size=cfg['img_size'], num_classes=6,
+                                             num_fit=sizes['num_fit'], num_calib=sizes['num_val'],
+                                             num_test=sizes['num_test'], num_ood=sizes['num_ood'],
+                                             background=args.background, alphas=[
+                                                 a for a in DECISION_ALPHAS if min_calibration_size(a) <= sizes['num_val']])
             for kind in record['finetune']:
                 remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
             run = {'seed': seed, 'id_accuracy': record['table']['id_accuracy'], 'rows': run_rows(record, extra),
                    'epochs_kept': {k: v['best_epoch'] for k, v in record['finetune'].items()},
                    'sampler_alignment': record['sampler_alignment'],
-                   'energy_ssod': weights, 'seconds': round(time.time() - t, 1)}
+                   'energy_ssod': weights, 'decisions': decisions, 'seconds': round(time.time() - t, 1)}
             entry['runs'].append(run)
             entry['summary'] = summarize(entry['runs'])
             out['seconds'] = round(time.time() - start, 1)
@@ -223,10 +278,12 @@ def main(argv=None):
             acc = ', '.join(f'{k} {100 * v:.1f}%' for k, v in run['id_accuracy'].items())
             avg = {label: 100 * r['average']['fpr95'] for label, r in run['rows'].items()}
             best = min((v, k) for k, v in avg.items() if 'vanilla' in k)
+            reject = decisions['detectors']['ssod_fused']['id_rejection']['0.05']['rate']
             print(f'[quality {step}/{steps}] {name} seed {seed}: ID acc {acc}; mean FPR95 ssod '
-                  f'{avg["ssod (SSOD model)"]:.1f}, best vanilla baseline {best[1]} {best[0]:.1f}, energy_ssod '
-                  f'(w={weights["chosen_weight"]}) {avg["energy_ssod (SSOD model)"]:.1f} ({run["seconds"]:.0f}s)',
-                  flush=True)
+                  f'{avg["ssod (SSOD model)"]:.1f}, ssod_fused {avg["ssod_fused (SSOD model)"]:.1f}, best vanilla '
+                  f'baseline {best[1]} {best[0]:.1f}, energy_ssod (w={weights["chosen_weight"]}) '
+                  f'{avg["energy_ssod (SSOD model)"]:.1f}; ssod_fused rejects {100 * reject:.1f}% of ID test images '
+                  f'at alpha 5% ({run["seconds"]:.0f}s)', flush=True)
     print(f'wrote {args.out} ({time.time() - start:.0f}s)')
     return out
 

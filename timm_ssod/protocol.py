@@ -39,7 +39,7 @@ from .report import format_table, write_results
 from .sampler import IGNORED, sample_patches, target_confidence
 
 __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
-           'remove_checkpoints', 'sampler_alignment', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
+           'remove_checkpoints', 'sampler_alignment', 'decisions_checkpoint', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
 
 _logger = logging.getLogger(__name__)
 
@@ -132,6 +132,29 @@ def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]]
                     fit_loader=data('synthetic/id', 'train', num_fit) if num_fit else None, progress=progress,
                     seed=seed, detector_kwargs=kwargs, return_scores=return_scores)
 
+
+
+def decisions_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]], *, img_size: int, num_classes: int,
+                         ood_sets: Iterable[str] = OOD_SETS, num_fit: int = 2000, num_calib: int = 200,
+                         num_test: int = 600, num_ood: int = 600, alphas: Sequence[float] = (0.01, 0.05, 0.1),
+                         batch_size: int = 128, render_size: Optional[int] = None,
+                         background: str = DEFAULT_BACKGROUND) -> Dict:
+    """Calibrated decisions on one checkpoint (``timm_ssod.decision_benchmark.measure_decisions``):
+    detectors fitted on ``num_fit`` ID training images, calibrated on ``num_calib`` ID *validation*
+    images, the ID rejection rate at each alpha measured on the ID test split (never used for
+    either), and the share of each OOD set's test split caught. The same images and transforms
+    as ``evaluate_checkpoint``."""
+    from .decision_benchmark import measure_decisions
+    model, _ = load_eval_model(checkpoint=checkpoint)
+
+    def data(name, split, n):
+        ds = create_dataset(name, split=split, img_size=render_size or img_size, num_images=n,
+                            num_classes=num_classes, background=background)
+        return _loader(model, ds, img_size, batch_size, 0)
+    return measure_decisions(model, data('synthetic/id', 'train', num_fit), data('synthetic/id', 'val', num_calib),
+                             data('synthetic/id', 'test', num_test),
+                             OrderedDict((s, data(f'synthetic/{s}', 'test', num_ood)) for s in ood_sets),
+                             detectors=detectors, alphas=alphas)
 
 def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma: float = 0.95,
                       num_images: int = 256, split: str = 'val', batch_size: int = 64,
