@@ -304,6 +304,15 @@ def regime_tables(d):
     out.append('\nPer OOD set, FPR95 ↓ of SSOD / the best logit baseline / the best feature-space baseline '
                '(each best picked per set on the test results):\n')
     out.append(md_table(['background', 'scale', 'backbone'] + sets, per_set))
+    pooling = [[bg, scale, backbone] + [f"{pm(_stat([c['ssod'][s]['fpr95'] for c in cells]))} / "
+                                        f"{pm(_stat([c['ssod_patch_max'][s]['fpr95'] for c in cells]))}"
+                                        for s in sets + ['average']]
+               for (bg, scale, backbone), cells in groups.items() if all(c.get('ssod_patch_max') for c in cells)]
+    if pooling:
+        out.append('\nPooled head or best location? FPR95 ↓ of the SSOD score (Eq. 15: the OOD head on the pooled '
+                   'feature) / `ssod_patch_max` (the OOD head at every location, the image scored by its most-ID '
+                   'location), on the same SSOD model, in the cells that scored both:\n')
+        out.append(md_table(['background', 'scale', 'backbone'] + sets + ['average'], pooling))
     effects = factor_effects(d)
     cells = list(d['cells'].values())
     r = _pearson([_bg_ood(c) for c in cells], [_avg(c, 'ssod') for c in cells])
@@ -324,8 +333,10 @@ def regime_tables(d):
             continue
         s_, v_ = pair['ssod'], pair['vanilla']
         table = [['ssod (SSOD model)', pct(s_['id_accuracy'])] + [pct(s_['rows']['ssod'][x]['fpr95']) for x in sets + ['average']]]
-        table.append(['ssod_msp (SSOD model)', pct(s_['id_accuracy'])]
-                     + [pct(s_['rows']['ssod_msp'][x]['fpr95']) for x in sets + ['average']])
+        for det in ('ssod_msp', 'ssod_patch_max'):
+            if det in s_['rows']:
+                table.append([f'{det} (SSOD model)', pct(s_['id_accuracy'])]
+                             + [pct(s_['rows'][det][x]['fpr95']) for x in sets + ['average']])
         for label, best in (('best logit', v_['best_logit']), ('best feature', v_['best_feature'])):
             table.append([f"{label}: {best['average']['detector']} (vanilla model)", pct(v_['id_accuracy'])]
                          + [pct(v_['rows'][best['average']['detector']][x]['fpr95']) for x in sets + ['average']])
