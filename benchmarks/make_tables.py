@@ -349,6 +349,32 @@ def regime_tables(d):
     return '\n'.join(out)
 
 
+def probe_tables(d):
+    """The regime probe (``regime_probe.json``): per configuration, the head's mean per-location
+    P(ID) on ID object / background cells and on each OOD set's cells, and the AUROC of the three
+    aggregations of the locations."""
+    cells = list(d['cells'].values())
+    sets = d['ood_sets']
+    aggs = list(next(iter(cells[0]['probe']['ood'].values()))['auroc'])
+    rows = []
+    for c in cells:
+        p = c['probe']
+        ident = [c['background'], f"{c['scale']} ({'x'.join(map(str, c['grid']))})", c['backbone'], c['seed'],
+                 pct(c['id_accuracy']['ssod'])]
+        rows.append(ident + [f"{pct(p['id']['p_id_object_cells'], 0)} / {pct(p['id']['p_id_background_cells'], 0)}"]
+                    + [f"{pct(p['ood'][s]['p_id_all_cells'], 0)}: "
+                       + ' / '.join(pct(p['ood'][s]['auroc'][a], 0) for a in aggs) for s in sets])
+    return (f"### Probe of the OOD head, location by location\n\n"
+            f"Command: `{d.get('command', '').strip()}` (then `python benchmarks/make_tables.py --readme README.md`). "
+            f"Each configuration's SSOD fine-tune of the study repeated with the same stage 1, sizes and seed, then "
+            f"`timm_ssod.protocol.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
+            f"OOD set. In percent: the head's mean per-location P(ID) on ID object cells / ID pure-background cells; "
+            f"per OOD set, the mean per-location P(ID) over all its cells, then the AUROC ↑ (ID vs the set; 50 = "
+            f"chance, below 50 = the set looks *more* ID) of {' / '.join(aggs)}.\n\n"
+            + md_table(['background', 'scale (map)', 'backbone', 'seed', 'ID acc', 'P(ID) ID object / bg cells']
+                       + [f'{s}: P(ID) of cells: AUROC pooled / mean / max' for s in sets], rows))
+
+
 def regime_figure(d, path):
     """SSOD's average FPR95 against the sampler's alignment, one point per cell (docs/figures/regime.png)."""
     import matplotlib
@@ -390,7 +416,7 @@ def regime_figure(d, path):
 
 
 SECTIONS = (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables),
-            ('regime', regime_tables))
+            ('regime', regime_tables), ('regime_probe', probe_tables))
 
 
 def block_pattern(name):

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from regime import BACKGROUNDS, SCALES, SIZES, add_entry, load, shared_stage1
+from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, load, shared_stage1
 
 from timm_ssod.data import OOD_SETS
 from timm_ssod.protocol import location_probe, run_protocol
@@ -38,33 +38,37 @@ def parse_args(argv=None):
     p.add_argument('--num-images', type=int, default=300, help='ID test images and images per OOD set')
     p.add_argument('--out', default=os.path.join(HERE, 'regime_probe.json'))
     p.add_argument('--runs-dir', default='./output/benchmarks/regime', help="regime.py's training runs")
+    p.add_argument('--quick', action='store_true', help="regime.py --quick's tiny model and sizes (tests)")
     args = p.parse_args(argv)
+    args.scales, args.sizes = (QUICK_SCALES, QUICK_SIZES) if args.quick else (SCALES, SIZES)
     for c in args.configs:
         parts = c.split('/')
-        if len(parts) != 3 or parts[0] not in BACKGROUNDS or parts[1] not in SCALES or parts[2] not in SCALES[parts[1]]:
+        if len(parts) != 3 or parts[0] not in BACKGROUNDS or parts[1] not in args.scales \
+                or parts[2] not in args.scales[parts[1]]:
             p.error(f'unknown configuration {c!r}: BACKGROUND/SCALE/BACKBONE with background in {BACKGROUNDS}, '
-                    f'scale in {list(SCALES)}, backbone in {list(SCALES["native"])}')
+                    f'scale in {list(args.scales)}, backbone in {list(args.scales["native"])}')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    scales, sizes = args.scales, args.sizes
     header = {'command': ' '.join(['python benchmarks/regime_probe.py', *(sys.argv[1:] if argv is None else argv)]),
-              'sizes': SIZES, 'ood_sets': list(OOD_SETS)}
+              'sizes': sizes, 'ood_sets': list(OOD_SETS)}
     for config in args.configs:
         key = f'{config}/seed{args.seed}'
         if key in (load(args.out) or {}).get('cells', {}):
             print(f'[probe] {key}: in {args.out}, skipped', flush=True)
             continue
         background, scale, backbone = config.split('/')
-        render, size, kwargs = SCALES[scale][backbone]
+        render, size, kwargs = scales[scale][backbone]
         t = time.time()
-        stage1 = shared_stage1(args, background, backbone, SIZES, SCALES)
-        record = run_protocol(backbone, kwargs, size, SIZES['num_images'], SIZES['stage1_epochs'],
-                              SIZES['finetune_epochs'], args.seed, detectors=('ssod',), vanilla=False,
+        stage1 = shared_stage1(args, background, backbone, sizes, scales)
+        record = run_protocol(backbone, kwargs, size, sizes['num_images'], sizes['stage1_epochs'],
+                              sizes['finetune_epochs'], args.seed, detectors=('ssod',), vanilla=False,
                               out_dir=os.path.join(os.path.abspath(args.runs_dir), 'probe', config, f'seed{args.seed}'),
                               stage1_checkpoint=stage1['checkpoint'], progress=False, render_size=render,
-                              background=background, **{k: SIZES[k] for k in ('num_val', 'num_test', 'num_ood',
+                              background=background, **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood',
                                                                               'num_fit', 'batch_size', 'lr',
                                                                               'finetune_lr')})
         probe = location_probe(record['finetune']['ssod']['checkpoint'], img_size=size, num_classes=6,

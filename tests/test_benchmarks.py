@@ -134,6 +134,22 @@ def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retrai
     assert '### SSOD in its own regime' in text and 'Main effects' in text and "Table-2 protocol" in text
     mt.regime_figure(d, tmp_path / 'regime.png')
     assert (tmp_path / 'regime.png').stat().st_size > 1000
+    # the probe repeats a cell's SSOD fine-tune on the same stage 1 (not retrained) and probes it location by location
+    import sys
+    sys.path.insert(0, str(BENCH))  # regime_probe imports regime's grid
+    try:
+        probe_out = tmp_path / 'probe.json'
+        _script('regime_probe').main(['natural/native/test_resnet', '--quick', '--num-images', '16',
+                                      '--out', str(probe_out), '--runs-dir', str(runs)])
+    finally:
+        sys.path.remove(str(BENCH))
+    captured = capsys.readouterr()
+    assert '[probe] natural/native/test_resnet/seed0' in captured.out and ': stage 1 (' not in captured.out + captured.err
+    p = json.loads(probe_out.read_text())['cells']['natural/native/test_resnet/seed0']['probe']
+    assert set(p['ood']) == set(d['ood_sets']) and 0.0 <= p['id']['p_id_all_cells'] <= 1.0
+    for v in p['ood'].values():
+        assert set(v['auroc']) == {'pooled head (Eq. 15)', 'mean of locations', 'most-ID location'}
+    assert '### Probe of the OOD head' in mt.probe_tables(json.loads(probe_out.read_text()))
 
 
 def test_readme_tables_are_the_committed_json():
