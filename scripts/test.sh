@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-python -m pytest -q "$@"
+# one worker per core, at most 4 (each test uses one torch thread; each worker holds its own torch);
+# --dist loadfile keeps a file's tests, and its module-scoped fixtures, on one worker
+workers=$(python -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')
+python -m pytest -q -n "$workers" --dist loadfile "$@"
