@@ -213,11 +213,16 @@ def _mean(values):
 
 
 def regime_groups(d):
-    """{(background, scale, backbone): [cells over seeds]} in the JSON's order."""
+    """{(background, scale, backbone): [cells over seeds, by seed]}, by backbone, scale, then background
+    (the grid's order, whatever order the cells finished in)."""
     groups = {}
-    for c in d['cells'].values():
+    for c in sorted(d['cells'].values(), key=lambda c: c['seed']):
         groups.setdefault((c['background'], c['scale'], c['backbone']), []).append(c)
-    return groups
+    scales = list(d.get('scales', {}))
+    backbones = list(next(iter(d['scales'].values()))) if d.get('scales') else []
+    order = lambda k: (backbones.index(k[2]) if k[2] in backbones else len(backbones),  # noqa: E731
+                       scales.index(k[1]) if k[1] in scales else len(scales), k[0] != 'smooth', k[0])
+    return {k: groups[k] for k in sorted(groups, key=order)}
 
 
 def _bg_ood(c):
@@ -230,6 +235,12 @@ def _bg_id(c):
 
 def _obj_id(c):
     return c['sampler_alignment'].get('object_cells', {}).get('labelled_id')
+
+
+def _pid_gap(c):
+    p = c['sampler_alignment'].get('p_id') or {}
+    obj, bg = p.get('object_cells'), p.get('background_cells')
+    return None if obj is None or bg is None else obj - bg
 
 
 def _avg(c, row):
@@ -276,6 +287,8 @@ def regime_tables(d):
         rows.append(ident + [f"{stat(lambda c: c['id_accuracy']['vanilla'])} / {stat(lambda c: c['id_accuracy']['ssod'])}",
                              f"{stat(_bg_ood)} / {stat(_bg_id)}",
                              stat(_obj_id) if all(_obj_id(c) is not None for c in cells) else '–',
+                             f"{stat(lambda c: c['sampler_alignment']['p_id']['object_cells'])} / "
+                             f"{stat(lambda c: c['sampler_alignment']['p_id']['background_cells'])}",
                              stat(lambda c: _avg(c, 'ssod')),
                              f"{stat(lambda c: _avg(c, 'best_logit'))} ({best_l})",
                              f"{stat(lambda c: _avg(c, 'best_feature'))} ({best_f})"])
@@ -289,11 +302,13 @@ def regime_tables(d):
            f"tested on "
            f"{d['sizes']['num_test']} ID and {d['sizes']['num_ood']} images per OOD set. FPR95 ↓ in percent, averaged "
            f"over {', '.join(sets)}. Sampler: Eq. 12 on the fine-tuned SSOD model's validation images — the share of "
-           f"pure-background cells (no object pixel) labelled OOD / ID, and of object cells (> 50% object) labelled ID. "
+           f"pure-background cells (no object pixel) labelled OOD / ID, and of object cells (> 50% object) labelled ID; "
+           f"the OOD head's mean P(ID) at object cells and at pure-background cells of the same images. "
            f"Best logit baseline: the lowest average FPR95 among {', '.join(d['logit_baselines'])}; best "
            f"feature-space one: among {', '.join(d['feature_baselines'])}; both on the vanilla model.\n",
            md_table(['background', 'scale (render→input, map)', 'backbone', 'ID acc vanilla / SSOD',
-                     'bg cells → OOD / ID', 'object cells → ID', 'SSOD avg FPR95', 'best logit avg FPR95',
+                     'bg cells → OOD / ID', 'object cells → ID', "head's P(ID): object / bg cells", 'SSOD avg FPR95',
+                     'best logit avg FPR95',
                      'best feature avg FPR95'], rows)]
     per_set = []
     for (bg, scale, backbone), cells in groups.items():
@@ -315,12 +330,17 @@ def regime_tables(d):
         out.append(md_table(['background', 'scale', 'backbone'] + sets + ['average'], pooling))
     effects = factor_effects(d)
     cells = list(d['cells'].values())
-    r = _pearson([_bg_ood(c) for c in cells], [_avg(c, 'ssod') for c in cells])
+    fpr = [_avg(c, 'ssod') for c in cells]
+    predictors = [('the share of background cells labelled OOD', [_bg_ood(c) for c in cells]),
+                  ("the head's P(ID) gap between object and background cells", [_pid_gap(c) for c in cells]),
+                  ("the SSOD model's ID accuracy", [c['id_accuracy']['ssod'] for c in cells])]
+    rs = [(name, _pearson(xs, fpr)) for name, xs in predictors]
+    rs = [f'{name}: r = {r:+.2f}' for name, r in rs if r is not None]
     out.append('\nMain effects: for each level of each factor, the mean over every cell (all levels of the other '
                'factors, all seeds) of SSOD\'s average FPR95, its gap to the best logit and feature-space baselines '
                '(negative: SSOD better) and the sampler\'s alignment.'
-               + (f' Across all {len(cells)} cells, the correlation of "background cells labelled OOD" with SSOD\'s '
-                  f'average FPR95 is r = {r:+.2f}.' if r is not None else '') + '\n')
+               + (f' Across all {len(cells)} cells, the correlation with SSOD\'s average FPR95 of '
+                  + '; of '.join(rs) + '.' if rs else '') + '\n')
     out.append(md_table(['factor', 'level', 'cells', 'SSOD avg FPR95', 'SSOD − best logit', 'SSOD − best feature',
                          'bg cells → OOD', 'object cells → ID'],
                         [[f, lvl, n, pct(a), pct(b), pct(c), pct(e), pct(o)] for f, lvl, n, a, b, c, e, o in effects]))
@@ -376,21 +396,31 @@ def probe_tables(d):
 
 
 def regime_figure(d, path):
-    """SSOD's average FPR95 against the sampler's alignment, one point per cell (docs/figures/regime.png)."""
+    """SSOD's average FPR95 against the sampler's alignment and against the OOD head's separation of
+    object from background cells, one point per cell, and SSOD vs the best baselines per
+    configuration (docs/figures/regime.png)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     colours = {'smooth': 'tab:orange', 'natural': 'tab:green'}
     markers = {'resnet10t': 'o', 'mobilenetv3_small_100': 's'}
+    panels = ((axes[0], _bg_ood, 'pure-background cells labelled OOD by Eq. 12 (%)', 'Does the sampler find the background?'),
+              (axes[1], _pid_gap, "head's P(ID), object cells − background cells (points)",
+               'Does the OOD head separate them?'))
     for c in d['cells'].values():
         filled = c['scale'] == 'paper'
         kw = dict(marker=markers.get(c['backbone'], '^'), s=55, edgecolors=colours[c['background']],
                   facecolors=colours[c['background']] if filled else 'none', linewidths=1.6)
-        axes[0].scatter(100 * _bg_ood(c), 100 * _avg(c, 'ssod'), **kw)
-    axes[0].set_xlabel('pure-background cells labelled OOD by Eq. 12 (%)')
-    axes[0].set_ylabel('SSOD average FPR95 (%) ↓')
-    axes[0].set_title('Does the sampler find the background?')
+        for ax, get, _, _ in panels:
+            if get(c) is not None:
+                ax.scatter(100 * get(c), 100 * _avg(c, 'ssod'), **kw)
+    cells = list(d['cells'].values())
+    for ax, get, xlabel, title in panels:
+        r = _pearson([get(c) for c in cells], [_avg(c, 'ssod') for c in cells])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('SSOD average FPR95 (%) ↓')
+        ax.set_title(title + ('' if r is None else f' (r = {r:+.2f})'), fontsize=10)
     handles = [plt.Line2D([], [], color=v, marker='o', ls='', label=k) for k, v in colours.items()]
     handles += [plt.Line2D([], [], color='grey', marker=m, ls='', mfc='none', label=k) for k, m in markers.items()]
     handles += [plt.Line2D([], [], color='grey', marker='o', ls='', label='paper scale (filled)'),
@@ -404,12 +434,12 @@ def regime_figure(d, path):
             series[name].append(100 * _mean([_avg(c, row) for c in cells]))
     width = 0.27
     for i, (name, vals) in enumerate(series.items()):
-        axes[1].bar([x + (i - 1) * width for x in range(len(labels))], vals, width, label=name)
-    axes[1].set_xticks(range(len(labels)))
-    axes[1].set_xticklabels(labels, fontsize=7)
-    axes[1].set_ylabel('average FPR95 (%) ↓, mean over seeds')
-    axes[1].set_title('SSOD vs the best post-hoc baselines')
-    axes[1].legend(fontsize=7)
+        axes[2].bar([x + (i - 1) * width for x in range(len(labels))], vals, width, label=name)
+    axes[2].set_xticks(range(len(labels)))
+    axes[2].set_xticklabels(labels, fontsize=6)
+    axes[2].set_ylabel('average FPR95 (%) ↓, mean over seeds')
+    axes[2].set_title('SSOD vs the best post-hoc baselines', fontsize=10)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
