@@ -47,13 +47,13 @@ import numpy as np
 import timm
 import torch
 
-from timm_ssod.checkpoint import atomic_write_text
+from timm_ssod._util import atomic_write_text
 from timm_ssod.conformal import min_calibration_size
 from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.protocol import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
+from timm_ssod.experiments import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # CPU-sized versions of the Table-6 families: 64-px images, a 4x4 map where the backbone allows

@@ -55,10 +55,10 @@ import numpy as np
 import timm
 import torch
 
-from timm_ssod.checkpoint import atomic_write_text
+from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.protocol import evaluate_checkpoint, remove_checkpoints, run_protocol, sampler_alignment, train_stage
+from timm_ssod.experiments import evaluate_checkpoint, remove_checkpoints, run_protocol, sampler_alignment, train_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

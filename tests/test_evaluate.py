@@ -15,11 +15,11 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 import timm_ssod
 from timm_ssod.data import ImageFolderOOD, SyntheticDataset, write_image_folder
 from timm_ssod.detectors import compute_outputs, create_detector
-from timm_ssod.evaluate import (AVERAGE, EvalScores, NonFiniteOutputError, evaluate, main, subsample_indices,
+from timm_ssod.evaluate._evaluate import (AVERAGE, EvalScores, NonFiniteOutputError, evaluate, main, subsample_indices,
                                 summarize)
 from timm_ssod.metrics import accuracy, ood_metrics
-from timm_ssod.model_card import eval_table, load_eval_results
-from timm_ssod.report import format_table, result_rows, write_results
+from timm_ssod.hub._card import eval_table, load_eval_results
+from timm_ssod.evaluate import format_table, result_rows, write_results
 
 IMG = 64  # resnet18 -> 2x2 feature map
 N_FIT, N_ID, N_A, N_B = 16, 12, 8, 16
@@ -228,7 +228,7 @@ NEW_BASELINES = ('rmds', 'gen', 'fdbd', 'scale', 'ash_s', 'ash_b', 'nnguide', 's
 def test_new_baselines_run_by_name_not_by_default():
     """The issue-12 baselines are in the registry, so the harness and `--detectors` take them by
     name; the default set is an explicit list: of them only RMDS and GEN (single pass, any backbone)."""
-    from timm_ssod.cli_eval import _detector_names
+    from timm_ssod.cli._eval import _detector_names
     from timm_ssod.evaluate import DEFAULT_DETECTORS
     assert DEFAULT_DETECTORS == ALL and set(NEW_BASELINES) & set(DEFAULT_DETECTORS) == {'rmds', 'gen'}
     assert _detector_names(['rmds,gen', 'dice']) == ['rmds', 'gen', 'dice']

@@ -282,7 +282,7 @@ def test_unreachable_hub_answers_from_the_cache_or_fails_at_once(monkeypatch, tm
     decides first; then the cache answers, or a clear error comes at once."""
     import time
     from safetensors.torch import save as safetensors_bytes
-    from timm_ssod.factory import PretrainedWeightsError
+    from timm_ssod.hub import PretrainedWeightsError
     torch.manual_seed(0)
     weights = timm.create_model('test_resnet').state_dict()
     with HubServer() as server:

@@ -19,10 +19,10 @@ import torch
 import yaml
 
 from timm_ssod import train as train_mod
-from timm_ssod.checkpoint import (AtomicCheckpointSaver, NonFiniteWeightsError, OutputDirError, check_output_dir,
+from timm_ssod.checkpoints import (AtomicCheckpointSaver, NonFiniteWeightsError, OutputDirError, check_output_dir,
                                   resolve_resume)
-from timm_ssod.train_args import parse_args
-from timm_ssod.train_loop import NonFiniteLossError
+from timm_ssod.train import parse_args
+from timm_ssod.train import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
@@ -117,9 +117,8 @@ def test_best_checkpoint_by_fpr95_is_the_lowest(tmp_path):
 
 def test_amp_bf16_channels_last_accumulation_ema_compile_and_push(tmp_path, monkeypatch):
     pushed = []
-    fake_hub = types.ModuleType('timm_ssod.hub_push')  # the Hub module is tested on its own
-    fake_hub.push_training_run = lambda out, repo: pushed.append((out, repo))
-    monkeypatch.setitem(sys.modules, 'timm_ssod.hub_push', fake_hub)
+    import timm_ssod.hub  # the Hub module is tested on its own
+    monkeypatch.setattr(timm_ssod.hub, 'push_training_run', lambda out, repo: pushed.append((out, repo)))
     result = train(base_argv(tmp_path) + ['--experiment', 'x', '--amp', '--amp-dtype', 'bfloat16',
                                           '--channels-last', '--grad-accum-steps', '2', '--model-ema',
                                           '--model-ema-decay', '0.9', '--torchcompile', 'aot_eager',

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 import timm_ssod  # noqa: E402
 from timm_ssod import cli, visualize  # noqa: E402
 from timm_ssod.data import SyntheticDataset, write_image_folder  # noqa: E402
-from timm_ssod.sampler import sample_patches  # noqa: E402
+from timm_ssod.core import sample_patches  # noqa: E402
 
 IMG = 96  # resnet18 -> a 3x3 map
 PANEL_PX, LEGEND_PX = round(visualize.PANEL_INCHES * visualize.DPI), round(visualize.LEGEND_INCHES * visualize.DPI)

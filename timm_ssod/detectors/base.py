@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..layout import merge_heads
-from ..model import is_ssod_model
+from ..core import merge_heads
+from ..core import is_ssod_model
 
 __all__ = ['ModelOutputs', 'compute_outputs', 'apply_classifier', 'collect_outputs',
            'Detector', 'NotFittedError', 'NotApplicableError']

@@ -14,7 +14,7 @@ the log, so the log-odds are finite (they saturate near +16.6, far inside the ID
 """
 import torch
 
-from ..posterior import id_probability
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 from .energy import energy_score
 from .ssod import require_ood_logits

@@ -8,7 +8,7 @@ Computed by ``timm_ssod.posterior.id_probability``. Needs an SSOD model (one wit
 """
 import torch
 
-from ..posterior import id_probability
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 
 

@@ -11,7 +11,7 @@ on ID images (``fit(model, loader)``), as KNN or Mahalanobis do.
 """
 import torch
 
-from ..posterior import id_probability
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 from .energy import energy_score
 from .ssod import require_ood_logits

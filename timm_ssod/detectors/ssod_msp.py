@@ -6,7 +6,7 @@
 Computed by ``timm_ssod.posterior.unified_posterior``; the (M+1)-th column, "unknown",
 is left out. Needs an SSOD model.
 """
-from ..posterior import unified_posterior
+from ..core import unified_posterior
 from .base import Detector, ModelOutputs
 from .ssod import require_ood_logits
 

@@ -14,8 +14,8 @@ Needs an SSOD model; reads ``model.forward_ssod(x).patch_ood_logits``, so it sco
 """
 import torch
 
-from ..model import is_ssod_model
-from ..posterior import id_probability
+from ..core import is_ssod_model
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 
 
