@@ -234,6 +234,17 @@ def test_unknown_eval_metric_is_an_error_before_training(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize('detector', ['ssod', 'energy_ssod'])
+def test_no_ssod_with_an_ood_head_detector_is_an_early_error_naming_it(tmp_path, capsys, detector):
+    """Every detector that reads the OOD head (``needs_ood_head``), not only names starting with
+    'ssod': energy_ssod used to pass the check and fail late with an uncaught ValueError."""
+    code = train_mod.run([str(a) for a in base_argv(tmp_path)] + ['--no-ssod', '--ood-val', 'noise=synthetic/noise',
+                                                                 '--ood-val-detectors', detector])
+    err = capsys.readouterr().err
+    assert code == 1 and f'--ood-val-detectors {detector} needs the OOD head' in err and '--no-ssod' in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_mixup_is_allowed_for_the_vanilla_baseline():
     args, _ = parse_args(['--no-ssod', '--mixup', '0.2', '--smoothing', '0.1'])
     assert not args.ssod and args.mixup == 0.2

@@ -117,7 +117,7 @@ def _evaluate(args) -> int:
     from ..detectors import DETECTORS
     from ..evaluate._data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, dataset_num_classes,
                             default_ood_specs, is_synthetic, make_loader, same_folder)
-    from ..evaluate import DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
+    from ..evaluate import DEFAULT_DETECTORS, evaluate
     from ..data import class_names, folder_summary, model_class_map
     from ..core import label_names
     from ..evaluate import format_table, plot_histograms, write_results
@@ -125,9 +125,10 @@ def _evaluate(args) -> int:
     names = _detector_names(args.detectors)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model, info = load_model_of_args(args, args.model, args.checkpoint, pretrained=args.pretrained)
-    if names and not info['ssod'] and any(n in SSOD_DETECTORS for n in names):
+    needs_head = [n for n in names or () if DETECTORS[n].needs_ood_head]
+    if needs_head and not info['ssod']:
         why = '; '.join(info['notes']) or '--no-ssod'
-        raise EvalDataError(f'--detectors {", ".join(n for n in names if n in SSOD_DETECTORS)} need an SSOD model, '
+        raise EvalDataError(f'--detectors {", ".join(needs_head)} need an SSOD model, '
                             f'and this one is plain ({why})')
     names = names or list(DEFAULT_DETECTORS)
     out_dir = _output_dir(args, info['model'])
@@ -169,7 +170,7 @@ def _evaluate(args) -> int:
         ood_sets = {k: cut(v, len(id_set), args.seed) for k, v in ood_sets.items()}
 
     fit_loader = None
-    if any(DETECTORS[n].needs_fit for n in names if info['ssod'] or n not in SSOD_DETECTORS):
+    if any(DETECTORS[n].needs_fit for n in names if info['ssod'] or not DETECTORS[n].needs_ood_head):
         fit_set = build_id_dataset(args.dataset, args.data_dir, args.fit_split, num_classes, dataset_kwargs)
         if split_fit is not None:
             print(f'Fit data: {folder_summary(fit_set, split_fit)}')

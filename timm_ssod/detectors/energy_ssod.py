@@ -35,6 +35,7 @@ def id_log_odds(ood_logits: torch.Tensor) -> torch.Tensor:
 
 class EnergySSOD(Detector):
     """``energy + weight * log-odds(P(ID | x))`` (module docstring); no fit."""
+    needs_ood_head = True
     name = 'energy_ssod'
 
     def __init__(self, weight: float = 1.0, temperature: float = 1.0):

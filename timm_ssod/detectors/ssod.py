@@ -21,6 +21,7 @@ def require_ood_logits(outputs: ModelOutputs, name: str) -> torch.Tensor:
 
 class SSOD(Detector):
     """P(ID | x) from the SSOD OOD head; no fit."""
+    needs_ood_head = True
     name = 'ssod'
 
     def _score(self, outputs: ModelOutputs):

@@ -25,6 +25,7 @@ def empirical_cdf(sorted_ref: torch.Tensor, values: torch.Tensor) -> torch.Tenso
 
 class SSODEnergyRank(Detector):
     """``min(F_ssod, F_energy)`` (module docstring); fit on ID data."""
+    needs_ood_head = True
     name = 'ssod_energy_rank'
     needs_fit = True
 

@@ -13,6 +13,7 @@ from .ssod import require_ood_logits
 
 class SSODMSP(Detector):
     """Max over the M known classes of the unified posterior; no fit."""
+    needs_ood_head = True
     name = 'ssod_msp'
 
     def _score(self, outputs: ModelOutputs):

@@ -26,6 +26,7 @@ def patch_max_score(patch_ood_logits: torch.Tensor) -> torch.Tensor:
 
 class SSODPatchMax(Detector):
     """Max over feature-map locations of P(ID | location); no fit."""
+    needs_ood_head = True
     name = 'ssod_patch_max'
     needs_inputs = True
 

@@ -121,7 +121,7 @@ def resolve_detectors(model: nn.Module, detectors: Sequence[Union[str, Detector]
         if det.name in seen:
             raise ValueError(f'detector {det.name!r} is listed twice')
         seen.add(det.name)
-        if det.name in SSOD_DETECTORS and not is_ssod_model(model):
+        if det.needs_ood_head and not is_ssod_model(model):
             skipped[det.name] = 'plain model: no OOD head (SSOD detectors need an SSOD model)'
         elif det.needs_fit and not det.is_fitted and not with_fit_data:
             skipped[det.name] = 'needs ID training data to fit (fit_loader) and none was given'

@@ -31,7 +31,7 @@ from timm.data import create_loader, create_transform, resolve_data_config
 
 from .._util import atomic_write_text
 from ..data import DEFAULT_BACKGROUND, OOD_SETS, SyntheticDataset, create_dataset
-from ..detectors.registry import EXPERIMENTAL_DETECTORS
+from ..detectors.registry import DETECTORS, EXPERIMENTAL_DETECTORS
 from ..evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
 from ..evaluate import load_eval_model
 from ..core import ID_INDEX, OOD_INDEX, id_probability
@@ -44,7 +44,7 @@ __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results'
 _logger = logging.getLogger(__name__)
 
 BASELINES = tuple(d for d in DEFAULT_DETECTORS if d not in SSOD_DETECTORS)
-SSOD_ONLY = frozenset(SSOD_DETECTORS) | frozenset(EXPERIMENTAL_DETECTORS)  # need the OOD head
+SSOD_ONLY = frozenset(n for n, c in {**DETECTORS, **EXPERIMENTAL_DETECTORS}.items() if c.needs_ood_head)
 # how a (model, detector) pair is named in the combined table
 ROW_LABELS = {'ssod': '{det} (SSOD model)', 'vanilla': '{det} (vanilla model)'}
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm import utils
 from timm.models import model_parameters
 
-from ..core import ood_warmup_scale
+from ..core import merge_heads, ood_warmup_scale
 
 
 _logger = logging.getLogger('train')
@@ -290,7 +290,7 @@ def _score_loader(model, loader, detectors, args, device, amp_autocast, with_tar
                 logits = outputs.logits
             else:
                 logits = model(input)
-                logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+                logits = merge_heads(logits)  # distilled models: the mean of both heads, as everywhere else
         for d in detectors:
             scores[d.name].append(d.score_outputs(outputs)[:keep].float().cpu())
         if with_targets and keep:

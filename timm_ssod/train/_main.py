@@ -262,7 +262,7 @@ def _detectors(args) -> List:
         if d.needs_fit or d.needs_inputs:
             raise TrainConfigError(f'--ood-val-detectors {d.name}: only detectors without fit or input perturbation '
                              'can run during training; evaluate it afterwards with the evaluation harness')
-        if d.name.startswith('ssod') and not args.ssod:
+        if d.needs_ood_head and not args.ssod:
             raise TrainConfigError(f'--ood-val-detectors {d.name} needs the OOD head: not available with --no-ssod')
     return detectors
 
