@@ -24,7 +24,7 @@ import pickle
 import random
 import re
 import shutil
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -181,6 +181,19 @@ def _copy_into(src: str, f) -> None:
 
 
 # -- resume ----------------------------------------------------------------------------------
+def classifier_classes(arch: str, state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[int], Optional[str]]:
+    """``(number of classes, classifier weight key)`` of a checkpoint of timm model ``arch``, read
+    from its classifier weight (timm's ``pretrained_cfg['classifier']``); ``(None, None)`` if absent."""
+    import timm
+    classifier = timm.models.get_pretrained_cfg_value(arch, 'classifier') if timm.is_model(arch) else None
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    for name in names:
+        weight = state_dict.get(f'{name}.weight')
+        if weight is not None and weight.ndim >= 1:
+            return int(weight.shape[0]), f'{name}.weight'
+    return None, None
+
+
 def torch_load(path, mmap: bool = False):
     """The one ``torch.load`` of this package: on the CPU, ``weights_only=True`` (tensors and plain
     containers, never arbitrary objects), plus ``argparse.Namespace``, in which timm's own

@@ -27,6 +27,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Type
 from timm.data import ImageDataset
 from timm.data.dataset_factory import _search_split  # timm's own split lookup, so both agree
 
+from .._util import first_line
 from .factory import create_dataset
 from .folders import image_extensions
 from ._ood_specs import is_synthetic, unknown_torch_dataset
@@ -156,11 +157,6 @@ def class_names(dataset) -> Optional[List[str]]:
     return [c for _, c in by_index]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'.rstrip(': ')
-
-
 def create_id_dataset(name: str, root: Optional[str], split: str, *, error: Type[Exception] = ValueError,
                       download: bool = False, download_hint: str = 'pass --dataset-download', **kwargs):
     """``timm_ssod.data.create_dataset`` of ID data, with the errors and folder behaviour of the
@@ -180,13 +176,13 @@ def create_id_dataset(name: str, root: Optional[str], split: str, *, error: Type
         dataset = create_dataset(name, root=root, split=split, download=download, **kwargs)
     except RuntimeError as e:
         if 'download=True' in str(e) or 'not found' in str(e).lower():
-            raise error(f'{name} was not found in {root!r} ({_first_line(e)}); {download_hint} to download it '
+            raise error(f'{name} was not found in {root!r} ({first_line(e)}); {download_hint} to download it '
                         '(needs internet), or copy its files there') from e
         raise
     except OSError as e:  # urllib's URLError, socket errors ... while downloading
         if not download:
             raise
-        raise error(f'downloading {name} into {root!r} failed ({_first_line(e)}). Without internet, download it on '
+        raise error(f'downloading {name} into {root!r} failed ({first_line(e)}). Without internet, download it on '
                     f'another machine, copy it into {root!r} and run again without the download option') from e
     if os.path.isdir(str(root or '')) and is_image_folder(name):
         name_skipped_files(dataset)

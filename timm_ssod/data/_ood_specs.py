@@ -14,6 +14,7 @@ import ast
 import os
 from typing import Any, Dict, NamedTuple, Optional, Type
 
+from .._util import first_line
 from .factory import create_dataset, parse_synthetic_name
 from .folders import ImageFolderOOD
 
@@ -91,7 +92,7 @@ def open_ood_set(ood: OODSpec, flag: str, root: Optional[str], split: str,
                 raise
             raise error(f'{flag} {ood.spec!r}: {ood.target} ' + (
                 f'could not be downloaded into {root!r}' if download else f'was not found in {root!r}') +
-                f' ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}). Download '
+                f' ({first_line(e)}). Download '
                 'it first (timm-ssod train --dataset-download needs internet), or give the images as a folder') from e
     raise error(f'{flag} {ood.spec!r}: {ood.target!r} is not an existing folder, synthetic/<set> or a timm dataset '
                 f'name ({", ".join(p + "/..." for p in TIMM_PREFIXES)})')

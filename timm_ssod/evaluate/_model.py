@@ -22,6 +22,8 @@ import torch.nn as nn
 from timm.models import clean_state_dict, parse_model_name
 from timm.utils import ParseKwargs
 
+from .._util import first_line
+from ..checkpoints import classifier_classes, torch_load
 from ..hub import create_model, unknown_model_message
 from ..hub._files import OOD_HEAD_PREFIX, CheckpointError, load_safetensors
 from ..core import set_label_names
@@ -42,13 +44,12 @@ def read_checkpoint(path: str, use_ema: bool = True) -> Tuple[Dict[str, torch.Te
     if str(path).endswith('.safetensors'):
         return load_safetensors(path), {}, 'safetensors'
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = torch_load(path)
     except FileNotFoundError:
         raise FileNotFoundError(f'--checkpoint {path!r}: no such file') from None
     except Exception as e:  # UnpicklingError (forbidden globals), RuntimeError / EOFError (broken file)
         raise CheckpointError(f'checkpoint {path!r} could not be read with torch.load(weights_only=True): '
-                              f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
+                              f'{first_line(e)}') from e
     if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
         key = 'state_dict_ema' if use_ema and isinstance(ckpt.get('state_dict_ema'), dict) else 'state_dict'
         args = ckpt.get('args') or {}
@@ -58,17 +59,6 @@ def read_checkpoint(path: str, use_ema: bool = True) -> Tuple[Dict[str, torch.Te
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         return clean_state_dict(ckpt), {}, 'state_dict'
     raise CheckpointError(f'checkpoint {path!r} holds neither a state dict nor a dict with "state_dict"')
-
-
-def _classifier_classes(arch: str, state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[int], Optional[str]]:
-    """(number of classes, classifier key) read from the checkpoint's classifier weight."""
-    classifier = timm.models.get_pretrained_cfg_value(arch, 'classifier') if timm.is_model(arch) else None
-    names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
-    for name in names:
-        weight = state_dict.get(f'{name}.weight')
-        if weight is not None and weight.ndim >= 1:
-            return int(weight.shape[0]), f'{name}.weight'
-    return None, None
 
 
 def _ood_hidden(state_dict) -> int:
@@ -101,7 +91,7 @@ def _from_checkpoint(name, path, ssod, use_ema, num_classes, model_kwargs, info)
     ssod = ssod and has_ood
     if not ssod:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(OOD_HEAD_PREFIX)}
-    ckpt_classes, classifier_key = _classifier_classes(name, state_dict)
+    ckpt_classes, classifier_key = classifier_classes(name, state_dict)
     if num_classes and ckpt_classes and num_classes != ckpt_classes:
         raise EvalModelError(f'checkpoint {path!r} has {ckpt_classes} classes ({classifier_key} is '
                              f'{tuple(state_dict[classifier_key].shape)}) but --num-classes {num_classes} was given')

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .._util import atomic_write_text
+from .._util import atomic_write, atomic_write_text
 from ._evaluate import AVERAGE, SSOD_DETECTORS
 
 __all__ = ['format_table', 'result_rows', 'write_results', 'best_baseline', 'plot_histograms', 'CSV_FIELDS']
@@ -147,8 +147,6 @@ def plot_histograms(scores, result: Dict, out_dir: str, detectors: Optional[List
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f'hist_{_file_name(set_name)}.png')
-        tmp = os.path.join(out_dir, f'.hist_{_file_name(set_name)}.{os.getpid()}.png')
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=110))
         paths.append(path)
     return paths

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
 
-from ..checkpoints import CheckpointError, torch_load
+from ..checkpoints import CheckpointError, classifier_classes, torch_load
 from .._util import first_line
 from ..core import set_label_names
 from ._factory import create_model
@@ -36,8 +36,7 @@ _DATA_ARGS = ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolatio
 def load_training_checkpoint(path) -> Dict[str, Any]:
     """The checkpoint dict, read with ``torch.load(weights_only=True)`` (plus argparse.Namespace)."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = torch_load(path)
     except FileNotFoundError:
         raise
     except Exception as e:
@@ -46,16 +45,6 @@ def load_training_checkpoint(path) -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('state_dict'), dict):
         raise CheckpointError(f'{path} is not a training checkpoint (a dict with a state_dict)')
     return ckpt
-
-
-def _num_classes(arch: str, state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
-    classifier = timm.models.get_pretrained_cfg_value(arch, 'classifier')
-    names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
-    for name in names:
-        weight = state_dict.get(f'{name}.weight')
-        if weight is not None:
-            return int(weight.shape[0])
-    return None
 
 
 def model_from_checkpoint(path, use_ema: bool = True, model_kwargs: Optional[Dict] = None
@@ -79,7 +68,7 @@ def model_from_checkpoint(path, use_ema: bool = True, model_kwargs: Optional[Dic
         ssod_cfg = {k: args[a] for k, a in (('gamma', 'gamma'), ('lam', 'ood_lambda'), ('balance', 'balance'),
                                             ('ood_weight', 'ood_weight')) if args.get(a) is not None}
     input_size = args.get('input_size')
-    kwargs = dict(num_classes=_num_classes(arch, state_dict) or args.get('num_classes'), global_pool=args.get('gp'),
+    kwargs = dict(num_classes=classifier_classes(arch, state_dict)[0] or args.get('num_classes'), global_pool=args.get('gp'),
                   bn_momentum=args.get('bn_momentum'), bn_eps=args.get('bn_eps'),
                   in_chans=args.get('in_chans') or (input_size[0] if input_size else None))
     kwargs.update(args.get('model_kwargs') or {})
@@ -90,7 +79,7 @@ def model_from_checkpoint(path, use_ema: bool = True, model_kwargs: Optional[Dic
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise CheckpointError(f'{key} of {path} does not fit the rebuilt {arch} ({kwargs}); pass model_kwargs= '
-                              f'to correct the arguments: {str(e).splitlines()[0]}') from e
+                              f'to correct the arguments: {first_line(e)}') from e
     model.ssod_cfg.update({k: v for k, v in ssod_cfg.items() if k not in ('backbone', 'num_features')})
     names = ckpt.get('label_names')
     if isinstance(names, (list, tuple)) and len(names) == model.num_classes:  # timm-ssod train's class names
