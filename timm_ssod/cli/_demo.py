@@ -4,7 +4,7 @@
     timm-ssod demo --quick              # tiny model and data, every step in seconds (the tests)
     timm-ssod demo --backbone resnet18 --seed 1 --output output/demo-r18
 
-Runs ``timm_ssod.protocol.run_protocol``: a short vanilla stage from scratch (no pretrained
+Runs ``timm_ssod.experiments.run_protocol``: a short vanilla stage from scratch (no pretrained
 weights can be downloaded here), then a vanilla and an SSOD fine-tune with the same budget
 and seed, then the evaluation harness on the ID test split and all built-in OOD sets
 (backgrounds, novel_objects, noise, textures). Prints the paper-style table (FPR95 / AUROC

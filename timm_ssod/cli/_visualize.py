@@ -6,7 +6,7 @@
   (Eq. 12) as a grid: ID green, OOD red, ignored grey, and for SSOD models the per-location
   P(ID) of the OOD head (Eq. 15 at every location).
 * Fig. 6 (``hist_<set>.png``, with ``--hist``): ID-vs-OOD score histograms, per model its SSOD
-  score and its best of ``--hist-detectors`` (``timm_ssod.report.plot_histograms``).
+  score and its best of ``--hist-detectors`` (``timm_ssod.evaluate.plot_histograms``).
 
     # the first 4 test images of the built-in benchmark, a vanilla and an SSOD run side by side
     timm-ssod visualize --checkpoint output/demo/finetune_vanilla/last.pth.tar \\
@@ -22,7 +22,7 @@ split defaults to the test split (an image folder: ``test/``, else ``val/``); on
 read the training images (timm reads the whole folder when the split's sub-folder is missing)
 is an error. Class names: the model's (its training folder's), else the dataset's.
 
-Models load as in ``timm-ssod eval`` (``timm_ssod.eval_model``); ``--compare`` takes a checkpoint
+Models load as in ``timm-ssod eval`` (``timm_ssod.evaluate``); ``--compare`` takes a checkpoint
 file or a model name (``local-dir:PATH``, ``hf-hub:org/name``). gamma: ``--gamma``, else the
 model's ``ssod_cfg``, else the training run's ``--gamma``, else 0.95. matplotlib is an optional
 dependency: ``pip install "timm-ssod[plot]"``.

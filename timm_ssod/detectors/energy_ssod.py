@@ -9,7 +9,7 @@ the energy (a log-density) gives, for w = 1, ``log`` of the energy's unnormalise
 times the odds of being ID. ``w`` trades the two; choose it on validation data, never on
 the test sets (``benchmarks/quality.py`` does). Needs an SSOD model; no fit.
 
-p is ``timm_ssod.posterior.id_probability`` (float32), clamped to [tiny, 1 - 2^-24] before
+p is ``timm_ssod.core.id_probability`` (float32), clamped to [tiny, 1 - 2^-24] before
 the log, so the log-odds are finite (they saturate near +16.6, far inside the ID side).
 """
 import torch

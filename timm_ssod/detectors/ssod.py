@@ -3,7 +3,7 @@
     score(x) = P(ID | x) = sigmoid(l_id - l_ood),   (l_ood, l_id) = f_ood(GAP(h(x)))
 
 "Image Background Serves as Good Proxy for Out-of-distribution Data", ICLR 2024.
-Computed by ``timm_ssod.posterior.id_probability``. Needs an SSOD model (one with
+Computed by ``timm_ssod.core.id_probability``. Needs an SSOD model (one with
 ``forward_ood_head``).
 """
 import torch

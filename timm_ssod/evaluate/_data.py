@@ -4,7 +4,7 @@ ID data: ``synthetic/id`` (the built-in benchmark, ``timm_ssod.data``) or any ti
 spec: ``''`` for an image folder (``--data-dir`` with ``train/`` and ``val/`` sub-folders, as
 timm searches them), ``torch/cifar10``, ``hfds/...`` ...
 
-``--ood NAME=SPEC`` (``timm_ssod.ood_specs``): ``synthetic/<set>``, drawn from the evaluation
+``--ood NAME=SPEC`` (``timm_ssod.data``): ``synthetic/<set>``, drawn from the evaluation
 split with the ID set's synthetic options (image size, seed); a folder (every image under it,
 any layout); a timm dataset name (``torch/cifar100`` ...), read from ``--data-dir`` with the
 evaluation split; optionally ``?KEY=VALUE&...`` options for the set.

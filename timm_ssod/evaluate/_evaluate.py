@@ -4,7 +4,7 @@ images and the same metrics (``timm_ssod.metrics``), as in the paper's Tables 1-
 Python API::
 
     from timm_ssod.evaluate import evaluate
-    from timm_ssod.report import format_table, write_results
+    from timm_ssod.evaluate import format_table, write_results
 
     result = evaluate(model, id_loader, {'textures': tex_loader, 'noise': noise_loader},
                       fit_loader=train_loader)   # ID training data, for the detectors that fit
@@ -33,7 +33,7 @@ without labels gives ``id_accuracy = None``). What ``evaluate`` does:
    ``subsample_indices(n, k, seed)``, the same images for every detector.
 
 The result is JSON-serialisable; its ``{"id_accuracy", "results": {detector: {ood_set:
-{"fpr95", "auroc", "aupr_in", "aupr_out"}}}}`` part is what ``timm_ssod.model_card`` reads::
+{"fpr95", "auroc", "aupr_in", "aupr_out"}}}}`` part is what ``timm_ssod.hub`` reads::
 
     {"model": "resnet18", "num_classes": 6, "id_accuracy": 0.94, "num_id": 600,
      "num_ood": {"noise": 600}, "num_used": {"noise": {"id": 600, "ood": 600}},
@@ -43,10 +43,10 @@ The result is JSON-serialisable; its ``{"id_accuracy", "results": {detector: {oo
      "skipped": {"ssod": "plain model: no OOD head"}, "notes": ["..."]}
 
 ``evaluate(..., return_scores=True)`` also returns the raw scores (``EvalScores``), for the
-histograms of ``timm_ssod.report.plot_histograms``; ``compute_scores`` + ``summarize`` are
+histograms of ``timm_ssod.evaluate.plot_histograms``; ``compute_scores`` + ``summarize`` are
 the two halves of ``evaluate``.
 
-Command line: ``timm-ssod eval`` / ``python -m timm_ssod.evaluate`` (``timm_ssod.cli_eval``).
+Command line: ``timm-ssod eval`` / ``python -m timm_ssod.evaluate`` (``timm_ssod.cli._eval``).
 """
 import sys
 import time

@@ -1,7 +1,7 @@
 """Measuring calibrated decisions: does the ID rejection rate hold alpha on test data, and how
 many OOD images does each score catch at that alpha?
 
-    from timm_ssod.decision_benchmark import measure_decisions, format_decisions
+    from timm_ssod.experiments import measure_decisions, format_decisions
     result = measure_decisions(model, fit_loader, calib_loader, test_loader, {'noise': noise_loader, ...},
                                detectors=('ssod', 'mahalanobis', 'energy', 'ssod_fused'))
     print(format_decisions(result))

@@ -139,7 +139,7 @@ def decisions_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]
                          num_test: int = 600, num_ood: int = 600, alphas: Sequence[float] = (0.01, 0.05, 0.1),
                          batch_size: int = 128, render_size: Optional[int] = None,
                          background: str = DEFAULT_BACKGROUND) -> Dict:
-    """Calibrated decisions on one checkpoint (``timm_ssod.decision_benchmark.measure_decisions``):
+    """Calibrated decisions on one checkpoint (``timm_ssod.experiments.measure_decisions``):
     detectors fitted on ``num_fit`` ID training images, calibrated on ``num_calib`` ID *validation*
     images, the ID rejection rate at each alpha measured on the ID test split (never used for
     either), and the share of each OOD set's test split caught. The same images and transforms

@@ -15,7 +15,7 @@ model of the backbone, which stock timm loads without this package, plus one fil
   ``num_features``, ``ood_hidden``, and whatever training added: ``gamma``, ``lam``,
   ``balance`` ...), ``"weights": "ssod.safetensors"`` and, once calibrated, ``"calibration"``
   (detector, alpha, n, threshold, class count, input size; ``timm_ssod.calibration``).
-* ``README.md``: the model card (``model_card.py``), generated, never hand-written.
+* ``README.md``: the model card (``hub/_card.py``), generated, never hand-written.
 
 Loading, ``timm_ssod.create_model('hf-hub:...' | 'local-dir:...')`` reads ``config.json`` first:
 
@@ -48,7 +48,7 @@ is refused unless ``allow_pickle=True`` is passed (then ``torch.load(weights_onl
 config.json cannot reach; a direct ``timm.create_model(..., allow_pickle=True)`` is honoured
 unless config.json's ``model_args`` also holds ``allow_pickle``). A saved calibration names
 its detector, which is looked up in the detector registry; its state is numbers and tensors.
-No code from a repo is imported or executed. See ``hub_files.py`` for the errors.
+No code from a repo is imported or executed. See ``hub/_files.py`` for the errors.
 """
 import json
 import logging

@@ -1,7 +1,7 @@
 """From a training run to the Hub: rebuild the SSOD model from a training checkpoint and push it.
 
 A training checkpoint (``model_best.pth.tar`` / ``last.pth.tar``, written by timm's
-``CheckpointSaver`` or ``timm_ssod.checkpoint.AtomicCheckpointSaver``) is a dict with
+``CheckpointSaver`` or ``timm_ssod.checkpoints.AtomicCheckpointSaver``) is a dict with
 ``state_dict`` (and ``state_dict_ema``), ``arch``, ``args`` (a plain dict, or timm's
 ``argparse.Namespace``) and, from ``timm-ssod train``, ``ssod_cfg`` and ``label_names`` (the
 class names of the training data). It is read with ``torch.load(weights_only=True)``;

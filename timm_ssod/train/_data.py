@@ -7,7 +7,7 @@ reach the dataset constructor (``num_images``, ``img_size``, ``seed`` for synthe
 
 ``--ood-val NAME=SPEC``: ``synthetic/<set>`` (with the validation split and its synthetic
 options), a folder or a timm dataset name (``torch/cifar100``, read from ``--data-dir`` with
-``--val-split``), optionally ``?KEY=VALUE&...`` options (``timm_ssod.ood_specs``).
+``--val-split``), optionally ``?KEY=VALUE&...`` options (``timm_ssod.data``).
 """
 import logging
 import os
