@@ -15,8 +15,8 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 import timm_ssod
 from timm_ssod.data import ImageFolderOOD, SyntheticDataset, write_image_folder
 from timm_ssod.detectors import compute_outputs, create_detector
-from timm_ssod.evaluate._evaluate import (AVERAGE, EvalScores, NonFiniteOutputError, evaluate, main, subsample_indices,
-                                summarize)
+from timm_ssod.cli._eval import main
+from timm_ssod.evaluate import AVERAGE, EvalScores, NonFiniteOutputError, evaluate, subsample_indices, summarize
 from timm_ssod.metrics import accuracy, ood_metrics
 from timm_ssod.hub._card import eval_table, load_eval_results
 from timm_ssod.evaluate import format_table, result_rows, write_results

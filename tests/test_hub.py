@@ -136,7 +136,7 @@ def test_atomic_save_replaces_files_only_when_complete(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         raise RuntimeError('disk full')
-    monkeypatch.setattr('timm_ssod.hub.render_model_card', broken)
+    monkeypatch.setattr('timm_ssod.hub._hub.render_model_card', broken)
     with pytest.raises(RuntimeError, match='disk full'):
         other.save_pretrained(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched
