@@ -16,10 +16,10 @@ from PIL import Image
 
 import timm_ssod
 from timm_ssod import SSODLoss
-from timm_ssod import train as train_mod
+from timm_ssod.train import _main as train_mod
 from timm_ssod.checkpoints import load_training_state, resolve_resume
 from timm_ssod.evaluate import read_checkpoint
-from timm_ssod.evaluate._evaluate import main as eval_main
+from timm_ssod.cli._eval import main as eval_main
 from timm_ssod.hub import CheckpointError
 from timm_ssod.hub._runs import load_training_checkpoint
 from timm_ssod.train import parse_args

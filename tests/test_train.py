@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from timm_ssod import train as train_mod
+from timm_ssod.train import _main as train_mod
 from timm_ssod.checkpoints import (AtomicCheckpointSaver, NonFiniteWeightsError, OutputDirError, check_output_dir,
                                   resolve_resume)
 from timm_ssod.train import parse_args
