@@ -97,6 +97,9 @@ def quality_tables(d):
     out.append(md_table(['Backbone', 'ID acc vanilla / SSOD', 'sampler: map, % ID/OOD/ign., bg → ID/OOD',
                          'best baseline'] + [f'{s}: SSOD vs best' for s in sets]
                         + [f"{r.split(' ')[0]} avg" for r in SSOD_ROWS[1:]], summary))
+    fused = fused_vs_single(d)
+    if fused:
+        out.append('\n' + fused)
     for name, b in d['backbones'].items():
         if 'summary' not in b:
             continue
@@ -108,6 +111,57 @@ def quality_tables(d):
         out.append(f"\n#### {name} ({cfg['img_size']} px, {cfg['model_kwargs'] or 'default'}), "
                    f"{len(b['runs'])} seed(s); energy_ssod weight chosen on validation: {weights}\n\n"
                    + md_table(['Detector'] + [f'{s} FPR95 / AUROC' for s in sets], table))
+    return '\n'.join(out)
+
+
+FUSED_ROW = 'ssod_fused (SSOD model)'
+# scores that combine others (not "single detectors" in the fused-vs-single comparison)
+COMBINED_ROWS = (FUSED_ROW, 'energy_ssod (SSOD model)', 'ssod_energy_rank (SSOD model)')
+
+
+def fused_vs_single(d):
+    """Per backbone: ``ssod_fused`` against the best single detector (lowest mean average FPR95
+    over every other row, either model), per OOD set and on average; then its calibrated
+    decisions (ID rejection on the test split vs alpha, OOD caught) when the JSON has them."""
+    sets = d['ood_sets'] + ['average']
+    rows_out, decisions = [], []
+    for name, b in d['backbones'].items():
+        rows = b.get('summary', {}).get('rows', {})
+        if FUSED_ROW not in rows:
+            continue
+        singles = [r for r in rows if r not in COMBINED_ROWS]
+        best = min(singles, key=lambda r: rows[r]['average']['fpr95']['mean'])
+        fused, single = rows[FUSED_ROW]['average']['fpr95']['mean'], rows[best]['average']['fpr95']['mean']
+        verdict = 'fused' if fused < single else 'single' if single < fused else 'tie'
+        rows_out.append([name, best] + [f"{pm(rows[FUSED_ROW][s]['fpr95'])} vs {pm(rows[best][s]['fpr95'])}"
+                                        for s in sets] + [verdict])
+        runs = [r['decisions'] for r in b['runs'] if r.get('decisions')]
+        if runs:
+            det = [r['detectors']['ssod_fused'] for r in runs]
+            cells = []
+            for a in runs[0]['alphas']:
+                key = f'{a:g}'
+                checks = [x['id_rejection'][key] for x in det]
+                cells.append(f"{pm(_stat([c['rate'] for c in checks]))} (≤ {pct(checks[0]['expected'])} ± "
+                             f"{pct(checks[0]['std'])}; {sum(c['within'] for c in checks)}/{len(checks)} within)")
+            caught = pm(_stat([x['average']['caught']['0.05'] for x in det])) if '0.05' in det[0]['average']['caught'] \
+                else '–'
+            decisions.append([name, f"{runs[0]['n_calibration']} / {runs[0]['n_test']}"] + cells + [caught])
+    if not rows_out:
+        return ''
+    out = ['FPR95 ↓ in percent: `ssod_fused` (SSOD + Mahalanobis + Energy through their ID p-values, Fisher; no '
+           'OOD data) vs the best single detector of the tables below (lowest mean average FPR95, either model, '
+           'picked on the test results: a favourable choice for the single detector).\n',
+           md_table(['Backbone', 'best single detector'] + [f'{s}: fused vs single' for s in sets] + ['lower average'],
+                    rows_out)]
+    if decisions:
+        alphas = [f'{a:g}' for a in d['backbones'][decisions[0][0]]['runs'][0]['decisions']['alphas']]
+        out += ['\nCalibrated decisions of `ssod_fused` (calibrated on the ID validation split, measured on the '
+                'ID test split, never used for calibration): the share of ID test images rejected at each alpha, '
+                'mean ± std over seeds, beside the conformal expectation k/(n+1) ± its standard error and how '
+                'many seeds stay within expectation + 3 std; and the mean share of OOD images caught at alpha 5%.\n',
+                md_table(['Backbone', 'calibration / test ID images'] + [f'ID rejected at α={a}' for a in alphas]
+                         + ['OOD caught at α=0.05'], decisions)]
     return '\n'.join(out)
 
 
@@ -250,6 +304,15 @@ def regime_tables(d):
     out.append('\nPer OOD set, FPR95 ↓ of SSOD / the best logit baseline / the best feature-space baseline '
                '(each best picked per set on the test results):\n')
     out.append(md_table(['background', 'scale', 'backbone'] + sets, per_set))
+    pooling = [[bg, scale, backbone] + [f"{pm(_stat([c['ssod'][s]['fpr95'] for c in cells]))} / "
+                                        f"{pm(_stat([c['ssod_patch_max'][s]['fpr95'] for c in cells]))}"
+                                        for s in sets + ['average']]
+               for (bg, scale, backbone), cells in groups.items() if all(c.get('ssod_patch_max') for c in cells)]
+    if pooling:
+        out.append('\nPooled head or best location? FPR95 ↓ of the SSOD score (Eq. 15: the OOD head on the pooled '
+                   'feature) / `ssod_patch_max` (the OOD head at every location, the image scored by its most-ID '
+                   'location), on the same SSOD model, in the cells that scored both:\n')
+        out.append(md_table(['background', 'scale', 'backbone'] + sets + ['average'], pooling))
     effects = factor_effects(d)
     cells = list(d['cells'].values())
     r = _pearson([_bg_ood(c) for c in cells], [_avg(c, 'ssod') for c in cells])
@@ -270,8 +333,10 @@ def regime_tables(d):
             continue
         s_, v_ = pair['ssod'], pair['vanilla']
         table = [['ssod (SSOD model)', pct(s_['id_accuracy'])] + [pct(s_['rows']['ssod'][x]['fpr95']) for x in sets + ['average']]]
-        table.append(['ssod_msp (SSOD model)', pct(s_['id_accuracy'])]
-                     + [pct(s_['rows']['ssod_msp'][x]['fpr95']) for x in sets + ['average']])
+        for det in ('ssod_msp', 'ssod_patch_max'):
+            if det in s_['rows']:
+                table.append([f'{det} (SSOD model)', pct(s_['id_accuracy'])]
+                             + [pct(s_['rows'][det][x]['fpr95']) for x in sets + ['average']])
         for label, best in (('best logit', v_['best_logit']), ('best feature', v_['best_feature'])):
             table.append([f"{label}: {best['average']['detector']} (vanilla model)", pct(v_['id_accuracy'])]
                          + [pct(v_['rows'][best['average']['detector']][x]['fpr95']) for x in sets + ['average']])
@@ -282,6 +347,32 @@ def regime_tables(d):
                    f" / ID {pct(a.get('labelled_id'), 0)}%\n\n"
                    + md_table(['detector', 'ID acc'] + [f'{x} FPR95' for x in sets] + ['average FPR95'], table))
     return '\n'.join(out)
+
+
+def probe_tables(d):
+    """The regime probe (``regime_probe.json``): per configuration, the head's mean per-location
+    P(ID) on ID object / background cells and on each OOD set's cells, and the AUROC of the three
+    aggregations of the locations."""
+    cells = list(d['cells'].values())
+    sets = d['ood_sets']
+    aggs = list(next(iter(cells[0]['probe']['ood'].values()))['auroc'])
+    rows = []
+    for c in cells:
+        p = c['probe']
+        ident = [c['background'], f"{c['scale']} ({'x'.join(map(str, c['grid']))})", c['backbone'], c['seed'],
+                 pct(c['id_accuracy']['ssod'])]
+        rows.append(ident + [f"{pct(p['id']['p_id_object_cells'], 0)} / {pct(p['id']['p_id_background_cells'], 0)}"]
+                    + [f"{pct(p['ood'][s]['p_id_all_cells'], 0)}: "
+                       + ' / '.join(pct(p['ood'][s]['auroc'][a], 0) for a in aggs) for s in sets])
+    return (f"### Probe of the OOD head, location by location\n\n"
+            f"Command: `{d.get('command', '').strip()}` (then `python benchmarks/make_tables.py --readme README.md`). "
+            f"Each configuration's SSOD fine-tune of the study repeated with the same stage 1, sizes and seed, then "
+            f"`timm_ssod.protocol.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
+            f"OOD set. In percent: the head's mean per-location P(ID) on ID object cells / ID pure-background cells; "
+            f"per OOD set, the mean per-location P(ID) over all its cells, then the AUROC ↑ (ID vs the set; 50 = "
+            f"chance, below 50 = the set looks *more* ID) of {' / '.join(aggs)}.\n\n"
+            + md_table(['background', 'scale (map)', 'backbone', 'seed', 'ID acc', 'P(ID) ID object / bg cells']
+                       + [f'{s}: P(ID) of cells: AUROC pooled / mean / max' for s in sets], rows))
 
 
 def regime_figure(d, path):
@@ -325,7 +416,7 @@ def regime_figure(d, path):
 
 
 SECTIONS = (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables),
-            ('regime', regime_tables))
+            ('regime', regime_tables), ('regime_probe', probe_tables))
 
 
 def block_pattern(name):

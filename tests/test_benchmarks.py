@@ -56,6 +56,23 @@ def test_quality_quick_writes_json(outputs):
     choice = b['runs'][0]['energy_ssod']
     assert choice['chosen_weight'] in d['weights'] and set(choice['test_mean_by_weight']) == set(map(str, d['weights']))
     assert set(b['summary']['id_accuracy']) == {'ssod', 'vanilla'}
+    # calibrated decisions: calibrated on the 20 val images (alpha 1% needs 99: not measured), tested on the test split
+    dec = b['runs'][0]['decisions']
+    assert dec['alphas'] == [0.05, 0.1] and dec['n_calibration'] == 20 and dec['n_test'] == 32
+    assert set(dec['detectors']) == {'ssod', 'mahalanobis', 'energy', 'ssod_fused'}
+    check = dec['detectors']['ssod_fused']['id_rejection']['0.05']
+    assert check['expected'] == 1 / 21 and check['rejected'] == round(check['rate'] * 32)
+
+
+def test_quality_rerun_skips_finished_runs_and_refuses_other_settings(outputs, tmp_path):
+    before = json.loads(outputs['quality'].read_text())
+    runs_dir = str(outputs['quality'].parent / 'quality_runs')
+    _script('quality').main(['--quick', '--out', str(outputs['quality']), '--runs-dir', runs_dir])
+    after = json.loads(outputs['quality'].read_text())
+    assert after['backbones']['test_resnet']['runs'] == before['backbones']['test_resnet']['runs']  # nothing retrained
+    with pytest.raises(SystemExit, match='other settings.*background'):
+        _script('quality').main(['--quick', '--background', 'smooth', '--out', str(outputs['quality']),
+                                 '--runs-dir', runs_dir])
 
 
 def test_ablations_quick_writes_json(outputs):
@@ -71,7 +88,8 @@ def test_make_tables_from_the_json(outputs, tmp_path):
     out = tmp_path / 'tables.md'
     text = _script('make_tables').main([*(f'--{k}={v}' for k, v in outputs.items()), '--out', str(out)])
     assert out.read_text() == text
-    for heading in ('### Cost of SSOD', '### Detection quality', '### Ablations of SSOD', 'energy_ssod (SSOD model)'):
+    for heading in ('### Cost of SSOD', '### Detection quality', '### Ablations of SSOD', 'energy_ssod (SSOD model)',
+                    'fused vs single', 'Calibrated decisions of `ssod_fused`'):
         assert heading in text
 
 
@@ -116,6 +134,22 @@ def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retrai
     assert '### SSOD in its own regime' in text and 'Main effects' in text and "Table-2 protocol" in text
     mt.regime_figure(d, tmp_path / 'regime.png')
     assert (tmp_path / 'regime.png').stat().st_size > 1000
+    # the probe repeats a cell's SSOD fine-tune on the same stage 1 (not retrained) and probes it location by location
+    import sys
+    sys.path.insert(0, str(BENCH))  # regime_probe imports regime's grid
+    try:
+        probe_out = tmp_path / 'probe.json'
+        _script('regime_probe').main(['natural/native/test_resnet', '--quick', '--num-images', '16',
+                                      '--out', str(probe_out), '--runs-dir', str(runs)])
+    finally:
+        sys.path.remove(str(BENCH))
+    captured = capsys.readouterr()
+    assert '[probe] natural/native/test_resnet/seed0' in captured.out and ': stage 1 (' not in captured.out + captured.err
+    p = json.loads(probe_out.read_text())['cells']['natural/native/test_resnet/seed0']['probe']
+    assert set(p['ood']) == set(d['ood_sets']) and 0.0 <= p['id']['p_id_all_cells'] <= 1.0
+    for v in p['ood'].values():
+        assert set(v['auroc']) == {'pooled head (Eq. 15)', 'mean of locations', 'most-ID location'}
+    assert '### Probe of the OOD head' in mt.probe_tables(json.loads(probe_out.read_text()))
 
 
 def test_readme_tables_are_the_committed_json():

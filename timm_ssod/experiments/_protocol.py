@@ -39,7 +39,7 @@ from ..evaluate import format_table, write_results
 from ..core import IGNORED, sample_patches, target_confidence
 
 __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
-           'remove_checkpoints', 'sampler_alignment', 'decisions_checkpoint', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
+           'remove_checkpoints', 'sampler_alignment', 'location_probe', 'decisions_checkpoint', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
 
 _logger = logging.getLogger(__name__)
 
@@ -197,6 +197,51 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
                              **{f'labelled_{k}': mean((labels == v).float(), obj) for k, v in names.items()}},
             'p_id': {'object_cells': mean(p_id, obj), 'background_cells': mean(p_id, background)}}
 
+
+
+def location_probe(checkpoint: str, *, img_size: int, num_classes: int, ood_sets: Iterable[str] = OOD_SETS,
+                   num_images: int = 200, split: str = 'test', batch_size: int = 64, render_size: Optional[int] = None,
+                   background: str = DEFAULT_BACKGROUND) -> Dict:
+    """Where does the OOD head's P(ID) go wrong? On ``num_images`` ID images and as many of each
+    OOD set: the mean P(ID) of the head at every location (ID images: on object cells, > 50%
+    object, and pure-background cells, < 5%), and the AUROC (ID vs set; 0.5 = no separation) of
+    three ways to turn the locations into one score: the head on the pooled feature (Eq. 15, the
+    SSOD score), the mean of the per-location P(ID), and the most-ID location (``ssod_patch_max``).
+    If all three fail where the per-location P(ID) of object-free images is as high as that of ID
+    object cells, the head itself misjudges those images, whatever the pooling."""
+    from .metrics import ood_metrics
+    model, _ = load_eval_model(checkpoint=checkpoint)
+    cfg = resolve_data_config({'img_size': img_size, 'crop_pct': 1.0}, model=model)  # cells aligned with the masks
+    tf = create_transform(**cfg)
+
+    def run(kind):
+        ds = SyntheticDataset(kind, split=split, num_images=num_images, img_size=render_size or img_size,
+                              num_classes=num_classes, background=background)
+        pooled, cells, cover = [], [], []
+        with torch.no_grad():
+            for start in range(0, num_images, batch_size):
+                idx = range(start, min(start + batch_size, num_images))
+                out = model.forward_ssod(torch.stack([tf(ds.image(i)) for i in idx]))
+                pooled.append(id_probability(out.ood_logits))
+                cells.append(id_probability(out.patch_ood_logits))
+                if kind == 'id':
+                    masks = torch.stack([torch.from_numpy(ds.object_mask(i)).float() for i in idx])[:, None]
+                    cover.append(F.adaptive_avg_pool2d(masks, out.grid).flatten(1))
+        return torch.cat(pooled), torch.cat(cells), torch.cat(cover) if cover else None
+
+    id_pooled, id_cells, id_cover = run('id')
+    scores = {'pooled head (Eq. 15)': lambda pooled, cells: pooled, 'mean of locations': lambda pooled, cells:
+              cells.mean(1), 'most-ID location': lambda pooled, cells: cells.max(1).values}
+    result = {'num_images': num_images, 'split': split, 'id': {
+        'p_id_object_cells': float(id_cells[id_cover > 0.5].mean()) if (id_cover > 0.5).any() else None,
+        'p_id_background_cells': float(id_cells[id_cover < 0.05].mean()) if (id_cover < 0.05).any() else None,
+        'p_id_all_cells': float(id_cells.mean()), 'p_id_pooled': float(id_pooled.mean())}, 'ood': OrderedDict()}
+    for name in ood_sets:
+        pooled, cells, _ = run(name)
+        result['ood'][name] = {'p_id_all_cells': float(cells.mean()), 'p_id_pooled': float(pooled.mean()),
+                               'auroc': {k: ood_metrics(f(id_pooled, id_cells).numpy(), f(pooled, cells).numpy())['auroc']
+                                         for k, f in scores.items()}}
+    return result
 
 def alignment_line(a: Dict) -> str:
     """One line summarising ``sampler_alignment``."""
