@@ -2,7 +2,7 @@
 every detector of the harness on every built-in OOD set, several seeds (mean ± std).
 
 Per backbone: one vanilla stage 1 from scratch (seed 0; it stands in for the fixed pretrained
-weights of the paper), then for each seed ``timm_ssod.protocol.run_protocol``: a vanilla and
+weights of the paper), then for each seed ``timm_ssod.experiments.run_protocol``: a vanilla and
 an SSOD fine-tune with the same budget and seed, evaluated on the test splits.
 
 Beyond the paper, scores that try to keep SSOD's gain on far OOD without its loss on near
@@ -27,7 +27,7 @@ their JSON afterwards (nothing is retrained):
     OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones resnet18 regnety_008 --out b.json; wait
     python benchmarks/quality.py --merge a.json b.json
 
-Per SSOD run it also measures calibrated decisions (``timm_ssod.protocol.decisions_checkpoint``):
+Per SSOD run it also measures calibrated decisions (``timm_ssod.experiments.decisions_checkpoint``):
 ``ssod_fused`` and its components calibrated on the ID validation split, the share of ID *test*
 images rejected at each alpha against its expected value, and the share of each OOD set caught.
 

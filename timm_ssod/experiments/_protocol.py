@@ -209,7 +209,7 @@ def location_probe(checkpoint: str, *, img_size: int, num_classes: int, ood_sets
     SSOD score), the mean of the per-location P(ID), and the most-ID location (``ssod_patch_max``).
     If all three fail where the per-location P(ID) of object-free images is as high as that of ID
     object cells, the head itself misjudges those images, whatever the pooling."""
-    from .metrics import ood_metrics
+    from ..metrics import ood_metrics
     model, _ = load_eval_model(checkpoint=checkpoint)
     cfg = resolve_data_config({'img_size': img_size, 'crop_pct': 1.0}, model=model)  # cells aligned with the masks
     tf = create_transform(**cfg)
