@@ -23,7 +23,7 @@ from timm_ssod.cli._eval import main as eval_main
 from timm_ssod.hub import CheckpointError
 from timm_ssod.hub._runs import load_training_checkpoint
 from timm_ssod.train import parse_args
-from timm_ssod.train import NonFiniteLossError, SSODTrainForward, train_one_epoch
+from timm_ssod.train import NonFiniteLossError, SSODTask, train_one_epoch
 
 from hub_server import HubServer, patch_hub_env
 
@@ -74,8 +74,7 @@ def test_inf_in_a_batch_stops_training_before_the_weights_change():
     bad[1, 2, 3, 4] = float('inf')
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match=r'NaN/Inf in the input batch at epoch 0, step 0 .*before updating'):
-        train_one_epoch(0, SSODTrainForward(model), [(bad, y), (x, y)], optimizer, SSODLoss(), args,
-                        torch.device('cpu'))
+        train_one_epoch(0, SSODTask(model, SSODLoss()), [(bad, y), (x, y)], optimizer, args, torch.device('cpu'))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -1,6 +1,6 @@
 """One training epoch and one validation pass, as in timm's ``train.py``, plus SSOD's extras:
-the loss split into its CE and OOD terms, the sampler's share of ID / OOD / ignored
-locations, and OOD validation (FPR95 / AUROC) with the post-hoc detectors.
+the terms of the task's loss (its CE and OOD terms, the sampler's share of ID / OOD / ignored
+locations; see ``_task``), and OOD validation (FPR95 / AUROC) with the post-hoc detectors.
 
 Metrics returned here are already reduced over all ranks. Validation drops the samples
 timm's ``OrderedDistributedSampler`` repeats to even out the ranks, so accuracy and OOD
@@ -19,9 +19,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from timm import utils
-from timm.models import model_parameters
 
-from ..core import merge_heads, ood_warmup_scale
+from ..core import merge_heads
 
 
 _logger = logging.getLogger('train')
@@ -29,19 +28,6 @@ _logger = logging.getLogger('train')
 
 class NonFiniteLossError(FloatingPointError):
     """NaN/Inf in a training batch or loss: training stops before the weights are updated."""
-
-
-class SSODTrainForward(nn.Module):
-    """``forward(x) = model.forward_ssod(x)``, so DDP and ``torch.compile`` wrap the SSOD pass
-    (DDP only syncs gradients of what runs through its ``forward``). The model is kept as
-    ``.module`` so timm's ``unwrap_model`` and checkpoint key cleaning see through it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.module = model
-
-    def forward(self, x):
-        return self.module.forward_ssod(x)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
@@ -80,12 +66,83 @@ def _check_loss(loss: torch.Tensor, stats: Dict, epoch: int, batch_idx: int, num
     return value
 
 
+# what a task's result may hold beyond ``loss``: terms summed per sample and reported as epoch
+# means, and location counts reported as shares of all sampled locations (a task that lacks
+# them, the plain classifier, gets no such columns)
+LOSS_TERMS = ('loss', 'cls_loss', 'ood_loss')
+LOCATION_COUNTS = OrderedDict([('num_id', 'id_frac'), ('num_ood', 'ood_frac'), ('num_ignored', 'ignored_frac')])
+
+
+class EpochSums:
+    """Running float64 sums, by name, of one epoch's task results: each loss term times the
+    batch size, the number of samples, the location counts. ``metrics()`` reduces them over
+    the ranks into the epoch's means and shares (the ``train_*`` columns of summary.csv)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        if name not in self.sums:
+            self.sums[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.sums[name] += value
+
+    def add(self, result: Dict[str, torch.Tensor], n: int) -> None:
+        for name in LOSS_TERMS:
+            if name in result:
+                self._add(name, result[name].detach().double() * n)
+        self._add('samples', torch.tensor(float(n), dtype=torch.float64, device=self.device))
+        self.add_counts(result)
+
+    def add_counts(self, result: Dict[str, torch.Tensor]) -> None:
+        for name in LOCATION_COUNTS:
+            if name in result:
+                self._add(name, result[name].double())
+
+    def location_shares(self) -> List[float]:
+        """The ID / OOD / ignored shares of the locations counted so far (empty: no counts)."""
+        counts = [self.sums[k] for k in LOCATION_COUNTS if k in self.sums]
+        if not counts:
+            return []
+        window = torch.stack(counts)
+        return (window / window.sum().clamp(min=1)).tolist()
+
+    def metrics(self, distributed: bool) -> 'OrderedDict[str, float]':
+        names = list(self.sums)
+        values = _all_reduce_sum(torch.stack([self.sums[k] for k in names]), distributed).tolist()
+        total = dict(zip(names, values))
+        samples = max(total['samples'], 1.0)
+        metrics = OrderedDict((k, total[k] / samples) for k in LOSS_TERMS if k in total)
+        counts = [k for k in LOCATION_COUNTS if k in total]
+        locations = max(sum(total[k] for k in counts), 1.0)
+        metrics.update((LOCATION_COUNTS[k], total[k] / locations) for k in counts)
+        return metrics
+
+
+def _terms_text(result: Dict[str, torch.Tensor], window: EpochSums) -> str:
+    """The log line's loss terms and location shares since the last line, for a task that has them."""
+    text = ''
+    if 'cls_loss' in result and 'ood_loss' in result:
+        text += f'CE: {result["cls_loss"].item():#.3g}  OOD: {result["ood_loss"].item() + 0.0:#.3g}  '
+    share = window.location_shares()
+    if share:
+        text += f'Locations ID/OOD/ignored: {share[0]:.0%}/{share[1]:.0%}/{share[2]:.0%}  '
+    return text
+
+
+def _mixup_off(epoch, loader, mixup_fn, args) -> None:
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        if args.prefetcher and getattr(loader, 'mixup_enabled', False):
+            loader.mixup_enabled = False
+        elif mixup_fn is not None:
+            mixup_fn.mixup_enabled = False
+
+
 def train_one_epoch(
         epoch: int,
-        model: nn.Module,
+        task: nn.Module,
         loader: Iterable,
         optimizer: torch.optim.Optimizer,
-        loss_fn: nn.Module,
         args,
         device: torch.device,
         lr_scheduler=None,
@@ -94,34 +151,28 @@ def train_one_epoch(
         model_ema=None,
         ema_source: Optional[nn.Module] = None,
         mixup_fn=None,
-        ssod: bool = True,
 ) -> 'OrderedDict[str, float]':
-    """timm's ``train_one_epoch`` (gradient accumulation, AMP loss scaler, clipping, EMA,
-    per-update LR schedule), with ``model(x)`` giving an ``SSODOutput`` and
-    ``loss_fn(out, target) -> (loss, stats)`` when ``ssod``. Raises ``NonFiniteLossError``
-    on NaN/Inf in a batch or the loss, before the optimizer step."""
-    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-        if args.prefetcher and getattr(loader, 'mixup_enabled', False):
-            loader.mixup_enabled = False
-        elif mixup_fn is not None:
-            mixup_fn.mixup_enabled = False
+    """timm's ``train_one_epoch`` (gradient accumulation, AMP loss scaler, clipping, EMA of
+    ``ema_source``, per-update LR schedule) around a training task (``_task``): ``task(input,
+    target)`` returns ``loss`` and the terms the epoch reports. Returns the epoch's ``loss`` and
+    whichever of ``cls_loss``, ``ood_loss``, ``id_frac``, ``ood_frac``, ``ignored_frac`` the task
+    has. Raises ``NonFiniteLossError`` on NaN/Inf in a batch or the loss, before the optimizer
+    step."""
+    _mixup_off(epoch, loader, mixup_fn, args)
 
     second_order = getattr(optimizer, 'is_second_order', False)
-    has_no_sync = hasattr(model, 'no_sync')
     update_time_m, data_time_m, losses_m = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
-    model.train()
+    task.train()
 
     num_batches = len(loader)
     accum_steps = args.grad_accum_steps
     last_accum_steps = num_batches % accum_steps
     updates_per_epoch = (num_batches + accum_steps - 1) // accum_steps
     num_updates = epoch * updates_per_epoch
-    warmup_updates = round(args.ood_warmup_epochs * updates_per_epoch)
     last_batch_idx = num_batches - 1
     last_batch_idx_to_accum = num_batches - last_accum_steps
-    # sums over the epoch: loss, cls, ood (sample-weighted), samples, then location counts id/ood/ignored
-    sums = torch.zeros(7, dtype=torch.float64, device=device)
-    window = torch.zeros(3, dtype=torch.float64, device=device)  # id/ood/ignored since the last log line
+    epoch_sums = EpochSums(device)
+    window = EpochSums(device)  # location counts since the last log line
 
     data_start_time = update_start_time = time.time()
     optimizer.zero_grad()
@@ -143,43 +194,33 @@ def train_one_epoch(
         data_time_m.update(accum_steps * (time.time() - data_start_time))
 
         def _forward():
+            task.set_update(num_updates + update_idx, updates_per_epoch)
             with amp_autocast():
-                output = model(input)
-                if ssod:
-                    lam_scale = ood_warmup_scale(num_updates + update_idx, warmup_updates)
-                    _loss, _stats = loss_fn(output, target, lam_scale)
-                else:
-                    _loss, _stats = loss_fn(output, target), {}
-            return _loss, _stats
+                return task(input, target)
 
         def _backward(_loss):
             if accum_steps > 1:
                 _loss = _loss / accum_steps
+            clip_parameters = task.get_clip_parameters(exclude_head='agc' in args.clip_mode)
             if loss_scaler is not None:
                 loss_scaler(_loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                            parameters=model_parameters(model, exclude_head='agc' in args.clip_mode),
-                            create_graph=second_order, need_update=need_update)
+                            parameters=clip_parameters, create_graph=second_order, need_update=need_update)
             else:
                 _loss.backward(create_graph=second_order)
                 if need_update:
                     if args.clip_grad is not None:
-                        utils.dispatch_clip_grad(model_parameters(model, exclude_head='agc' in args.clip_mode),
-                                                 value=args.clip_grad, mode=args.clip_mode)
+                        utils.dispatch_clip_grad(clip_parameters, value=args.clip_grad, mode=args.clip_mode)
                     optimizer.step()
 
-        ctx = model.no_sync() if has_no_sync and not need_update else suppress()
-        with ctx:
-            loss, stats = _forward()
-            loss_value = _check_loss(loss, stats, epoch, batch_idx, num_batches)
-            _backward(loss)
+        with task.no_sync() if not need_update else suppress():
+            result = _forward()
+            loss_value = _check_loss(result['loss'], result, epoch, batch_idx, num_batches)
+            _backward(result['loss'])
 
         n = input.size(0)
         losses_m.update(loss_value, n)
-        counts = [stats[k].double() for k in ('num_id', 'num_ood', 'num_ignored')] if ssod else [sums.new_zeros(())] * 3
-        cls = stats['cls_loss'].double() if ssod else loss.detach().double()
-        ood = stats['ood_loss'].double() if ssod else sums.new_zeros(())
-        sums += torch.stack([loss.detach().double() * n, cls * n, ood * n, sums.new_tensor(float(n)), *counts])
-        window += torch.stack(counts)
+        epoch_sums.add(result, n)
+        window.add_counts(result)
         update_sample_count += n
 
         if not need_update:
@@ -189,7 +230,7 @@ def train_one_epoch(
         num_updates += 1
         optimizer.zero_grad()
         if model_ema is not None:
-            model_ema.update(ema_source if ema_source is not None else model, step=num_updates)
+            model_ema.update(ema_source, step=num_updates)
 
         if args.synchronize_step and device.type == 'cuda':
             torch.cuda.synchronize()
@@ -201,20 +242,15 @@ def train_one_epoch(
             lrl = [param_group['lr'] for param_group in optimizer.param_groups]
             lr = sum(lrl) / len(lrl)
             if utils.is_primary(args):
-                extra = ''
-                if ssod:
-                    share = (window / window.sum().clamp(min=1)).tolist()
-                    extra = (f'CE: {stats["cls_loss"].item():#.3g}  OOD: {stats["ood_loss"].item() + 0.0:#.3g}  '
-                             f'Locations ID/OOD/ignored: {share[0]:.0%}/{share[1]:.0%}/{share[2]:.0%}  ')
                 _logger.info(
                     f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch} '
                     f'({100. * update_idx / max(1, updates_per_epoch - 1):>3.0f}%)]  '
-                    f'Loss: {losses_m.val:#.3g} ({losses_m.avg:#.3g})  {extra}'
+                    f'Loss: {losses_m.val:#.3g} ({losses_m.avg:#.3g})  {_terms_text(result, window)}'
                     f'Time: {update_time_m.val:.3f}s, {update_sample_count * args.world_size / update_time_m.val:>7.2f}/s  '
                     f'({update_time_m.avg:.3f}s, {update_sample_count * args.world_size / update_time_m.avg:>7.2f}/s)  '
                     f'LR: {lr:.3e}  '
                     f'Data: {data_time_m.val:.3f} ({data_time_m.avg:.3f})')
-            window.zero_()
+            window = EpochSums(device)
 
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates, metric=losses_m.avg)
@@ -224,16 +260,7 @@ def train_one_epoch(
 
     if hasattr(optimizer, 'sync_lookahead'):
         optimizer.sync_lookahead()
-
-    sums = _all_reduce_sum(sums, args.distributed).tolist()
-    samples = max(sums[3], 1.0)
-    metrics = OrderedDict([('loss', sums[0] / samples)])
-    if ssod:
-        locations = max(sums[4] + sums[5] + sums[6], 1.0)
-        metrics.update([('cls_loss', sums[1] / samples), ('ood_loss', sums[2] / samples),
-                        ('id_frac', sums[4] / locations), ('ood_frac', sums[5] / locations),
-                        ('ignored_frac', sums[6] / locations)])
-    return metrics
+    return epoch_sums.metrics(args.distributed)
 
 
 def _valid_count(loader) -> Optional[int]:

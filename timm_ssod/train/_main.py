@@ -56,7 +56,8 @@ from ..core import SSODLoss
 from ._args import eval_metric_names, is_decreasing, parse_args
 from ..data import dataset_num_classes
 from ._data import TrainConfigError, build_datasets, build_ood_sets
-from ._loop import NonFiniteLossError, SSODTrainForward, seed_epoch, train_one_epoch, validate
+from ._loop import NonFiniteLossError, seed_epoch, train_one_epoch, validate
+from ._task import ClassifierTask, SSODTask
 
 _logger = logging.getLogger('train')
 
@@ -328,9 +329,9 @@ def _validate_epoch(model, model_ema, loader_eval, ood_loaders, detectors, args,
     return eval_metrics
 
 
-def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[str, Any]:
-    """Run training. Returns ``dict(output_dir, best_metric, best_epoch, eval_metrics)``
-    (``output_dir`` is None on ranks other than 0)."""
+def _setup(argv: Optional[List[str]], prog: Optional[str]):
+    """Arguments, logging, device (and process group), determinism, AMP, seed, the model flags.
+    Returns ``(args, args_text, device, amp_autocast, loss_scaler)``."""
     args, args_text = parse_args(argv, prog=prog)
     _setup_logging(int(os.environ.get('RANK', 0)))
 
@@ -355,8 +356,12 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
         _logger.info(f'Using native Torch AMP ({args.amp_dtype}). Training in mixed precision.')
     utils.random_seed(args.seed, args.rank)
     _check_model_args(args)
+    return args, args_text, device, amp_autocast, loss_scaler
 
-    # datasets first: the number of classes is read from them when --num-classes is not given
+
+def _build_data(args):
+    """The datasets first: the number of classes is read from them when --num-classes is not
+    given. Returns ``(dataset_train, dataset_eval, num_classes, ood_sets, detectors)``."""
     dataset_train, dataset_eval = build_datasets(args)
     data_classes = dataset_num_classes(dataset_train)
     if args.num_classes and data_classes and data_classes > args.num_classes:
@@ -370,7 +375,11 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     if args.eval_metric not in known_metrics:
         raise TrainConfigError(f'--eval-metric {args.eval_metric!r} is not a validation metric of this run; '
                                f'choose one of {", ".join(known_metrics)}')
+    return dataset_train, dataset_eval, num_classes, ood_sets, detectors
 
+
+def _build_model(args, num_classes: Optional[int], dataset_train, device):
+    """The model on its device, its class names from the data; returns ``(model, data_config)``."""
     model = _create_model(args, num_classes)
     args.num_classes = model.num_classes
     names = class_names(dataset_train)
@@ -391,11 +400,12 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     if args.distributed and args.sync_bn:
         args.dist_bn = ''
         model = convert_sync_batchnorm(model)
+    return model, data_config
 
-    _resolve_lr(args)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
 
-    # resume: model, optimizer and loss scaler through timm; EMA, scheduler and RNG from the same file
+def _resume(args, model, optimizer, loss_scaler):
+    """Model, optimizer and loss scaler through timm; EMA, scheduler and RNG from the same file.
+    Returns ``(resume_path, resume_epoch, resume_state, model_ema)``."""
     resume_path = resolve_resume(args.resume, args.output or './output/train', args.experiment)
     resume_epoch, resume_state = None, None
     if resume_path:
@@ -409,8 +419,12 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
                                device='cpu' if args.model_ema_force_cpu else None)
         if resume_path:
             load_checkpoint(model_ema.module, resume_path, use_ema=True)
+    return resume_path, resume_epoch, resume_state, model_ema
 
-    # the output folder is checked before anything is trained
+
+def _check_output(args, data_config, resume_path, model, optimizer, model_ema) -> Optional[str]:
+    """The output folder (rank 0; None elsewhere), checked writable with room for two
+    checkpoints before anything is trained; every rank stops when it is not."""
     output_dir, error = None, None
     if utils.is_primary(args):
         output_dir = _output_dir(args, data_config, resume_path)
@@ -421,16 +435,11 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     error = _agree_on_error(args, error)
     if error:
         raise OutputDirError(error)
+    return output_dir
 
-    # training forward: the SSOD pass (or the plain model), wrapped by DDP, then compiled
-    train_model = SSODTrainForward(model) if args.ssod else model
-    if args.distributed:
-        train_model = NativeDDP(train_model, device_ids=[device] if device.type == 'cuda' else None,
-                                find_unused_parameters=False, **_ddp_buffer_kwargs(args))
-    if args.torchcompile:
-        train_model = torch.compile(train_model, backend=args.torchcompile)
 
-    # data loaders
+def _build_loaders(args, data_config, device, dataset_train, dataset_eval, ood_sets):
+    """timm's loaders (and mixup). Returns ``(loader_train, loader_eval, ood_loaders, mixup_fn, mixup_active)``."""
     collate_fn = mixup_fn = None
     mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
     if mixup_active:
@@ -447,19 +456,47 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     if len(loader_train) == 0:
         raise TrainConfigError(f'the training set ({len(dataset_train)} images) is smaller than one batch '
                          f'({args.batch_size}); the last incomplete batch is dropped, so there is nothing to train')
+    return loader_train, loader_eval, ood_loaders, mixup_fn, mixup_active
 
-    train_loss_fn = _train_loss(args, mixup_active).to(device=device)
 
-    # scheduler and starting epoch
+def _build_task(args, model, device, mixup_active: bool) -> nn.Module:
+    """The training forward and loss as a timm task (``_task``): the SSOD pass and SSODLoss, or
+    (--no-ssod) the plain model and its criterion; wrapped by DDP, then compiled."""
+    criterion = _train_loss(args, mixup_active).to(device=device)
+    if args.ssod:
+        task = SSODTask(model, criterion, ood_warmup_epochs=args.ood_warmup_epochs, device=device)
+    else:
+        task = ClassifierTask(model, criterion, device=device)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
+                                 find_unused_parameters=False, **_ddp_buffer_kwargs(args))
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile)
+    return task
+
+
+def _build_schedule(args, optimizer, loader_train, resume_epoch, resume_state):
+    """The LR scheduler and the epochs of this invocation, the schedule put where a resumed run
+    left it. Returns ``(lr_scheduler, start_epoch, end_epoch, num_epochs)``."""
     resumed_lrs = [group['lr'] for group in optimizer.param_groups]
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    decreasing = is_decreasing(args.eval_metric)
-    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing),
-                                                   updates_per_epoch=updates_per_epoch)
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=is_decreasing(args.eval_metric)),
+        updates_per_epoch=updates_per_epoch)
     start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
     _restore_schedule(args, optimizer, lr_scheduler, resume_state, resumed_lrs, start_epoch, updates_per_epoch)
+    end_epoch = num_epochs if not args.run_epochs else min(num_epochs, start_epoch + args.run_epochs)
+    return lr_scheduler, start_epoch, end_epoch, num_epochs
 
-    # checkpoint saver, args.yaml and summary (rank 0 only)
+
+def _prepare_outputs(args, args_text, output_dir, model, optimizer, model_ema, loss_scaler, lr_scheduler,
+                     resume_path, start_epoch):
+    """Rank 0: the checkpoint saver (its extra state: RNG, scheduler, SSOD config, class names),
+    ``args.yaml`` and ``summary.csv`` cut back to ``start_epoch``. Returns ``(saver, summary_path)``,
+    both None on other ranks."""
+    if output_dir is None:
+        return None, None
+
     def extra_state():
         state = {'rng': rng_state()}
         if lr_scheduler is not None:
@@ -470,55 +507,87 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
             state['label_names'] = label_names(model)
         return state
 
-    saver, summary_path = None, None
-    if output_dir is not None:
-        remove_partial_files(output_dir)
-        saver = AtomicCheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
-                                      amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
-                                      decreasing=decreasing, max_history=args.checkpoint_hist, extra_state=extra_state)
-        if (resume_path and os.path.dirname(os.path.abspath(resume_path)) == os.path.abspath(output_dir)
-                and hasattr(saver, 'load_state_dict_from_checkpoint')):
-            saver.load_state_dict_from_checkpoint(resume_path)
-        atomic_write_text(os.path.join(output_dir, 'args.yaml'), args_text)
-        summary_path = os.path.join(output_dir, 'summary.csv')
-        trim_summary(summary_path, start_epoch)
-        _logger.info(f'Output folder: {output_dir}')
+    remove_partial_files(output_dir)
+    saver = AtomicCheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
+                                  amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
+                                  decreasing=is_decreasing(args.eval_metric), max_history=args.checkpoint_hist,
+                                  extra_state=extra_state)
+    if (resume_path and os.path.dirname(os.path.abspath(resume_path)) == os.path.abspath(output_dir)
+            and hasattr(saver, 'load_state_dict_from_checkpoint')):
+        saver.load_state_dict_from_checkpoint(resume_path)
+    atomic_write_text(os.path.join(output_dir, 'args.yaml'), args_text)
+    summary_path = os.path.join(output_dir, 'summary.csv')
+    trim_summary(summary_path, start_epoch)
+    _logger.info(f'Output folder: {output_dir}')
+    return saver, summary_path
 
+
+def _log_schedule(args, lr_scheduler, start_epoch: int, num_epochs: int) -> None:
     if utils.is_primary(args):
         _logger.info(f'Scheduled epochs: {num_epochs}. LR stepped per '
                      f'{"epoch" if lr_scheduler is None or lr_scheduler.t_in_epochs else "update"}.')
-    end_epoch = num_epochs if not args.run_epochs else min(num_epochs, start_epoch + args.run_epochs)
     if start_epoch >= num_epochs and utils.is_primary(args):
         _logger.info(f'Nothing to train: the run already finished its {num_epochs} epochs')
+
+
+def _train_epoch(epoch, args, device, task, model, model_ema, optimizer, lr_scheduler, loss_scaler, amp_autocast,
+                 dataset_train, loader_train, mixup_fn, loader_eval, ood_loaders, detectors, saver, summary_path):
+    """One epoch: reseed, train, validate, step the LR schedule, write summary.csv and the
+    checkpoints. Returns ``(eval_metrics, (best_metric, best_epoch) or None)``."""
+    seed_epoch(args.seed, epoch, args.rank)
+    if hasattr(dataset_train, 'set_epoch'):
+        dataset_train.set_epoch(epoch)
+    elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
+        loader_train.sampler.set_epoch(epoch)
+
+    train_metrics = train_one_epoch(
+        epoch, task, loader_train, optimizer, args, device, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
+        loss_scaler=loss_scaler, model_ema=model_ema, ema_source=model, mixup_fn=mixup_fn)
+
+    eval_metrics = _validate_epoch(model, model_ema, loader_eval, ood_loaders, detectors, args, device, amp_autocast)
+    save_metric = eval_metrics[args.eval_metric]
+
+    lrs = [param_group['lr'] for param_group in optimizer.param_groups]
+    if lr_scheduler is not None:
+        lr_scheduler.step(epoch + 1, save_metric)  # before saving: the checkpoint holds the next epoch's LR
+    if summary_path is not None:
+        utils.update_summary(epoch, train_metrics, eval_metrics, filename=summary_path,
+                             lr=sum(lrs) / len(lrs), write_header=None)
+    best = saver.save_checkpoint(epoch, metric=save_metric) if saver is not None else None
+    return eval_metrics, best
+
+
+def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[str, Any]:
+    """Run training. Returns ``dict(output_dir, best_metric, best_epoch, eval_metrics)``
+    (``output_dir`` is None on ranks other than 0)."""
+    args, args_text, device, amp_autocast, loss_scaler = _setup(argv, prog)
+    dataset_train, dataset_eval, num_classes, ood_sets, detectors = _build_data(args)
+    model, data_config = _build_model(args, num_classes, dataset_train, device)
+
+    _resolve_lr(args)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    resume_path, resume_epoch, resume_state, model_ema = _resume(args, model, optimizer, loss_scaler)
+    output_dir = _check_output(args, data_config, resume_path, model, optimizer, model_ema)
+
+    loader_train, loader_eval, ood_loaders, mixup_fn, mixup_active = _build_loaders(
+        args, data_config, device, dataset_train, dataset_eval, ood_sets)
+    task = _build_task(args, model, device, mixup_active)
+    lr_scheduler, start_epoch, end_epoch, num_epochs = _build_schedule(
+        args, optimizer, loader_train, resume_epoch, resume_state)
+    saver, summary_path = _prepare_outputs(args, args_text, output_dir, model, optimizer, model_ema, loss_scaler,
+                                           lr_scheduler, resume_path, start_epoch)
+    _log_schedule(args, lr_scheduler, start_epoch, num_epochs)
 
     best_metric, best_epoch, eval_metrics = None, None, None
     if saver is not None and saver.best_metric is not None:
         best_metric, best_epoch = saver.best_metric, saver.best_epoch
     try:
         for epoch in range(start_epoch, end_epoch):
-            seed_epoch(args.seed, epoch, args.rank)
-            if hasattr(dataset_train, 'set_epoch'):
-                dataset_train.set_epoch(epoch)
-            elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
-                loader_train.sampler.set_epoch(epoch)
-
-            train_metrics = train_one_epoch(
-                epoch, train_model, loader_train, optimizer, train_loss_fn, args, device,
-                lr_scheduler=lr_scheduler, amp_autocast=amp_autocast, loss_scaler=loss_scaler,
-                model_ema=model_ema, ema_source=model, mixup_fn=mixup_fn, ssod=args.ssod)
-
-            eval_metrics = _validate_epoch(model, model_ema, loader_eval, ood_loaders, detectors, args, device,
-                                           amp_autocast)
-            save_metric = eval_metrics[args.eval_metric]
-
-            lrs = [param_group['lr'] for param_group in optimizer.param_groups]
-            if lr_scheduler is not None:
-                lr_scheduler.step(epoch + 1, save_metric)  # before saving: the checkpoint holds the next epoch's LR
-            if summary_path is not None:
-                utils.update_summary(epoch, train_metrics, eval_metrics, filename=summary_path,
-                                     lr=sum(lrs) / len(lrs), write_header=None)
-            if saver is not None:
-                best_metric, best_epoch = saver.save_checkpoint(epoch, metric=save_metric)
+            eval_metrics, best = _train_epoch(
+                epoch, args, device, task, model, model_ema, optimizer, lr_scheduler, loss_scaler, amp_autocast,
+                dataset_train, loader_train, mixup_fn, loader_eval, ood_loaders, detectors, saver, summary_path)
+            if best is not None:
+                best_metric, best_epoch = best
     except KeyboardInterrupt:
         pass
 
