@@ -44,15 +44,8 @@ def _config_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    """The full argument parser (timm's groups and names, plus 'SSOD parameters')."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description='Train a timm model with the SSOD objective (or as a plain classifier with --no-ssod)',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help='YAML config file specifying default arguments (command line flags override it)')
-
-    # Dataset parameters
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    """'Dataset parameters': a folder or dataset name, splits, class map."""
     group = parser.add_argument_group('Dataset parameters')
     parser.add_argument('data', nargs='?', metavar='DIR', const=None,
                         help='path to dataset (positional is *deprecated*, use --data-dir)')
@@ -71,7 +64,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
                        help='path to class to idx mapping file')
 
-    # Model parameters
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """'Model parameters': architecture, weights to start from or resume, input size and batch."""
     group = parser.add_argument_group('Model parameters')
     group.add_argument('--model', default='resnet50', type=str, metavar='MODEL', help='Name of model to train')
     group.add_argument('--pretrained', action='store_true', default=False,
@@ -125,7 +120,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                        help='Enable compilation w/ specified backend (default: inductor).')
 
-    # SSOD parameters
+
+def _add_ssod_args(parser: argparse.ArgumentParser) -> None:
+    """'SSOD parameters': the objective (Eq. 12 + 14) and OOD validation."""
     group = parser.add_argument_group('SSOD parameters')
     group.add_argument('--ssod', action=argparse.BooleanOptionalAction, default=True,
                        help='train with the SSOD objective (--no-ssod: plain cross-entropy, no OOD head)')
@@ -148,7 +145,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                        help='post-hoc scores evaluated on --ood-val (default: ssod, or msp with --no-ssod); '
                             'the first one gives eval_fpr95 / eval_auroc')
 
-    # Optimizer parameters
+
+def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    """'Optimizer parameters': the optimizer and gradient clipping."""
     group = parser.add_argument_group('Optimizer parameters')
     group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER', help='Optimizer')
     group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
@@ -164,7 +163,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay')
     group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE')
 
-    # Learning rate schedule parameters
+
+def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
+    """'Learning rate schedule parameters': the learning-rate schedule and the epochs."""
     group = parser.add_argument_group('Learning rate schedule parameters')
     group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='LR scheduler')
     group.add_argument('--sched-on-updates', action='store_true', default=False,
@@ -213,7 +214,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                        help='patience epochs for Plateau LR scheduler')
     group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE', help='LR decay rate')
 
-    # Augmentation & regularization parameters
+
+def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
+    """'Augmentation and regularization parameters': augmentation, mixup, label smoothing, dropout."""
     group = parser.add_argument_group('Augmentation and regularization parameters')
     group.add_argument('--no-aug', action='store_true', default=False,
                        help='Disable all training augmentation, override other train aug args')
@@ -251,7 +254,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='Drop path rate')
     group.add_argument('--drop-block', type=float, default=None, metavar='PCT', help='Drop block rate')
 
-    # Batch norm parameters
+
+def _add_batch_norm_args(parser: argparse.ArgumentParser) -> None:
+    """'Batch norm parameters': BatchNorm overrides and their synchronisation."""
     group = parser.add_argument_group('Batch norm parameters')
     group.add_argument('--bn-momentum', type=float, default=None, help='BatchNorm momentum override (if not None)')
     group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon override (if not None)')
@@ -259,7 +264,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--dist-bn', type=str, default='reduce',
                        help='Distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", or "")')
 
-    # Model Exponential Moving Average
+
+def _add_ema_args(parser: argparse.ArgumentParser) -> None:
+    """'Model exponential moving average parameters': the model's exponential moving average."""
     group = parser.add_argument_group('Model exponential moving average parameters')
     group.add_argument('--model-ema', action='store_true', default=False,
                        help='Enable tracking moving average of model weights (timm ModelEmaV3)')
@@ -269,7 +276,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                        help='Decay factor for model weights moving average')
     group.add_argument('--model-ema-warmup', action='store_true', help='Enable warmup for model EMA decay.')
 
-    # Misc
+
+def _add_misc_args(parser: argparse.ArgumentParser) -> None:
+    """'Miscellaneous parameters': seed, logging, workers, AMP, device, output folder, checkpoint metric, Hub."""
     group = parser.add_argument_group('Miscellaneous parameters')
     group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed')
     group.add_argument('--worker-seeding', type=str, default='all', help='worker seed mode')
@@ -307,6 +316,18 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     group.add_argument('--local_rank', '--local-rank', default=0, type=int, help=argparse.SUPPRESS)
     group.add_argument('--push-to-hub', default=None, type=str, metavar='ORG/NAME',
                        help='push the finished run to this Hugging Face Hub repo (timm_ssod.hub)')
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The full argument parser (timm's groups and names, plus 'SSOD parameters'), one function per group."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description='Train a timm model with the SSOD objective (or as a plain classifier with --no-ssod)',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                        help='YAML config file specifying default arguments (command line flags override it)')
+    for add_group in (_add_data_args, _add_model_args, _add_ssod_args, _add_optimizer_args, _add_schedule_args,
+                      _add_augmentation_args, _add_batch_norm_args, _add_ema_args, _add_misc_args):
+        add_group(parser)
     return parser
 
 
