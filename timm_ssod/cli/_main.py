@@ -22,6 +22,14 @@ import sys
 from typing import List, Optional
 
 # name -> (module, function, one-line help)
+# ``train`` stays outside ``add_command`` on purpose: its parsing is timm's train.py, in two
+# stages (``--config`` YAML first, its values become the argparse defaults, then the command
+# line over them, and the merged result is written to args.yaml), with timm's
+# ArgumentDefaultsHelpFormatter, so ``--config recipe.yaml --help`` shows the recipe's values.
+# One argparse subparser parses in one stage and formats help with add_command's
+# RawDescriptionHelpFormatter: moving train there would change its flags' help and what a
+# --config file can set. Errors still follow the convention: ``train.run`` prints the user
+# errors (``train.USER_ERRORS``) as ``timm-ssod train: error: ...`` with exit code 1.
 RAW_COMMANDS = {
     'train': ('timm_ssod.train', 'run', 'train a timm model with the SSOD objective (timm train.py flags, --config YAML)'),
 }
