@@ -24,9 +24,8 @@ from timm.utils import ParseKwargs
 
 from .._util import first_line
 from ..checkpoints import classifier_classes, torch_load
-from ..hub import create_model, unknown_model_message
+from ..hub import create_model, rebuild_model, unknown_model_message
 from ..hub._files import OOD_HEAD_PREFIX, CheckpointError, load_safetensors
-from ..core import set_label_names
 
 __all__ = ['load_eval_model', 'read_checkpoint', 'EvalModelError', 'add_model_arguments', 'load_model_of_args']
 
@@ -66,14 +65,6 @@ def _ood_hidden(state_dict) -> int:
     return int(w.shape[0]) if w is not None else 0
 
 
-def _train_kwargs(args: Dict[str, Any]) -> Dict[str, Any]:
-    """create_model arguments a timm(-ssod) training run recorded in its checkpoint."""
-    input_size = args.get('input_size')
-    kwargs = dict(global_pool=args.get('gp'), in_chans=args.get('in_chans') or (input_size[0] if input_size else None))
-    kwargs.update(args.get('model_kwargs') or {})
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
 def _from_checkpoint(name, path, ssod, use_ema, num_classes, model_kwargs, info):
     state_dict, meta, key = read_checkpoint(path, use_ema)
     train_args = meta.get('args') or {}
@@ -95,20 +86,14 @@ def _from_checkpoint(name, path, ssod, use_ema, num_classes, model_kwargs, info)
     if num_classes and ckpt_classes and num_classes != ckpt_classes:
         raise EvalModelError(f'checkpoint {path!r} has {ckpt_classes} classes ({classifier_key} is '
                              f'{tuple(state_dict[classifier_key].shape)}) but --num-classes {num_classes} was given')
-    kwargs = dict(_train_kwargs(train_args), **(model_kwargs or {}))
-    if num_classes or ckpt_classes:
-        kwargs['num_classes'] = num_classes or ckpt_classes
-    model = create_model(name, ssod=ssod, pretrained=False, ood_hidden=_ood_hidden(state_dict) if ssod else 0,
-                         **kwargs)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
+    def mismatch(e, kwargs):
         detail = ' '.join(str(e).split())[:600]
-        raise EvalModelError(f'{key} of checkpoint {path!r} does not fit {name} ({kwargs}): {detail}. Check --model, '
-                             '--num-classes and --model-kwargs.') from e
-    names = meta.get('label_names')
-    if isinstance(names, (list, tuple)) and len(names) == model.num_classes:  # timm-ssod train's class names
-        set_label_names(model, names)
+        return EvalModelError(f'{key} of checkpoint {path!r} does not fit {name} ({kwargs}): {detail}. Check --model, '
+                              '--num-classes and --model-kwargs.')
+
+    model = rebuild_model(name, state_dict, train_args, ssod=ssod, ood_hidden=_ood_hidden(state_dict) if ssod else 0,
+                          num_classes=num_classes or ckpt_classes, model_kwargs=model_kwargs,
+                          label_names=meta.get('label_names'), mismatch=mismatch)
     info.update(model=name, checkpoint=str(path), weights=key, train_args=train_args,
                 data_args={k: train_args[k] for k in _DATA_ARGS if train_args.get(k) is not None})
     return model

@@ -9,12 +9,13 @@ class names of the training data). It is read with ``torch.load(weights_only=Tru
 timm's own loader does. The model is rebuilt from ``args`` the way ``timm-ssod train`` built it
 (``--model``, ``--gp``, ``--bn-*``, ``--in-chans``, ``--model-kwargs``; the class count is read
 from the classifier weights), loaded strictly, and given the class names
-(``pretrained_cfg['label_names']``, which ``save_pretrained`` writes to config.json).
+(``pretrained_cfg['label_names']``, which ``save_pretrained`` writes to config.json):
+``rebuild_model``, which ``timm-ssod eval`` uses too.
 """
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -47,6 +48,35 @@ def load_training_checkpoint(path) -> Dict[str, Any]:
     return ckpt
 
 
+def rebuild_model(arch: str, state_dict: Dict[str, torch.Tensor], train_args: Dict[str, Any], *, ssod: bool,
+                  ood_hidden: int = 0, num_classes: Optional[int] = None, model_kwargs: Optional[Dict] = None,
+                  label_names=None, mismatch: Callable[[RuntimeError, Dict], Exception]) -> nn.Module:
+    """The one place a model is rebuilt from a training checkpoint (``model_from_checkpoint``
+    here, the model of ``timm-ssod eval``): ``create_model`` with the arguments the run recorded
+    (``--gp``, ``--bn-momentum``, ``--bn-eps``, ``--in-chans`` / ``--input-size``,
+    ``--model-kwargs``), then ``num_classes`` and ``model_kwargs`` over them; the weights loaded
+    strictly; the run's class names (``label_names``) when they match the classifier. Unset
+    arguments are left out (timm leaves them out too). A load that does not fit raises
+    ``mismatch(error, create_model kwargs)``: each caller words it for its own users."""
+    input_size = train_args.get('input_size')
+    kwargs = dict(global_pool=train_args.get('gp'), bn_momentum=train_args.get('bn_momentum'),
+                  bn_eps=train_args.get('bn_eps'),
+                  in_chans=train_args.get('in_chans') or (input_size[0] if input_size else None))
+    kwargs.update(train_args.get('model_kwargs') or {})
+    kwargs.update(model_kwargs or {})
+    if num_classes:
+        kwargs['num_classes'] = num_classes
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    model = create_model(arch, ssod=ssod, pretrained=False, ood_hidden=ood_hidden, **kwargs)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise mismatch(e, kwargs) from e
+    if isinstance(label_names, (list, tuple)) and len(label_names) == model.num_classes:  # timm-ssod train's
+        set_label_names(model, label_names)
+    return model
+
+
 def model_from_checkpoint(path, use_ema: bool = True, model_kwargs: Optional[Dict] = None
                           ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the SSOD model of a training checkpoint. Returns ``(model, args)``, ``args``
@@ -67,23 +97,16 @@ def model_from_checkpoint(path, use_ema: bool = True, model_kwargs: Optional[Dic
     if not ssod_cfg:  # timm's plain CheckpointSaver: the SSOD settings are in args
         ssod_cfg = {k: args[a] for k, a in (('gamma', 'gamma'), ('lam', 'ood_lambda'), ('balance', 'balance'),
                                             ('ood_weight', 'ood_weight')) if args.get(a) is not None}
-    input_size = args.get('input_size')
-    kwargs = dict(num_classes=classifier_classes(arch, state_dict)[0] or args.get('num_classes'), global_pool=args.get('gp'),
-                  bn_momentum=args.get('bn_momentum'), bn_eps=args.get('bn_eps'),
-                  in_chans=args.get('in_chans') or (input_size[0] if input_size else None))
-    kwargs.update(args.get('model_kwargs') or {})
-    kwargs.update(model_kwargs or {})
+    num_classes = classifier_classes(arch, state_dict)[0] or args.get('num_classes')
     ood_hidden = int(ssod_cfg.get('ood_hidden', args.get('ood_hidden') or 0))
-    model = create_model(arch, ssod=True, pretrained=False, ood_hidden=ood_hidden, **kwargs)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise CheckpointError(f'{key} of {path} does not fit the rebuilt {arch} ({kwargs}); pass model_kwargs= '
-                              f'to correct the arguments: {first_line(e)}') from e
+
+    def mismatch(e, kwargs):
+        return CheckpointError(f'{key} of {path} does not fit the rebuilt {arch} ({kwargs}); pass model_kwargs= '
+                               f'to correct the arguments: {first_line(e)}')
+
+    model = rebuild_model(arch, state_dict, args, ssod=True, ood_hidden=ood_hidden, num_classes=num_classes,
+                          model_kwargs=model_kwargs, label_names=ckpt.get('label_names'), mismatch=mismatch)
     model.ssod_cfg.update({k: v for k, v in ssod_cfg.items() if k not in ('backbone', 'num_features')})
-    names = ckpt.get('label_names')
-    if isinstance(names, (list, tuple)) and len(names) == model.num_classes:  # timm-ssod train's class names
-        set_label_names(model, names)
     return model.eval(), args
 
 
