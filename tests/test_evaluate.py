@@ -325,3 +325,18 @@ def test_saved_folders(data, full_run, tmp_path):
         assert any('plain timm model' in n for n in res['notes']) == (name == 'plain')
         if name == 'ssod':
             assert res['results']['ssod']['a'] == full_run[1]['results']['ssod']['a']
+
+
+def test_eval_and_hub_rebuild_a_checkpoint_with_its_recorded_bn_eps(tmp_path):
+    """``timm-ssod eval`` and ``timm_ssod.hub.model_from_checkpoint`` rebuild a training
+    checkpoint through one function (``hub.rebuild_model``): both honour the run's --bn-eps
+    (eval used to leave it out and evaluate with timm's default eps)."""
+    from timm_ssod.evaluate import load_eval_model
+    from timm_ssod.hub import model_from_checkpoint
+    model = timm_ssod.create_model('test_efficientnet', num_classes=3, bn_eps=1e-3)  # (ResNet takes no bn_eps)
+    path = tmp_path / 'run.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'arch': 'test_efficientnet',
+                'args': dict(model='test_efficientnet', bn_eps=1e-3, num_classes=3, ssod=True)}, path)
+    for rebuilt in (load_eval_model(checkpoint=str(path))[0], model_from_checkpoint(path)[0]):
+        assert {m.eps for m in rebuilt.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {1e-3}
+        assert rebuilt.num_classes == 3
