@@ -387,7 +387,7 @@ def probe_tables(d):
     return (f"### Probe of the OOD head, location by location\n\n"
             f"Command: `{d.get('command', '').strip()}` (then `python benchmarks/make_tables.py --readme README.md`). "
             f"Each configuration's SSOD fine-tune of the study repeated with the same stage 1, sizes and seed, then "
-            f"`timm_ssod.protocol.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
+            f"`timm_ssod.experiments.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
             f"OOD set. In percent: the head's mean per-location P(ID) on ID object cells / ID pure-background cells; "
             f"per OOD set, the mean per-location P(ID) over all its cells, then the AUROC ↑ (ID vs the set; 50 = "
             f"chance, below 50 = the set looks *more* ID) of {' / '.join(aggs)}.\n\n"

@@ -2,7 +2,7 @@
 every detector of the harness on every built-in OOD set, several seeds (mean ± std).
 
 Per backbone: one vanilla stage 1 from scratch (seed 0; it stands in for the fixed pretrained
-weights of the paper), then for each seed ``timm_ssod.protocol.run_protocol``: a vanilla and
+weights of the paper), then for each seed ``timm_ssod.experiments.run_protocol``: a vanilla and
 an SSOD fine-tune with the same budget and seed, evaluated on the test splits.
 
 Beyond the paper, scores that try to keep SSOD's gain on far OOD without its loss on near
@@ -27,7 +27,7 @@ their JSON afterwards (nothing is retrained):
     OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones resnet18 regnety_008 --out b.json; wait
     python benchmarks/quality.py --merge a.json b.json
 
-Per SSOD run it also measures calibrated decisions (``timm_ssod.protocol.decisions_checkpoint``):
+Per SSOD run it also measures calibrated decisions (``timm_ssod.experiments.decisions_checkpoint``):
 ``ssod_fused`` and its components calibrated on the ID validation split, the share of ID *test*
 images rejected at each alpha against its expected value, and the share of each OOD set caught.
 
@@ -47,13 +47,13 @@ import numpy as np
 import timm
 import torch
 
-from timm_ssod.checkpoint import atomic_write_text
+from timm_ssod._util import atomic_write_text
 from timm_ssod.conformal import min_calibration_size
 from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.protocol import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
+from timm_ssod.experiments import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # CPU-sized versions of the Table-6 families: 64-px images, a 4x4 map where the backbone allows

@@ -10,7 +10,7 @@ fine-tunes it twice with the same budget and seed: with the SSOD objective, and 
 cross-entropy (the fair baseline). The evaluation harness (``timm_ssod.evaluate``) then
 scores the test split and every OOD set with the SSOD score on the SSOD model and with the
 post-hoc detectors (MSP, Energy, KNN, ViM, ...) on both models, and prints FPR95 / AUROC per
-set. The SSOD model is saved in timm's Hub format (``timm_ssod.hub_push.save_training_run``:
+set. The SSOD model is saved in timm's Hub format (``timm_ssod.hub.save_training_run``:
 ``model.safetensors``, ``config.json``, model card), the results as JSON / CSV / Markdown.
 
 Each stage is one ``timm-ssod train`` run (``timm_ssod.train.main``), so the same steps work
@@ -25,9 +25,9 @@ from typing import Dict, List
 from timm.data import create_loader, resolve_data_config
 
 from timm_ssod.data import create_dataset
-from timm_ssod.eval_model import load_eval_model
+from timm_ssod.evaluate import load_eval_model
 from timm_ssod.evaluate import DEFAULT_DETECTORS, evaluate
-from timm_ssod.report import format_table, write_results
+from timm_ssod.evaluate import format_table, write_results
 from timm_ssod.train import main as train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,7 +75,7 @@ def evaluate_checkpoint(checkpoint: str, setting: Dict) -> Dict:
 def save(checkpoint: str, result: Dict, folder: str) -> str:
     """The SSOD model of a training checkpoint in timm's Hub format (model.safetensors,
     config.json with the SSOD settings, a model card with the evaluation table)."""
-    from timm_ssod.hub_push import save_training_run
+    from timm_ssod.hub import save_training_run
     return str(save_training_run(checkpoint, folder, eval_json=result))
 
 

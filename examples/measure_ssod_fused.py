@@ -8,7 +8,7 @@ against single detectors, and the ID rejection rate against alpha, on the built-
 
 Per data seed (the synthetic images' seed; the checkpoint is the same): detectors fitted on
 2000 ID training images, calibrated on 1000 ID validation images, tested on 600 ID test
-images and 600 images of each OOD set (``timm_ssod.decision_benchmark.measure_decisions``,
+images and 600 images of each OOD set (``timm_ssod.experiments.measure_decisions``,
 the protocol's evaluation transforms). It produced the numbers in
 ``timm_ssod/detectors/ssod_fused.py`` and the README; ``--summary`` prints them (mean ± std
 over the seeds). About 4 minutes on 2 CPU cores for three seeds, after the demo.
@@ -23,10 +23,10 @@ import numpy as np
 def measure(ckpt: str, out: str, seeds):
     import torch
     from timm_ssod.data import create_dataset
-    from timm_ssod.decision_benchmark import format_decisions, measure_decisions
+    from timm_ssod.experiments import format_decisions, measure_decisions
     from timm_ssod.detectors import SSODFused
-    from timm_ssod.eval_model import load_eval_model
-    from timm_ssod.protocol import OOD_SETS, _loader
+    from timm_ssod.evaluate import load_eval_model
+    from timm_ssod.experiments._protocol import OOD_SETS, _loader
 
     torch.set_num_threads(1)
     model, _ = load_eval_model(checkpoint=ckpt)

@@ -8,7 +8,7 @@ import torch
 from timm_ssod.cli import main as cli_main
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import DEFAULT_DETECTORS, SSOD_DETECTORS
-from timm_ssod.protocol import BASELINES
+from timm_ssod.experiments import BASELINES
 
 
 @pytest.fixture(autouse=True, scope='module')

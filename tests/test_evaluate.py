@@ -15,11 +15,11 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 import timm_ssod
 from timm_ssod.data import ImageFolderOOD, SyntheticDataset, write_image_folder
 from timm_ssod.detectors import compute_outputs, create_detector
-from timm_ssod.evaluate import (AVERAGE, EvalScores, NonFiniteOutputError, evaluate, main, subsample_indices,
-                                summarize)
+from timm_ssod.cli._eval import main
+from timm_ssod.evaluate import AVERAGE, EvalScores, NonFiniteOutputError, evaluate, subsample_indices, summarize
 from timm_ssod.metrics import accuracy, ood_metrics
-from timm_ssod.model_card import eval_table, load_eval_results
-from timm_ssod.report import format_table, result_rows, write_results
+from timm_ssod.hub._card import eval_table, load_eval_results
+from timm_ssod.evaluate import format_table, result_rows, write_results
 
 IMG = 64  # resnet18 -> 2x2 feature map
 N_FIT, N_ID, N_A, N_B = 16, 12, 8, 16
@@ -228,7 +228,7 @@ NEW_BASELINES = ('rmds', 'gen', 'fdbd', 'scale', 'ash_s', 'ash_b', 'nnguide', 's
 def test_new_baselines_run_by_name_not_by_default():
     """The issue-12 baselines are in the registry, so the harness and `--detectors` take them by
     name; the default set is an explicit list: of them only RMDS and GEN (single pass, any backbone)."""
-    from timm_ssod.cli_eval import _detector_names
+    from timm_ssod.cli._eval import _detector_names
     from timm_ssod.evaluate import DEFAULT_DETECTORS
     assert DEFAULT_DETECTORS == ALL and set(NEW_BASELINES) & set(DEFAULT_DETECTORS) == {'rmds', 'gen'}
     assert _detector_names(['rmds,gen', 'dice']) == ['rmds', 'gen', 'dice']
@@ -325,3 +325,18 @@ def test_saved_folders(data, full_run, tmp_path):
         assert any('plain timm model' in n for n in res['notes']) == (name == 'plain')
         if name == 'ssod':
             assert res['results']['ssod']['a'] == full_run[1]['results']['ssod']['a']
+
+
+def test_eval_and_hub_rebuild_a_checkpoint_with_its_recorded_bn_eps(tmp_path):
+    """``timm-ssod eval`` and ``timm_ssod.hub.model_from_checkpoint`` rebuild a training
+    checkpoint through one function (``hub.rebuild_model``): both honour the run's --bn-eps
+    (eval used to leave it out and evaluate with timm's default eps)."""
+    from timm_ssod.evaluate import load_eval_model
+    from timm_ssod.hub import model_from_checkpoint
+    model = timm_ssod.create_model('test_efficientnet', num_classes=3, bn_eps=1e-3)  # (ResNet takes no bn_eps)
+    path = tmp_path / 'run.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'arch': 'test_efficientnet',
+                'args': dict(model='test_efficientnet', bn_eps=1e-3, num_classes=3, ssod=True)}, path)
+    for rebuilt in (load_eval_model(checkpoint=str(path))[0], model_from_checkpoint(path)[0]):
+        assert {m.eps for m in rebuilt.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {1e-3}
+        assert rebuilt.num_classes == 3

@@ -1,7 +1,7 @@
 """Training from scratch: SSOD must reach the ID accuracy of the vanilla model on the same data.
 
 Early on no location is >= gamma confident, so the sampler's labels are few and noisy; without
-the lambda warm-up of ``timm_ssod.loss`` this set-up lost about 11 points of ID accuracy (74%
+the lambda warm-up of ``timm_ssod.core (_loss)`` this set-up lost about 11 points of ID accuracy (74%
 vs 85% after 10 epochs). Each seed trains both arms with the same data, initial weights,
 batch order and optimizer: the only difference is the SSOD objective (with its warm-up over
 the run), so the per-seed difference isolates what SSOD costs.

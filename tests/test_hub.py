@@ -136,7 +136,7 @@ def test_atomic_save_replaces_files_only_when_complete(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         raise RuntimeError('disk full')
-    monkeypatch.setattr('timm_ssod.hub.render_model_card', broken)
+    monkeypatch.setattr('timm_ssod.hub._hub.render_model_card', broken)
     with pytest.raises(RuntimeError, match='disk full'):
         other.save_pretrained(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched
@@ -282,7 +282,7 @@ def test_unreachable_hub_answers_from_the_cache_or_fails_at_once(monkeypatch, tm
     decides first; then the cache answers, or a clear error comes at once."""
     import time
     from safetensors.torch import save as safetensors_bytes
-    from timm_ssod.factory import PretrainedWeightsError
+    from timm_ssod.hub import PretrainedWeightsError
     torch.manual_seed(0)
     weights = timm.create_model('test_resnet').state_dict()
     with HubServer() as server:

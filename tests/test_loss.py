@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_ssod import SSODLoss, SSODOutput
-from timm_ssod.loss import _dr_mask, ood_term
+from timm_ssod.core._loss import _dr_mask, ood_term
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 SURE_0, SURE_1, UNSURE = [20., -20.], [-20., 20.], [0., 0.]   # 2-class patch logits

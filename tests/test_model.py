@@ -10,7 +10,7 @@ from timm.data import resolve_data_config
 
 import timm_ssod
 from timm_ssod import UnsupportedBackboneError
-from timm_ssod.layout import head_per_location, to_locations
+from timm_ssod.core import head_per_location, to_locations
 
 from backbones import BACKBONES, POOL_LINEAR_HEADS
 

@@ -220,8 +220,8 @@ def test_eval_blames_a_model_typo_on_the_flag_not_the_checkpoint(photos, run, tm
 def test_help_only_names_datasets_timm_has_and_others_are_one_line_errors(photos, run, tmp_path):
     import re
     from timm_ssod import cli as cli_module
-    from timm_ssod.ood_specs import TORCH_DATASETS
-    from timm_ssod.train_args import build_parser
+    from timm_ssod.data import TORCH_DATASETS
+    from timm_ssod.train import build_parser
     rc, out, err, _ = cli('eval', '--help')  # the one that named torch/svhn; the others in this process
     assert rc == 0, err
     sub = cli_module.build_parser()._subparsers._group_actions[0].choices

@@ -26,7 +26,7 @@ import huggingface_hub
 import pytest
 
 from timm_ssod import cli
-from timm_ssod.train_args import parse_args
+from timm_ssod.train import parse_args
 
 from hub_server import HubServer, patch_hub_env
 

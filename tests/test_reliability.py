@@ -16,14 +16,14 @@ from PIL import Image
 
 import timm_ssod
 from timm_ssod import SSODLoss
-from timm_ssod import train as train_mod
-from timm_ssod.checkpoint import load_training_state, resolve_resume
-from timm_ssod.eval_model import read_checkpoint
-from timm_ssod.evaluate import main as eval_main
+from timm_ssod.train import _main as train_mod
+from timm_ssod.checkpoints import load_training_state, resolve_resume
+from timm_ssod.evaluate import read_checkpoint
+from timm_ssod.cli._eval import main as eval_main
 from timm_ssod.hub import CheckpointError
-from timm_ssod.hub_push import load_training_checkpoint
-from timm_ssod.train_args import parse_args
-from timm_ssod.train_loop import NonFiniteLossError, SSODTrainForward, train_one_epoch
+from timm_ssod.hub._runs import load_training_checkpoint
+from timm_ssod.train import parse_args
+from timm_ssod.train import NonFiniteLossError, SSODTask, train_one_epoch
 
 from hub_server import HubServer, patch_hub_env
 
@@ -74,8 +74,7 @@ def test_inf_in_a_batch_stops_training_before_the_weights_change():
     bad[1, 2, 3, 4] = float('inf')
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match=r'NaN/Inf in the input batch at epoch 0, step 0 .*before updating'):
-        train_one_epoch(0, SSODTrainForward(model), [(bad, y), (x, y)], optimizer, SSODLoss(), args,
-                        torch.device('cpu'))
+        train_one_epoch(0, SSODTask(model, SSODLoss()), [(bad, y), (x, y)], optimizer, args, torch.device('cpu'))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -115,7 +114,7 @@ def test_folders_read_every_format_pil_decodes(tmp_path):
     """OOD folders took only .png/.jpg/.jpeg (timm's list): .bmp, .webp, .tif ... were silently
     left out, an all-WebP folder was "empty" (issue 15). ID image folders read them too."""
     from timm_ssod.data import ImageFolderOOD
-    from timm_ssod.id_data import create_id_dataset
+    from timm_ssod.data import create_id_dataset
     formats = ('.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.jpeg', '.JPG', '.png')
     for i, ext in enumerate(formats):
         _image(tmp_path / 'ood' / f'{i}{ext}', 'RGB')
@@ -131,7 +130,7 @@ def test_folders_read_every_format_pil_decodes(tmp_path):
 def test_an_unreadable_id_image_is_skipped_with_a_warning_naming_the_file(tmp_path, caplog):
     """timm's warning named only the index ("Skipped sample (index 1). image file is truncated"),
     and a truncated image's error does not name the file (issue 15)."""
-    from timm_ssod.id_data import create_id_dataset
+    from timm_ssod.data import create_id_dataset
     for name in ('a.png', 'b.png', 'c.png'):
         _image(tmp_path / 'id' / 'val' / 'x' / name, 'RGB')
     truncate(tmp_path / 'id' / 'val' / 'x' / 'b.png')

@@ -18,11 +18,11 @@ import pytest
 import torch
 import yaml
 
-from timm_ssod import train as train_mod
-from timm_ssod.checkpoint import (AtomicCheckpointSaver, NonFiniteWeightsError, OutputDirError, check_output_dir,
+from timm_ssod.train import _main as train_mod
+from timm_ssod.checkpoints import (AtomicCheckpointSaver, NonFiniteWeightsError, OutputDirError, check_output_dir,
                                   resolve_resume)
-from timm_ssod.train_args import parse_args
-from timm_ssod.train_loop import NonFiniteLossError
+from timm_ssod.train import parse_args
+from timm_ssod.train import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
@@ -117,9 +117,8 @@ def test_best_checkpoint_by_fpr95_is_the_lowest(tmp_path):
 
 def test_amp_bf16_channels_last_accumulation_ema_compile_and_push(tmp_path, monkeypatch):
     pushed = []
-    fake_hub = types.ModuleType('timm_ssod.hub_push')  # the Hub module is tested on its own
-    fake_hub.push_training_run = lambda out, repo: pushed.append((out, repo))
-    monkeypatch.setitem(sys.modules, 'timm_ssod.hub_push', fake_hub)
+    import timm_ssod.hub  # the Hub module is tested on its own
+    monkeypatch.setattr(timm_ssod.hub, 'push_training_run', lambda out, repo: pushed.append((out, repo)))
     result = train(base_argv(tmp_path) + ['--experiment', 'x', '--amp', '--amp-dtype', 'bfloat16',
                                           '--channels-last', '--grad-accum-steps', '2', '--model-ema',
                                           '--model-ema-decay', '0.9', '--torchcompile', 'aot_eager',
@@ -232,6 +231,17 @@ def test_bad_arguments_are_argparse_errors(tmp_path, capsys, flags, message):
 def test_unknown_eval_metric_is_an_error_before_training(tmp_path, capsys):
     code = train_mod.run([str(a) for a in base_argv(tmp_path)] + ['--eval-metric', 'top3'])
     assert code == 1 and 'choose one of loss, top1, top5' in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('detector', ['ssod', 'energy_ssod'])
+def test_no_ssod_with_an_ood_head_detector_is_an_early_error_naming_it(tmp_path, capsys, detector):
+    """Every detector that reads the OOD head (``needs_ood_head``), not only names starting with
+    'ssod': energy_ssod used to pass the check and fail late with an uncaught ValueError."""
+    code = train_mod.run([str(a) for a in base_argv(tmp_path)] + ['--no-ssod', '--ood-val', 'noise=synthetic/noise',
+                                                                 '--ood-val-detectors', detector])
+    err = capsys.readouterr().err
+    assert code == 1 and f'--ood-val-detectors {detector} needs the OOD head' in err and '--no-ssod' in err
     assert not list(tmp_path.iterdir())
 
 

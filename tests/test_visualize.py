@@ -10,9 +10,11 @@ pytest.importorskip('matplotlib')
 from PIL import Image  # noqa: E402
 
 import timm_ssod  # noqa: E402
-from timm_ssod import cli, visualize  # noqa: E402
+from timm_ssod import cli  # noqa: E402
+from timm_ssod import figures as visualize  # noqa: E402
+from timm_ssod.cli._visualize import main as visualize_main  # noqa: E402
 from timm_ssod.data import SyntheticDataset, write_image_folder  # noqa: E402
-from timm_ssod.sampler import sample_patches  # noqa: E402
+from timm_ssod.core import sample_patches  # noqa: E402
 
 IMG = 96  # resnet18 -> a 3x3 map
 PANEL_PX, LEGEND_PX = round(visualize.PANEL_INCHES * visualize.DPI), round(visualize.LEGEND_INCHES * visualize.DPI)
@@ -82,7 +84,7 @@ def test_vanilla_vs_ssod_figure_and_histograms(ckpts, capsys):
 
 def test_single_vanilla_model_on_an_image_folder(ckpts):
     out = ckpts / 'out_folder'
-    rc = visualize.main(['--checkpoint', str(ckpts / 'vanilla.pth.tar'), '--images', str(ckpts / 'photos'),
+    rc = visualize_main(['--checkpoint', str(ckpts / 'vanilla.pth.tar'), '--images', str(ckpts / 'photos'),
                          '--img-size', '64', '--output', str(out), '--name', 'fig.png'])
     assert rc == 0
     assert _png_size(out / 'fig.png') == ('PNG', (3 * PANEL_PX, 2 * PANEL_PX + LEGEND_PX))
@@ -92,7 +94,7 @@ def test_clear_error_without_matplotlib(ckpts, monkeypatch, capsys):
     for name in [m for m in sys.modules if m == 'matplotlib' or m.startswith('matplotlib.')]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib -> ImportError
-    rc = visualize.main(['--checkpoint', str(ckpts / 'vanilla.pth.tar'), '--output', str(ckpts / 'none')])
+    rc = visualize_main(['--checkpoint', str(ckpts / 'vanilla.pth.tar'), '--output', str(ckpts / 'none')])
     assert rc == 1
     assert 'pip install "timm-ssod[plot]"' in capsys.readouterr().err
     assert not (ckpts / 'none').exists()  # failed before loading anything or writing

@@ -16,7 +16,7 @@ from .msp import MSP
 from .nnguide import NNGuide
 from .odin import ODIN
 from .react import ReAct
-from .registry import DETECTORS, create_detector
+from .registry import DETECTORS, create_detector, detector_class
 from .rmds import RMDS
 from .scale import SCALE, scale_features
 from .she import SHE
@@ -25,7 +25,7 @@ from .ssod_msp import SSODMSP
 from .ssod_fused import SSODFused
 from .vim import ViM, principal_dim
 
-__all__ = ['Detector', 'ModelOutputs', 'NotFittedError', 'NotApplicableError', 'apply_classifier',
+__all__ = ['detector_class', 'Detector', 'ModelOutputs', 'NotFittedError', 'NotApplicableError', 'apply_classifier',
            'collect_outputs', 'compute_outputs', 'DETECTORS', 'create_detector', 'MSP', 'MaxLogit', 'Energy',
            'energy_score', 'ODIN', 'KLMatching', 'Mahalanobis', 'KNN', 'ReAct', 'ViM',
            'principal_dim', 'SSOD', 'SSODMSP', 'SSODFused', 'RMDS', 'GEN', 'generalized_entropy', 'FDBD',

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..layout import merge_heads
-from ..model import is_ssod_model
+from ..core import merge_heads
+from ..core import is_ssod_model
 
 __all__ = ['ModelOutputs', 'compute_outputs', 'apply_classifier', 'collect_outputs',
            'Detector', 'NotFittedError', 'NotApplicableError']
@@ -129,6 +129,7 @@ class Detector:
     name = 'detector'
     needs_fit = False
     needs_inputs = False  # True when only score(model, x) works (input perturbation)
+    needs_ood_head = False  # True when it reads the OOD head (an SSOD model's ood_logits): the one place this is decided
     fit_passes = 1
 
     def __init__(self):

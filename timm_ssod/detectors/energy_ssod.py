@@ -9,12 +9,12 @@ the energy (a log-density) gives, for w = 1, ``log`` of the energy's unnormalise
 times the odds of being ID. ``w`` trades the two; choose it on validation data, never on
 the test sets (``benchmarks/quality.py`` does). Needs an SSOD model; no fit.
 
-p is ``timm_ssod.posterior.id_probability`` (float32), clamped to [tiny, 1 - 2^-24] before
+p is ``timm_ssod.core.id_probability`` (float32), clamped to [tiny, 1 - 2^-24] before
 the log, so the log-odds are finite (they saturate near +16.6, far inside the ID side).
 """
 import torch
 
-from ..posterior import id_probability
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 from .energy import energy_score
 from .ssod import require_ood_logits
@@ -35,6 +35,7 @@ def id_log_odds(ood_logits: torch.Tensor) -> torch.Tensor:
 
 class EnergySSOD(Detector):
     """``energy + weight * log-odds(P(ID | x))`` (module docstring); no fit."""
+    needs_ood_head = True
     name = 'energy_ssod'
 
     def __init__(self, weight: float = 1.0, temperature: float = 1.0):

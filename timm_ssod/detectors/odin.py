@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..layout import merge_heads
+from ..core import merge_heads
 from .base import Detector, ModelOutputs
 
 

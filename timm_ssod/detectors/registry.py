@@ -46,10 +46,15 @@ from .ssod_fused import SSODFused  # noqa: E402  (imports create_detector lazily
 DETECTORS[SSODFused.name] = SSODFused
 
 
-def create_detector(name: str, **kwargs) -> Detector:
-    """``create_detector('knn', k=50)``: a new detector; kwargs go to its constructor."""
+def detector_class(name: str) -> Type[Detector]:
+    """The class of a detector name (``DETECTORS`` or ``EXPERIMENTAL_DETECTORS``); ValueError if unknown."""
     cls = DETECTORS.get(name.lower()) or EXPERIMENTAL_DETECTORS.get(name.lower())
     if cls is None:
         raise ValueError(f'unknown detector {name!r}; available: {", ".join(DETECTORS)} (experimental: '
                          f'{", ".join(EXPERIMENTAL_DETECTORS)})')
-    return cls(**kwargs)
+    return cls
+
+
+def create_detector(name: str, **kwargs) -> Detector:
+    """``create_detector('knn', k=50)``: a new detector; kwargs go to its constructor."""
+    return detector_class(name)(**kwargs)

@@ -3,12 +3,12 @@
     score(x) = P(ID | x) = sigmoid(l_id - l_ood),   (l_ood, l_id) = f_ood(GAP(h(x)))
 
 "Image Background Serves as Good Proxy for Out-of-distribution Data", ICLR 2024.
-Computed by ``timm_ssod.posterior.id_probability``. Needs an SSOD model (one with
+Computed by ``timm_ssod.core.id_probability``. Needs an SSOD model (one with
 ``forward_ood_head``).
 """
 import torch
 
-from ..posterior import id_probability
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 
 
@@ -21,6 +21,7 @@ def require_ood_logits(outputs: ModelOutputs, name: str) -> torch.Tensor:
 
 class SSOD(Detector):
     """P(ID | x) from the SSOD OOD head; no fit."""
+    needs_ood_head = True
     name = 'ssod'
 
     def _score(self, outputs: ModelOutputs):

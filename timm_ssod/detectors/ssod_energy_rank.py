@@ -11,7 +11,7 @@ on ID images (``fit(model, loader)``), as KNN or Mahalanobis do.
 """
 import torch
 
-from ..posterior import id_probability
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 from .energy import energy_score
 from .ssod import require_ood_logits
@@ -25,6 +25,7 @@ def empirical_cdf(sorted_ref: torch.Tensor, values: torch.Tensor) -> torch.Tenso
 
 class SSODEnergyRank(Detector):
     """``min(F_ssod, F_energy)`` (module docstring); fit on ID data."""
+    needs_ood_head = True
     name = 'ssod_energy_rank'
     needs_fit = True
 

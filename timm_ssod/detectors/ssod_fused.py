@@ -82,6 +82,7 @@ class SSODFused(Detector):
         component_kwargs: constructor arguments by component name, e.g. ``{'knn': {'k': 10}}``.
         name: the name it is reported under (to compare variants in one evaluation).
     """
+    needs_ood_head = True
     name = 'ssod_fused'
     needs_fit = True
 

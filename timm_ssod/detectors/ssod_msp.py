@@ -3,16 +3,17 @@
     score(x) = max_{i <= M} P(w_i | x) = max_i softmax(logits(x))_i * P(ID | x)
 
 "Image Background Serves as Good Proxy for Out-of-distribution Data", ICLR 2024.
-Computed by ``timm_ssod.posterior.unified_posterior``; the (M+1)-th column, "unknown",
+Computed by ``timm_ssod.core.unified_posterior``; the (M+1)-th column, "unknown",
 is left out. Needs an SSOD model.
 """
-from ..posterior import unified_posterior
+from ..core import unified_posterior
 from .base import Detector, ModelOutputs
 from .ssod import require_ood_logits
 
 
 class SSODMSP(Detector):
     """Max over the M known classes of the unified posterior; no fit."""
+    needs_ood_head = True
     name = 'ssod_msp'
 
     def _score(self, outputs: ModelOutputs):

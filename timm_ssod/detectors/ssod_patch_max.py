@@ -14,8 +14,8 @@ Needs an SSOD model; reads ``model.forward_ssod(x).patch_ood_logits``, so it sco
 """
 import torch
 
-from ..model import is_ssod_model
-from ..posterior import id_probability
+from ..core import is_ssod_model
+from ..core import id_probability
 from .base import Detector, ModelOutputs
 
 
@@ -26,6 +26,7 @@ def patch_max_score(patch_ood_logits: torch.Tensor) -> torch.Tensor:
 
 class SSODPatchMax(Detector):
     """Max over feature-map locations of P(ID | location); no fit."""
+    needs_ood_head = True
     name = 'ssod_patch_max'
     needs_inputs = True
 

@@ -1,0 +1,65 @@
+"""Small helpers every layer may use (the bottom layer: imports nothing of ``timm_ssod``).
+
+* ``first_line(e)``: an exception as one line, ``"TypeName: first line of its message"``.
+* ``atomic_write(path, write_fn)`` / ``atomic_write_text``: a file appears whole or not at all
+  (written to ``<path>.partial``, fsynced, ``os.replace``d, the folder fsynced).
+* ``fsync_path`` / ``fsync_dir``: make a written file / a rename durable.
+"""
+import os
+from typing import Callable
+
+PARTIAL_SUFFIX = '.partial'
+
+
+def first_line(e: BaseException) -> str:
+    """``"TypeName: <first line of str(e)>"``, or ``"TypeName"`` when the message is empty."""
+    text = str(e).strip()
+    return f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'.rstrip(': ')
+
+
+def fsync_path(path) -> None:
+    """fsync a file already written and closed."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write_fn: Callable) -> None:
+    """Call ``write_fn(file)`` on ``<path>.partial`` (binary), fsync it, then ``os.replace`` it
+    onto ``path``. On any error the partial file is removed and ``path`` is left untouched."""
+    path = os.fspath(path)
+    tmp = path + PARTIAL_SUFFIX
+    try:
+        with open(tmp, 'wb') as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """``atomic_write`` of ``text`` as UTF-8."""
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))

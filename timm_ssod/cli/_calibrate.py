@@ -1,0 +1,178 @@
+"""``timm-ssod calibrate``: an OOD decision calibrated on held-out ID images, saved with the model.
+
+    # a training run's checkpoint, the built-in benchmark's ID validation split
+    timm-ssod calibrate output/train/RUN/model_best.pth.tar --dataset synthetic/id --save-dir out/ssod-r10
+    # a saved model and an image folder (DIR/train fits Mahalanobis, DIR/val calibrates)
+    timm-ssod calibrate local-dir:out/ssod-r10 --data-dir DIR --alpha 0.01 --save-dir out/ssod-r10-a01
+    timm-ssod calibrate hf-hub:org/ssod-r50 --data-dir /data/imagenet --push-to-hub org/ssod-r50
+
+MODEL is a training checkpoint (or run folder: its model_best.pth.tar), or a saved model
+``local-dir:PATH`` / ``hf-hub:org/name``. The detector (default ``ssod_fused``: SSOD's P(ID),
+Mahalanobis and Energy combined through ID p-values) is fitted on ``--fit-split`` (ID training
+images) and calibrated on ``--split`` (held-out ID images, default the validation split): its
+sorted scores turn any image's score into a conformal p-value, and ``p <= alpha`` rejects at
+most a share alpha of ID images in expectation. No OOD data is used. Needs n >= 1/alpha - 1
+calibration images (19 for alpha = 0.05); a few hundred give a stable threshold.
+
+The model is written with the calibration (``config.json``'s ``ssod`` block, ``ssod.safetensors``,
+the model card) to ``--save-dir`` and/or pushed with ``--push-to-hub``; ``timm-ssod predict``
+and ``model.predict`` then give p-values and decisions. Preprocessing is the model's data
+config (what training recorded), the one ``predict`` will use.
+"""
+import argparse
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from timm.utils import ParseKwargs
+
+from ._common import add_command, parse_and_run, report_errors
+
+DEFAULT_FIT_SAMPLES = 5000
+
+
+def load_model(spec: str, use_ema: bool = True, model_kwargs: Optional[Dict] = None) -> Tuple[object, Dict]:
+    """``(SSOD model in eval mode, save_pretrained kwargs)`` of a MODEL argument: a saved folder
+    (``local-dir:`` / ``hf-hub:``) or a training checkpoint / run folder."""
+    from timm.models import parse_model_name
+
+    from ..hub import create_model
+    from ..core import is_ssod_model
+    if spec.startswith(('hf-hub:', 'local-dir:')) and parse_model_name(spec)[0]:
+        model = create_model(spec, pretrained=True, **(model_kwargs or {}))
+        save_kwargs: Dict = {}
+    elif os.path.exists(spec):
+        from ..hub._runs import _prepare_run
+        _, model, save_kwargs = _prepare_run(spec, use_ema, model_kwargs, None, None)
+    else:
+        raise ValueError(f'MODEL {spec!r} is neither a file or folder (training checkpoint / run) nor a saved model '
+                         "'local-dir:PATH' / 'hf-hub:org/name'")
+    if not is_ssod_model(model):
+        raise ValueError(f'{spec} is not an SSOD model')
+    return model.eval(), save_kwargs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('model', metavar='MODEL', help='training checkpoint or run folder, or local-dir:PATH / hf-hub:org/name')
+    p.add_argument('--no-ema', dest='use_ema', action='store_false', help="a checkpoint's raw weights, not its EMA")
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
+                   help='create_model arguments overriding those read from the checkpoint')
+    g = p.add_argument_group('ID data (never OOD data)')
+    g.add_argument('--dataset', default='', metavar='NAME',
+                   help="ID dataset: '' (image folder in --data-dir), synthetic/id, torch/cifar10, ...")
+    g.add_argument('--data-dir', metavar='DIR', default=None, help='root of the ID dataset')
+    g.add_argument('--split', default='validation', help='held-out ID split to calibrate on (default: validation)')
+    g.add_argument('--fit-split', default='train', help='ID training split, to fit the detector (default: train)')
+    g.add_argument('--fit-samples', type=int, default=DEFAULT_FIT_SAMPLES, metavar='N',
+                   help=f'fit on at most N random training images (default {DEFAULT_FIT_SAMPLES}; 0: all)')
+    g.add_argument('--calib-samples', type=int, default=0, metavar='N',
+                   help='calibrate on at most N random images of --split (default 0: all)')
+    g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
+                   help='ID dataset arguments (synthetic: num_images=, img_size=, seed=)')
+    g = p.add_argument_group('decision')
+    g.add_argument('--detector', default='ssod_fused', help='the score to calibrate (default ssod_fused; ssod, '
+                                                           'energy, mahalanobis ... any single-pass detector)')
+    g.add_argument('--components', default=None, metavar='A,B,...',
+                   help='ssod_fused components (default ssod,mahalanobis,energy)')
+    g.add_argument('--combine', choices=('fisher', 'stouffer'), default=None, help='ssod_fused combination '
+                                                                                  '(default fisher)')
+    g.add_argument('--alpha', type=float, default=0.05, help='target share of ID images rejected (default 0.05)')
+    g = p.add_argument_group('run')
+    g.add_argument('--save-dir', metavar='DIR', default=None, help='write the calibrated model folder here')
+    g.add_argument('--push-to-hub', metavar='ORG/NAME', default=None, help='push the calibrated model to the Hub')
+    g.add_argument('--seed', type=int, default=0, help='seed of the subsampling (default 0)')
+    g.add_argument('--batch-size', '-b', type=int, default=64)
+    g.add_argument('--workers', '-j', type=int, default=0)
+    g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``calibrate`` on the ``timm-ssod`` subparsers (``timm_ssod.cli``)."""
+    return add_command(subparsers, 'calibrate', 'calibrate an OOD decision on held-out ID images (conformal p-values)',
+                       __doc__, add_arguments, run)
+
+
+def _detector(args):
+    from ..detectors import create_detector
+    kwargs = {}
+    if args.components is not None:
+        kwargs['components'] = args.components
+    if args.combine is not None:
+        kwargs['method'] = args.combine
+    if kwargs and args.detector != 'ssod_fused':
+        raise ValueError('--components / --combine are options of --detector ssod_fused')
+    return create_detector(args.detector, **kwargs)
+
+
+def _calibrate(args) -> int:
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    from ..conformal import check_calibration_size
+    from ..evaluate._data import EvalDataError, build_id_dataset, cut, dataset_num_classes, make_loader, same_folder
+
+    if not args.save_dir and not args.push_to_hub:
+        raise ValueError('give --save-dir DIR and/or --push-to-hub ORG/NAME: where the calibrated model goes')
+    detector = _detector(args)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model, save_kwargs = load_model(args.model, args.use_ema, args.model_kwargs)
+    model.to(device)
+    data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
+    transform = create_transform(**data_config, is_training=False)
+    # what save_pretrained will record as the model's preprocessing, and predict will use
+    model.pretrained_cfg = dict(model.pretrained_cfg, **{k: data_config[k] for k in (
+        'input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode') if k in data_config})
+    classes = model.num_classes
+
+    def id_set(split):
+        ds = build_id_dataset(args.dataset, args.data_dir, split, classes, args.dataset_kwargs)
+        declared = dataset_num_classes(ds)
+        if declared and declared != classes:
+            raise EvalDataError(f'the ID data ({args.dataset or args.data_dir}, split {split}) has {declared} classes '
+                                f'but the model has {classes}')
+        return ds
+
+    calib_set = id_set(args.split)
+    if args.calib_samples > 0:
+        calib_set = cut(calib_set, args.calib_samples, args.seed)
+    if hasattr(calib_set, '__len__'):
+        check_calibration_size(len(calib_set), args.alpha, f'ID calibration images (--split {args.split})')
+    fit_loader = None
+    if detector.needs_fit:
+        fit_set = id_set(args.fit_split)
+        if same_folder(fit_set, calib_set):
+            raise EvalDataError(f'--fit-split {args.fit_split!r} and --split {args.split!r} read the same folder '
+                                f'({args.data_dir}): calibration images must be held out. Put the ID images in '
+                                'DIR/train and DIR/val, or use --detector ssod (no fit).')
+        if args.fit_samples > 0:
+            fit_set = cut(fit_set, args.fit_samples, args.seed)
+        fit_loader = make_loader(fit_set, transform, args.batch_size, args.workers, device)
+    data = f"{args.dataset or args.data_dir}, split {args.split}"
+    cal = model.calibrate(make_loader(calib_set, transform, args.batch_size, args.workers, device), detector=detector,
+                          alpha=args.alpha, fit_loader=fit_loader, device=device,
+                          info={'data': data, 'fit': f'split {args.fit_split}' if fit_loader else None})
+    print(f'Calibrated {args.model}: {cal.summary()}')
+    model.cpu()
+    if args.save_dir:
+        from ..hub import save_pretrained
+        folder = save_pretrained(model, args.save_dir, repo_id=args.push_to_hub, **save_kwargs)
+        print(f'Saved to {folder}')
+    if args.push_to_hub:
+        from ..hub import push_to_hub
+        info = push_to_hub(model, args.push_to_hub, commit_message='Add ID calibration (timm_ssod)', **save_kwargs)
+        print(f'Pushed to {getattr(info, "commit_url", None) or args.push_to_hub}')
+    return 0
+
+
+def run(args: argparse.Namespace, prog: str = 'timm-ssod calibrate') -> int:
+    """Run the calibration of parsed arguments; 0 on success, 1 with a message on bad input."""
+    return report_errors(_calibrate, args, prog)
+
+
+def main(argv: Optional[List[str]] = None, prog: str = 'timm-ssod calibrate') -> int:
+    return parse_and_run(argv, prog, __doc__, add_arguments, run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""``timm-ssod predict``: class, P(ID), p-value and OOD decision for image files or folders.
+
+    timm-ssod predict local-dir:out/ssod-r10 photo.jpg more/photos/ --output out/pred
+    timm-ssod predict hf-hub:org/ssod-r50 images/ --alpha 0.01
+
+MODEL is a saved model (``local-dir:PATH`` / ``hf-hub:org/name``) or a training checkpoint.
+Folders are read recursively (every image file PIL reads). Each image is preprocessed with
+the model's data config and goes through the backbone once. Printed per image: the class
+(its name when config.json has ``label_names``), P(ID) (Eq. 15), and, for a model calibrated
+with ``timm-ssod calibrate``, the conformal p-value and the decision (``OOD`` when
+p <= alpha; ``--alpha`` overrides the calibration's). ``--output DIR`` writes
+``predictions.csv`` and ``predictions.json``. ``--alpha`` on an uncalibrated model is an error.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+from ._common import add_command, parse_and_run, report_errors
+
+FIELDS = ('file', 'class_index', 'class', 'class_prob', 'p_id', 'p_value', 'decision')
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('model', metavar='MODEL', help='local-dir:PATH / hf-hub:org/name, or a training checkpoint')
+    p.add_argument('paths', metavar='PATH', nargs='+', help='image files and/or folders (read recursively)')
+    p.add_argument('--alpha', type=float, default=None,
+                   help="share of ID images the decision may reject (default: the calibration's alpha)")
+    p.add_argument('--output', metavar='DIR', default=None, help='write predictions.csv and predictions.json here')
+    p.add_argument('--batch-size', '-b', type=int, default=32)
+    p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``predict`` on the ``timm-ssod`` subparsers (``timm_ssod.cli``)."""
+    return add_command(subparsers, 'predict', 'class, P(ID), p-value and OOD decision for images', __doc__,
+                       add_arguments, run)
+
+
+def image_files(paths: List[str]) -> List[str]:
+    """The image files of ``paths``: files as given, folders recursively (sorted)."""
+    from ..data import find_image_files
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = find_image_files(path)
+            if not found:
+                raise ValueError(f'{path}: no image files in this folder')
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f'{path}: no such image file or folder')
+    return files
+
+
+def predict_files(model, files: List[str], transform, alpha: Optional[float], batch_size: int, device) -> List[Dict]:
+    """One dict per file (``FIELDS``); p_value / decision are None without a calibration."""
+    import torch
+
+    from ..data import load_rgb
+    names = model.pretrained_cfg.get('label_names') if model.pretrained_cfg.get('num_classes') == model.num_classes \
+        else None
+    rows = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images = []
+        for f in chunk:
+            try:
+                images.append(transform(load_rgb(f)))
+            except OSError as e:
+                raise OSError(f'{f}: cannot be read as an image ({e})') from e
+        pred = model.predict(torch.stack(images).to(device), alpha=alpha)
+        prob, index = pred.class_probs.max(dim=-1)
+        for i, f in enumerate(chunk):
+            k = int(index[i])
+            label = (names[k] if isinstance(names, list) else names.get(str(k), names.get(k))) if names else str(k)
+            p = None if pred.p_value is None else float(pred.p_value[i])
+            rows.append({'file': f, 'class_index': k, 'class': label, 'class_prob': float(prob[i]),
+                         'p_id': float(pred.id_prob[i]), 'p_value': p,
+                         'decision': None if p is None else ('OOD' if bool(pred.is_ood[i]) else 'ID')})
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def _predict(args) -> int:
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    from ._calibrate import load_model
+    files = image_files(args.paths)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model, save_kwargs = load_model(args.model)
+    model.to(device)
+    cal = model.ssod_calibration
+    if args.alpha is not None and cal is not None:
+        cal.check_alpha(args.alpha)
+    data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
+    transform = create_transform(**data_config, is_training=False)
+    rows = predict_files(model, files, transform, args.alpha, args.batch_size, device)
+    alpha = args.alpha if args.alpha is not None else (cal.alpha if cal is not None else None)
+    print('| file | class | P(ID) | p-value | decision |\n|---|---|---:|---:|---|')
+    for r in rows:
+        print(f"| {r['file']} | {r['class']} | {r['p_id']:.4f} | {_fmt(r['p_value'], '.4f')} | {r['decision'] or '-'} |")
+    if cal is None:
+        print('\nThis model is not calibrated: no p-value or OOD decision. Calibrate it on held-out ID images with '
+              '`timm-ssod calibrate`.')
+    else:
+        print(f'\nOOD when p-value <= alpha = {alpha:g} ({cal.detector.name} score, {cal.n} ID calibration images): '
+              f"{sum(r['decision'] == 'OOD' for r in rows)} of {len(rows)} images.")
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, 'predictions.csv'), 'w', newline='', encoding='utf-8') as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(os.path.join(args.output, 'predictions.json'), 'w', encoding='utf-8') as f:
+            json.dump({'model': args.model, 'alpha': alpha, 'calibrated': cal is not None, 'predictions': rows}, f,
+                      indent=2)
+        print(f'Written to {args.output}/predictions.csv and predictions.json')
+    return 0
+
+
+def run(args: argparse.Namespace, prog: str = 'timm-ssod predict') -> int:
+    """Run the prediction of parsed arguments; 0 on success, 1 with a message on bad input."""
+    return report_errors(_predict, args, prog)
+
+
+def main(argv: Optional[List[str]] = None, prog: str = 'timm-ssod predict') -> int:
+    return parse_and_run(argv, prog, __doc__, add_arguments, run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""``create_model``: timm's ``create_model`` with an ``ssod`` switch."""
+import difflib
+import logging
+import os
+from typing import Dict, Optional
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import load_state_dict, parse_model_name, register_model
+
+from ..core import attach_ssod, set_label_names
+from ._hub import _CALLER_ALLOW_PICKLE, SSOD_ARCHITECTURE, _build, create_from_source  # hf-hub: / local-dir: names
+from .._util import first_line
+from ..checkpoints import CheckpointError, torch_load
+from ._files import HubError, Source, read_config
+from ._offline import offline_if_unreachable
+
+__all__ = ['create_model', 'PretrainedWeightsError', 'unknown_model_message', 'ssod']
+
+_logger = logging.getLogger(__name__)
+OOD_HEAD_PREFIX = 'ood_head.'
+
+
+class PretrainedWeightsError(OSError):
+    """timm's pretrained weights could not be fetched (offline, Hub unreachable, not cached)."""
+
+    def __init__(self, message: str, model_name: str, reason: str):
+        super().__init__(message)
+        self.model_name, self.reason = model_name, reason
+
+
+def unknown_model_message(name: str) -> Optional[str]:
+    """None when timm can create ``name`` (or it is an ``hf-hub:`` / ``local-dir:`` name);
+    else timm's "Unknown model" with the closest timm names."""
+    if parse_model_name(name)[0] or timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f'; did you mean {", ".join(close)}?' if close else '.'
+    stem = name.split('.')[0].split('_')[0].rstrip('0123456789') or name
+    return f"Unknown model ({name}){hint} timm.list_models('*{stem}*') lists the names, wildcards allowed."
+
+
+def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
+                 ood_hidden: int = 0, allow_pickle: bool = False, **kwargs) -> nn.Module:
+    """Create a timm model by name and, with ``ssod=True`` (default), add the SSOD OOD head.
+
+    Every other keyword argument goes to ``timm.create_model`` unchanged (``num_classes``,
+    ``img_size``, ``drop_rate``, ``pretrained_cfg_overlay`` ...). ``pretrained=True`` loads
+    timm's weights for the backbone; the OOD head starts fresh. With ``ssod=False`` this is
+    ``timm.create_model``.
+
+    ``checkpoint_path`` loads weights after the OOD head is attached, as timm does after
+    building its model: a ``timm-ssod train`` checkpoint (``model_best.pth.tar``; EMA weights
+    when present, like timm; class names into ``pretrained_cfg['label_names']``), a plain timm
+    checkpoint (only ``ood_head.*`` missing: a fresh OOD head, logged), or ``.safetensors``.
+    ``ood_hidden`` is read from the checkpoint's OOD head when not given. With ``ssod=False`` an
+    SSOD checkpoint's ``ood_head.*`` are ignored.
+
+    ``hf-hub:org/name[@revision]`` and ``local-dir:/path`` load a folder written by
+    ``save_pretrained`` (weights and OOD head) or a plain timm one (fresh OOD head); see
+    ``timm_ssod.hub``. Their weights are read from ``model.safetensors`` only, unless
+    ``allow_pickle=True`` allows ``pytorch_model.bin`` (read with ``weights_only=True``).
+
+    An unknown name is timm's ``RuntimeError("Unknown model (...)")``, with the closest names.
+    Offline (``HF_HUB_OFFLINE=1``, or the Hub refusing connections) pretrained weights come
+    from the local cache or fail at once with ``PretrainedWeightsError`` (an ``OSError``)
+    saying how to pass a local file, instead of huggingface_hub's ~50 s of retries.
+    """
+    if parse_model_name(model_name)[0]:  # a saved folder: timm_ssod.hub
+        return create_from_source(model_name, ssod=ssod, pretrained=pretrained, ood_hidden=ood_hidden,
+                                  allow_pickle=allow_pickle, **kwargs)
+    message = unknown_model_message(model_name)
+    if message:
+        raise RuntimeError(message)
+    checkpoint_path = kwargs.pop('checkpoint_path', None)
+    state, meta = _read_checkpoint(checkpoint_path) if checkpoint_path else (None, {})
+    model = _create_timm(model_name, pretrained, kwargs)
+    if ssod:
+        if not ood_hidden and state is not None:
+            ood_hidden = _ood_hidden_of(state)
+        attach_ssod(model, ood_hidden=ood_hidden, backbone=model_name)
+    if state is not None:
+        _load_checkpoint(model, state, checkpoint_path, ssod)
+        if meta.get('label_names'):
+            set_label_names(model, meta['label_names'])
+    return model
+
+
+def _create_timm(model_name: str, pretrained: bool, kwargs: Dict) -> nn.Module:
+    local_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    if not pretrained or local_file:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    with offline_if_unreachable() as reason:  # huggingface_hub would retry ~25 s per file
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except (OSError, HubError) as e:  # huggingface_hub's LocalEntryNotFoundError is a FileNotFoundError
+            why = reason or first_line(e)
+            raise PretrainedWeightsError(
+                f'could not fetch the pretrained weights of {model_name!r} ({why}), and they are not in the local '
+                f'Hub cache. Offline, pass a local file instead: create_model({model_name!r}, pretrained=True, '
+                f"pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')), or pretrained=False with "
+                "checkpoint_path='/path/to/checkpoint'.", model_name, why) from e
+
+
+def _read_checkpoint(path: str):
+    """``(state_dict, meta)`` of a checkpoint file: timm's ``load_state_dict`` (weights_only,
+    EMA first), and from a ``timm-ssod train`` checkpoint its ``label_names``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint_path {path!r}: no such file')
+    try:
+        state = load_state_dict(path, use_ema=True)
+    except Exception as e:  # truncated, corrupt, or refused by weights_only
+        raise CheckpointError(f'checkpoint_path {path!r} could not be read with torch.load(weights_only=True): '
+                              f'{first_line(e)}') from e
+    meta = {}
+    if not str(path).endswith('.safetensors'):
+        try:  # memory-mapped: only the small entries are read
+            ckpt = torch_load(path, mmap=True)
+            if isinstance(ckpt, dict) and isinstance(ckpt.get('label_names'), (list, tuple)):
+                meta['label_names'] = list(ckpt['label_names'])
+        except Exception:  # a legacy (non-zip) file: its weights loaded above, it has no class names
+            pass
+    return state, meta
+
+
+def _ood_hidden_of(state: Dict[str, torch.Tensor]) -> int:
+    w = state.get(OOD_HEAD_PREFIX + 'net.0.weight')  # OODHead with a hidden layer
+    return int(w.shape[0]) if w is not None and w.ndim == 2 else 0
+
+
+def _load_checkpoint(model: nn.Module, state: Dict[str, torch.Tensor], path: str, ssod: bool) -> None:
+    """Strict load, except that an SSOD model may lack ``ood_head.*`` in the file (a fresh OOD
+    head) and a plain model ignores them; other differences raise as timm's strict load does."""
+    if not ssod:
+        state = {k: v for k, v in state.items() if not k.startswith(OOD_HEAD_PREFIX)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(OOD_HEAD_PREFIX)]
+    if missing or result.unexpected_keys:
+        model.load_state_dict(state, strict=True)  # raises torch's error, listing the keys
+    if result.missing_keys:
+        _logger.warning(f'checkpoint_path {path!r} holds no OOD head (ood_head.*): the OOD head is freshly '
+                        'initialised, the other weights are loaded')
+    else:
+        _logger.info(f'Loaded checkpoint_path {path!r}')
+
+
+# timm entrypoint of old SSOD folders: importing timm_ssod registers it in timm's model registry
+@register_model
+def ssod(pretrained: bool = False, backbone: Optional[str] = None, ood_hidden: Optional[int] = None,
+         ssod: bool = True, allow_pickle: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+         cache_dir=None, pretrained_model_args: Optional[Dict] = None, **kwargs) -> nn.Module:
+    """timm entrypoint of old SSOD folders (``architecture: ssod`` in config.json).
+
+    ``timm.create_model('hf-hub:org/name' | 'local-dir:path', pretrained=True)`` rebuilds an
+    SSOD model saved before the split layout (new folders are plain timm folders, see the
+    module docstring); ``timm.create_model('ssod', backbone='resnet50', ...)`` makes a new
+    one. ``ssod=False`` gives the plain backbone; ``allow_pickle=True`` allows a
+    ``pytorch_model.bin``-only folder.
+    """
+    if _CALLER_ALLOW_PICKLE.get() is not None:  # called by timm_ssod.create_model
+        allow_pickle = _CALLER_ALLOW_PICKLE.get()
+    elif pretrained_model_args and 'allow_pickle' in pretrained_model_args:
+        _logger.warning('ignoring allow_pickle found in config.json model_args: only the caller can allow pickle')
+        allow_pickle = False
+    if isinstance(pretrained_cfg, str):
+        raise ValueError(f"'{SSOD_ARCHITECTURE}' has no pretrained tags; load a saved SSOD model with "
+                         "'hf-hub:org/name' or 'local-dir:/path'")
+    source = Source.from_pretrained_cfg(pretrained_cfg, cache_dir)
+    if source is None:
+        if backbone is None:
+            raise ValueError(f"timm.create_model('{SSOD_ARCHITECTURE}') needs backbone=<timm model name>, or load "
+                             "a saved SSOD model with 'hf-hub:org/name' / 'local-dir:/path'")
+        return create_model(backbone, ssod=ssod, pretrained=pretrained, ood_hidden=ood_hidden or 0,
+                            pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                            cache_dir=cache_dir, **kwargs)
+    kwargs.update(backbone=backbone, ood_hidden=ood_hidden, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                  cache_dir=cache_dir, pretrained_model_args=pretrained_model_args)
+    return _build(source, read_config(source), pretrained_cfg, pretrained, ssod, allow_pickle, kwargs)

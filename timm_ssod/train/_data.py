@@ -1,0 +1,92 @@
+"""Datasets of a training run: the ID train / validation splits and the ``--ood-val`` sets.
+
+``--dataset synthetic/id`` is the built-in generated benchmark (``timm_ssod.data``); any
+other name goes to timm's ``create_dataset`` with timm's arguments. ``--dataset-kwargs``
+reach the dataset constructor (``num_images``, ``img_size``, ``seed`` for synthetic data),
+``--val-dataset-kwargs`` override them for the validation split and synthetic OOD sets.
+
+``--ood-val NAME=SPEC``: ``synthetic/<set>`` (with the validation split and its synthetic
+options), a folder or a timm dataset name (``torch/cifar100``, read from ``--data-dir`` with
+``--val-split``), optionally ``?KEY=VALUE&...`` options (``timm_ssod.data``).
+"""
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+from ..data import create_dataset
+from ..data import check_evaluation_split, create_id_dataset, folder_summary, is_image_folder, resolve_split
+from ..data import is_synthetic, open_ood_set, parse_ood_spec
+
+_logger = logging.getLogger('train')
+
+
+class TrainConfigError(ValueError):
+    """A command-line / config value that cannot work (reported without a traceback)."""
+
+
+def _synthetic_kwargs(args, num_classes: Optional[int], val: bool) -> Dict:
+    kw = dict(args.dataset_kwargs)
+    if val:
+        kw.update(args.val_dataset_kwargs)
+    if num_classes:
+        kw.setdefault('num_classes', num_classes)
+    return kw
+
+
+def build_datasets(args) -> Tuple:
+    """(train, validation) datasets, as timm's train.py creates them."""
+    if is_synthetic(args.dataset):
+        train = create_dataset(args.dataset, split=args.train_split,
+                               **_synthetic_kwargs(args, args.num_classes, val=False))
+        val = create_dataset(args.dataset, split=args.val_split, **_synthetic_kwargs(args, args.num_classes, val=True))
+        return train, val
+    data_dir = args.data_dir or args.data
+    if not data_dir and not args.dataset:
+        raise TrainConfigError('no training data: give --data-dir DIR (an ImageFolder) or --dataset NAME '
+                               '(e.g. --dataset synthetic/id for the built-in benchmark)')
+    args.data_dir = data_dir
+    if is_image_folder(args.dataset) and not os.path.exists(data_dir):
+        raise TrainConfigError(f'--data-dir {data_dir!r}: no such folder')
+    folder = is_image_folder(args.dataset) and os.path.isdir(data_dir)  # (not a .tar of images)
+    split_train = split_val = None
+    if folder:
+        split_train = resolve_split(data_dir, args.train_split)
+        split_val = check_evaluation_split(data_dir, args.val_split, '--val-split', [split_train.folder],
+                                           TrainConfigError)
+        if not split_train.found and split_val.found:  # timm would train on DIR, its val/ included
+            raise TrainConfigError(
+                f'--train-split {args.train_split!r}: {data_dir} has no {args.train_split!r} sub-folder, so timm would '
+                f'train on all of {data_dir}, which holds the validation images ({split_val.folder}). Put the training '
+                f'images in {os.path.join(data_dir, "train")} (class sub-folders as in {split_val.folder}).')
+    common = dict(class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
+                  error=TrainConfigError, download_hint='pass --dataset-download')
+    train = create_id_dataset(args.dataset, data_dir, args.train_split, is_training=True, seed=args.seed,
+                              repeats=args.epoch_repeats, **common, **args.dataset_kwargs)
+    val = create_id_dataset(args.dataset, data_dir, args.val_split, is_training=False, **common,
+                            **{**args.dataset_kwargs, **args.val_dataset_kwargs})
+    if folder:
+        _logger.info(f'Training data: {folder_summary(train, split_train)}')
+        _logger.info(f'Validation data: {folder_summary(val, split_val)}')
+        if split_val.training:
+            _logger.warning(f'--val-split {args.val_split!r} reads the training images ({split_val.training}): '
+                            'validation accuracy and model_best then measure memorisation, not generalisation')
+    return train, val
+
+
+def build_ood_sets(args, num_classes: Optional[int] = None) -> 'OrderedDict[str, object]':
+    """The ``--ood-val`` sets by name (see the module docstring)."""
+    sets = OrderedDict()
+    for spec in args.ood_val:
+        ood = parse_ood_spec(spec, '--ood-val', TrainConfigError)
+        if ood.name in sets:
+            raise TrainConfigError(f'--ood-val: the name {ood.name!r} is used twice')
+        try:
+            sets[ood.name] = open_ood_set(ood, '--ood-val', args.data_dir or args.data, args.val_split,
+                                          _synthetic_kwargs(args, num_classes, val=True), TrainConfigError,
+                                          download=args.dataset_download)
+        except TrainConfigError:
+            raise
+        except ValueError as e:
+            raise TrainConfigError(f'--ood-val {spec!r}: {e}') from e
+    return sets
