@@ -31,7 +31,7 @@ Then the paper's Table-2 protocol in the grid's best cell (lowest mean SSOD FPR9
 seeds): SSOD **from scratch for the whole run** against vanilla from scratch, the same
 total epoch budget as stage 1 + fine-tune.
 
-    python benchmarks/regime.py                      # the whole study (about 2 h of 2 CPU cores, 2 processes)
+    python benchmarks/regime.py                      # the whole study (about 3 h of 2 CPU cores, 2 processes)
     python benchmarks/regime.py --shard 0/2 & python benchmarks/regime.py --shard 1/2; wait   # the same, in parallel
     python benchmarks/regime.py --quick --out /tmp/regime.json   # tiny sizes (tests)
     python benchmarks/make_tables.py                 # README table and figure from regime.json
