@@ -1,16 +1,6 @@
-"""The demo's settings (``timm-ssod demo``, ``timm_ssod.cli``): SSOD vs vanilla fine-tuning on the built-in benchmark, on CPU, in minutes.
-
-    timm-ssod demo                      # ResNet-10-T, natural backgrounds, 64 px resized to 112 (7x7 map), ~8 min on 2 cores
-    timm-ssod demo --quick              # tiny model and data, every step in seconds (the tests)
-    timm-ssod demo --backbone resnet18 --seed 1 --output output/demo-r18
-
-Runs ``timm_ssod.experiments.run_protocol``: a short vanilla stage from scratch (no pretrained
-weights can be downloaded here), then a vanilla and an SSOD fine-tune with the same budget
-and seed, then the evaluation harness on the ID test split and all built-in OOD sets
-(backgrounds, novel_objects, noise, textures). Prints the paper-style table (FPR95 / AUROC
-per OOD set and their average; SSOD scores on the SSOD model, the post-hoc baselines on
-both models) and writes it with all results to ``--output``: ``table.md``,
-``protocol.json``, ``eval/<model>/results.{json,csv,md}`` and the training runs.
+"""The demo's settings: ``DEMO`` (the default run of ``timm-ssod demo``, sized for about 8 min on
+2 CPU cores), ``QUICK`` (tiny, for the tests), and the ETA measured before a run
+(``estimate_seconds``). The command and what it runs: ``timm_ssod.cli._demo``.
 """
 import argparse
 import time

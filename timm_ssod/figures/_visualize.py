@@ -1,31 +1,7 @@
-"""The paper's figures for your models (drawn by ``timm-ssod visualize``, ``timm_ssod.cli``).
-
-* Fig. 2 (``sampler.png``): one row per image. First the image as the model sees it (after
-  timm's eval transform); then, per model, the per-location confidence on the labelled class
-  (the predicted class for unlabelled images) upsampled to the image, the sampler's labels
-  (Eq. 12) as a grid: ID green, OOD red, ignored grey, and for SSOD models the per-location
-  P(ID) of the OOD head (Eq. 15 at every location).
-* Fig. 6 (``hist_<set>.png``, with ``--hist``): ID-vs-OOD score histograms, per model its SSOD
-  score and its best of ``--hist-detectors`` (``timm_ssod.evaluate.plot_histograms``).
-
-    # the first 4 test images of the built-in benchmark, a vanilla and an SSOD run side by side
-    timm-ssod visualize --checkpoint output/demo/finetune_vanilla/last.pth.tar \\
-        --compare output/demo/finetune_ssod/last.pth.tar --hist --ood backgrounds=synthetic/backgrounds
-    # your own images (files and/or folders) with a saved model
-    timm-ssod visualize --model local-dir:saved/ssod-resnet18 --images cat.jpg more_photos/
-    # an image folder (train/ + val/ or test/), labelled by its class folders, as timm-ssod eval reads it
-    timm-ssod visualize --checkpoint output/train/RUN/model_best.pth.tar --data-dir my_photos
-
-Images drawn: ``--images``; else ``--dataset`` / ``--data-dir`` (``--data-dir`` alone is an image
-folder); else the data the checkpoint's training run recorded; else ``synthetic/id``. The
-split defaults to the test split (an image folder: ``test/``, else ``val/``); one that would
-read the training images (timm reads the whole folder when the split's sub-folder is missing)
-is an error. Class names: the model's (its training folder's), else the dataset's.
-
-Models load as in ``timm-ssod eval`` (``timm_ssod.evaluate``); ``--compare`` takes a checkpoint
-file or a model name (``local-dir:PATH``, ``hf-hub:org/name``). gamma: ``--gamma``, else the
-model's ``ssod_cfg``, else the training run's ``--gamma``, else 0.95. matplotlib is an optional
-dependency: ``pip install "timm-ssod[plot]"``.
+"""The paper's figures for your models: Fig. 2 (the per-location confidence, the sampler's
+labels of Eq. 12 and the OOD head's per-location P(ID), one row per image) and Fig. 6 (ID-vs-OOD
+score histograms). The command that draws them, its options and examples: ``timm-ssod visualize``
+(``timm_ssod.cli._visualize``). matplotlib is an optional dependency: ``pip install "timm-ssod[plot]"``.
 """
 import argparse
 import os
