@@ -40,16 +40,19 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write_fn: Callable) -> None:
+def atomic_write(path: str, write_fn: Callable, durable: bool = True) -> None:
     """Call ``write_fn(file)`` on ``<path>.partial`` (binary), fsync it, then ``os.replace`` it
-    onto ``path``. On any error the partial file is removed and ``path`` is left untouched."""
+    onto ``path``. On any error the partial file is removed and ``path`` is left untouched.
+    ``durable=False`` skips the fsyncs (a reader still never sees a half file, but a power cut may
+    lose the file): for bulk data that can be regenerated, such as thousands of generated images."""
     path = os.fspath(path)
     tmp = path + PARTIAL_SUFFIX
     try:
         with open(tmp, 'wb') as f:
             write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -57,7 +60,8 @@ def atomic_write(path: str, write_fn: Callable) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def atomic_write_text(path: str, text: str) -> None:

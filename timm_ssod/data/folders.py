@@ -6,6 +6,8 @@ from typing import Callable, List, Optional, Set
 import torch.utils.data
 from PIL import Image
 
+from .._util import atomic_write
+
 OOD_FOLDER = 'ood'
 # PIL opens these formats but cannot decode them by itself (stubs, MPEG, EPS needs Ghostscript)
 _NOT_DECODED = {'BUFR', 'GRIB', 'HDF5', 'WMF', 'MPEG', 'EPS', 'IPTC'}
@@ -24,7 +26,7 @@ def write_image_folder(dataset, root: str) -> str:
     ``root/<classes[label]>/<index>.png``, label -1 to ``root/ood/<index>.png``.
 
     The dataset's ``transform`` is bypassed while writing. Each file is written under a
-    temporary name and renamed with ``os.replace``, so a reader never sees a half file.
+    temporary name and renamed (``timm_ssod._util.atomic_write``), so a reader never sees a half file.
     SyntheticDataset class names are sorted, so timm's folder reader gives the same labels.
     Returns ``root``.
     """
@@ -41,10 +43,9 @@ def write_image_folder(dataset, root: str) -> str:
             label = int(label)
             folder = os.path.join(root, OOD_FOLDER if label < 0 else (classes[label] if classes else str(label)))
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f'{index:0{width}d}.png')
-            tmp = os.path.join(folder, f'.{index:0{width}d}.{os.getpid()}.tmp')
-            img.convert('RGB').save(tmp, format='PNG')
-            os.replace(tmp, path)
+            rgb = img.convert('RGB')
+            atomic_write(os.path.join(folder, f'{index:0{width}d}.png'), lambda f: rgb.save(f, format='PNG'),
+                         durable=False)  # regenerable data: no fsync per image
     finally:
         if transform is not None:
             dataset.transform = transform
