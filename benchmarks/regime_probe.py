@@ -18,7 +18,6 @@ Needs the configuration's stage 1 from ``regime.py`` (its marker under --runs-di
 already there.
 """
 import argparse
-import json
 import os
 import sys
 import time

@@ -10,7 +10,6 @@ from timm.data import resolve_data_config
 
 import timm_ssod
 from timm_ssod import UnsupportedBackboneError
-from timm_ssod.core import head_per_location, to_locations
 
 from backbones import BACKBONES, POOL_LINEAR_HEADS
 
@@ -49,7 +48,7 @@ def test_every_family_forward_ssod_and_predict(name):
 def _location(model, feats, i, j):
     """The feature at grid cell (i, j), in the backbone's own layout, as a one-location input."""
     if feats.ndim == 3:
-        h = w = int((feats.shape[1] - model.num_prefix_tokens) ** 0.5)
+        w = int((feats.shape[1] - model.num_prefix_tokens) ** 0.5)
         token = feats[:, model.num_prefix_tokens + i * w + j]
         return token[:, None].expand(-1, model.num_prefix_tokens + 1, -1)
     if getattr(model, 'output_fmt', 'NCHW') == 'NHWC':

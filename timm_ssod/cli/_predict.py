@@ -40,23 +40,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        add_arguments, run)
 
 
-def image_files(paths: List[str]) -> List[str]:
-    """The image files of ``paths``: files as given, folders recursively (sorted)."""
-    from ..data import find_image_files
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = find_image_files(path)
-            if not found:
-                raise ValueError(f'{path}: no image files in this folder')
-            files += found
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f'{path}: no such image file or folder')
-    return files
-
-
 def predict_files(model, files: List[str], transform, alpha: Optional[float], batch_size: int, device) -> List[Dict]:
     """One dict per file (``FIELDS``); p_value / decision are None without a calibration."""
     import torch
@@ -93,8 +76,9 @@ def _predict(args) -> int:
     import torch
     from timm.data import create_transform, resolve_data_config
 
+    from ..data import expand_image_paths
     from ._calibrate import load_model
-    files = image_files(args.paths)
+    files = expand_image_paths(args.paths)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model, save_kwargs = load_model(args.model)
     model.to(device)

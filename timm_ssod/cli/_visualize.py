@@ -169,23 +169,13 @@ def _dataset_kwargs(args, train_args) -> dict:
 
 def _images(args, model, dataset_kwargs):
     """``(names, PIL images, labels, class names)``; class names: the model's, else the data's."""
-    from ..data import find_image_files, load_rgb
+    from ..data import expand_image_paths, load_rgb
     from ..evaluate import EvalDataError, build_id_dataset
     from ..data import class_names, model_class_map
     from ..core import label_names
     num_classes, names = model.num_classes, label_names(model)
     if args.images:
-        files = []
-        for path in args.images:
-            if os.path.isdir(path):
-                found = find_image_files(path)
-                if not found:
-                    raise ValueError(f'--images {path!r}: no image files in this folder')
-                files += found
-            elif os.path.isfile(path):
-                files.append(path)
-            else:
-                raise FileNotFoundError(f'--images {path!r}: no such file or folder')
+        files = expand_image_paths(args.images, flag='--images')
         files = files[:args.num_images] if args.num_images else files
         return [os.path.basename(f) for f in files], [load_rgb(f) for f in files], [-1] * len(files), names
     ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)

@@ -21,6 +21,24 @@ def image_extensions() -> Set[str]:
             if fmt in Image.OPEN and fmt not in _NOT_DECODED}
 
 
+def expand_image_paths(paths: List[str], flag: Optional[str] = None) -> List[str]:
+    """Image files and folders (searched recursively, ``find_image_files``) -> image file paths,
+    in order. A folder without images or a missing path is an error naming it (and ``flag``,
+    the command-line option it came from, if any)."""
+    files = []
+    for path in paths:
+        name = f'{flag} {path!r}' if flag else path
+        if os.path.isdir(path):
+            found = find_image_files(path)
+            if not found:
+                raise ValueError(f'{name}: no image files in this folder')
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f'{name}: no such image file or folder')
+    return files
+
 def write_image_folder(dataset, root: str) -> str:
     """Write every ``(PIL image, label)`` of ``dataset`` as PNG to an ImageFolder layout:
     ``root/<classes[label]>/<index>.png``, label -1 to ``root/ood/<index>.png``.

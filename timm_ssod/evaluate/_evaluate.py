@@ -63,7 +63,7 @@ from ..metrics import ood_metrics
 from ..core import is_ssod_model
 
 __all__ = ['DEFAULT_DETECTORS', 'SSOD_DETECTORS', 'AVERAGE', 'EvalScores', 'NonFiniteOutputError',
-           'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors', 'main']
+           'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors']
 
 # The default set (demo, benchmarks, `timm-ssod eval` without --detectors), explicit rather than
 # "everything registered": every detector added to the registry would otherwise slow the demo and

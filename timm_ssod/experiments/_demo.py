@@ -7,8 +7,6 @@ import time
 from typing import Dict
 
 
-from ._protocol import run_protocol
-
 # the default run, in the regime benchmarks/regime.py found best for SSOD's premise (the sampler
 # labels background cells OOD, not ID): natural backgrounds, 64-px images resized up to 112 px, a
 # 7x7 map at output stride 16, each cell seeing a part of the image (the paper's CIFAR recipe).

@@ -3,16 +3,11 @@ labels of Eq. 12 and the OOD head's per-location P(ID), one row per image) and F
 score histograms). The command that draws them, its options and examples: ``timm-ssod visualize``
 (``timm_ssod.cli._visualize``). matplotlib is an optional dependency: ``pip install "timm-ssod[plot]"``.
 """
-import argparse
-import os
-import sys
-from datetime import datetime
 from typing import List, NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.utils import ParseKwargs
 
 from ..core import head_per_location, merge_heads, to_locations
 from ..core import is_ssod_model
