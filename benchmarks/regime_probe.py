@@ -22,7 +22,8 @@ import os
 import sys
 import time
 
-from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, load, shared_stage1
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # regime.py, beside this script, however it is loaded
+from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, load, shared_stage1  # noqa: E402
 
 from timm_ssod.data import OOD_SETS
 from timm_ssod.experiments import location_probe, run_protocol

@@ -135,14 +135,9 @@ def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retrai
     mt.regime_figure(d, tmp_path / 'regime.png')
     assert (tmp_path / 'regime.png').stat().st_size > 1000
     # the probe repeats a cell's SSOD fine-tune on the same stage 1 (not retrained) and probes it location by location
-    import sys
-    sys.path.insert(0, str(BENCH))  # regime_probe imports regime's grid
-    try:
-        probe_out = tmp_path / 'probe.json'
-        _script('regime_probe').main(['natural/native/test_resnet', '--quick', '--num-images', '16',
-                                      '--out', str(probe_out), '--runs-dir', str(runs)])
-    finally:
-        sys.path.remove(str(BENCH))
+    probe_out = tmp_path / 'probe.json'
+    _script('regime_probe').main(['natural/native/test_resnet', '--quick', '--num-images', '16',
+                                  '--out', str(probe_out), '--runs-dir', str(runs)])
     captured = capsys.readouterr()
     assert '[probe] natural/native/test_resnet/seed0' in captured.out and ': stage 1 (' not in captured.out + captured.err
     p = json.loads(probe_out.read_text())['cells']['natural/native/test_resnet/seed0']['probe']
