@@ -53,7 +53,7 @@ from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.experiments import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage
+from timm_ssod.experiments import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage, train_stage_once
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # CPU-sized versions of the Table-6 families: 64-px images, a 4x4 map where the backbone allows
@@ -193,18 +193,11 @@ def resumable(path, header):
 
 
 def shared_stage1(root, name, cfg, sizes, background):
-    """The vanilla stage 1 of ``name``, trained once: a rerun reads it back from its marker."""
-    marker = os.path.join(root, 'stage1.json')
-    if os.path.exists(marker):
-        with open(marker) as f:
-            stage1 = json.load(f)
-        if os.path.exists(stage1['checkpoint']):
-            return stage1
-    stage1 = train_stage('stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'],
-                         lr=sizes['lr'], num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6,
-                         batch_size=sizes['batch_size'], background=background, **cfg)
-    atomic_write_text(marker, json.dumps(stage1, indent=2) + '\n')
-    return stage1
+    """The vanilla stage 1 of ``name``, trained once: a rerun reads it back (``train_stage_once``)."""
+    return train_stage_once(root, lambda: train_stage(
+        'stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'], lr=sizes['lr'],
+        num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6, batch_size=sizes['batch_size'],
+        background=background, **cfg))
 
 
 def environment():

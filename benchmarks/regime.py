@@ -58,7 +58,8 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import evaluate_checkpoint, remove_checkpoints, run_protocol, sampler_alignment, train_stage
+from timm_ssod.experiments import (evaluate_checkpoint, remove_checkpoints, run_protocol, sampler_alignment,
+                                   train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -169,23 +170,18 @@ def cell_record(record, background, scale, backbone, seed, render, size, kwargs,
 
 def shared_stage1(args, background, backbone, sizes, scales):
     """The vanilla stage 1 of (background, backbone), at the native scale; trained once (another
-    process training it is waited for), then read from its marker."""
+    process training it is waited for), then read from its marker (``train_stage_once``)."""
     render, size, kwargs = scales['native'][backbone]
     root = os.path.abspath(os.path.join(args.runs_dir, background, 'stage1', backbone))
-    os.makedirs(root, exist_ok=True)
-    marker = os.path.join(root, 'stage1.json')
-    with open(os.path.join(root, 'stage1.lock'), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another process trains it
-        if not os.path.exists(marker):
-            print(f'[regime] {background}/{backbone}: stage 1 ({sizes["stage1_epochs"]} epochs on '
-                  f'{sizes["stage1_images"]} images at {size} px)', flush=True)
-            stage1 = train_stage('stage1_vanilla', root, backbone=backbone, model_kwargs=kwargs, img_size=size,
-                                 render_size=render, background=background, num_classes=6, ssod=False, seed=0,
-                                 epochs=sizes['stage1_epochs'], lr=sizes['lr'], num_images=sizes['stage1_images'],
-                                 num_val=sizes['num_val'], batch_size=sizes['batch_size'])
-            atomic_write_text(marker, json.dumps(stage1, indent=2) + '\n')
-    with open(marker) as f:
-        return json.load(f)
+
+    def train():
+        print(f'[regime] {background}/{backbone}: stage 1 ({sizes["stage1_epochs"]} epochs on '
+              f'{sizes["stage1_images"]} images at {size} px)', flush=True)
+        return train_stage('stage1_vanilla', root, backbone=backbone, model_kwargs=kwargs, img_size=size,
+                           render_size=render, background=background, num_classes=6, ssod=False, seed=0,
+                           epochs=sizes['stage1_epochs'], lr=sizes['lr'], num_images=sizes['stage1_images'],
+                           num_val=sizes['num_val'], batch_size=sizes['batch_size'])
+    return train_stage_once(root, train)
 
 
 def run_config(args, background, scale, backbone, seeds, sizes, scales, header, done):

@@ -18,12 +18,13 @@ Every training run is a real ``timm-ssod train`` run (``timm_ssod.train.main``) 
 ``<out_dir>/<stage>/``. The synthetic data are the fixed benchmark (data seed 0); ``seed``
 is the training seed (weights init, augmentation, batch order).
 """
+import fcntl
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,25 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
     best = 'model_best.pth.tar' if select_on else 'last.pth.tar'
     return dict(checkpoint=os.path.join(result['output_dir'], best), argv=argv, seconds=round(time.time() - start, 1),
                 best_epoch=result.get('best_epoch') if select_on else epochs - 1, val_top1=metrics.get('top1'))
+
+
+def train_stage_once(root: str, train: Callable[[], Dict]) -> Dict:
+    """A stage shared by several runs (e.g. one stage 1 per backbone), trained once: ``train()``
+    (a ``train_stage`` call) runs only when ``<root>/stage1.json`` is missing or names a checkpoint
+    that is gone; its record is then written there atomically. A file lock makes a second process
+    wait for the first instead of training the same stage again. Returns the record."""
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, 'stage1.json')
+    with open(os.path.join(root, 'stage1.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(marker):
+            with open(marker) as f:
+                record = json.load(f)
+            if os.path.exists(record['checkpoint']):
+                return record
+        record = train()
+        atomic_write_text(marker, json.dumps(record, indent=2) + '\n')
+        return record
 
 
 def remove_checkpoints(run_dir: str) -> None:
