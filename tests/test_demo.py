@@ -36,6 +36,9 @@ def test_demo_quick_writes_table_and_results(tmp_path, capsys):
              '0.95', '1.0', 'lwb'}
     assert [a for a in argv['ssod'] if a not in strip] == [a for a in argv['vanilla'] if a not in strip]
     assert record['stage1']['checkpoint'] in argv['ssod'] and record['stage1']['checkpoint'] in argv['vanilla']
+    # stage 1 at its own input size (the demo's: the render size), the fine-tunes at img_size
+    size_of = lambda a: a[a.index('--img-size') + 1]  # noqa: E731
+    assert size_of(record['stage1']['argv']) == '32' and size_of(argv['ssod']) == size_of(argv['vanilla']) == '64'
 
     ssod, vanilla = record['eval']['ssod'], record['eval']['vanilla']
     assert list(ssod['results']) == list(DEFAULT_DETECTORS)

@@ -1,6 +1,6 @@
 """``timm-ssod demo``: SSOD vs vanilla fine-tuning on the built-in benchmark, on CPU, in minutes.
 
-    timm-ssod demo                      # ResNet-10-T, natural backgrounds, 64 px resized to 112 (7x7 map), ~8 min on 2 cores
+    timm-ssod demo                      # ResNet-10-T, natural backgrounds, 64 px resized to 112 (7x7 map), ~6 min on 2 cores
     timm-ssod demo --quick              # tiny model and data, every step in seconds (the tests)
     timm-ssod demo --backbone resnet18 --seed 1 --output output/demo-r18
 
@@ -52,8 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
                  f"{kwargs.get('render_size') or kwargs['img_size']} px, trained at {kwargs['img_size']} px; "
                  f"output {args.output}")
     eta = estimate_seconds(kwargs)
-    print(f'ETA: about {max(eta / 60, 0.1):.1f} min on this machine (from 2 timed training steps; '
-          f'plus a little for data and logging)', flush=True)
+    print(f'ETA: about {max(eta / 60, 0.1):.1f} min on this machine (from timed training steps at each input '
+          f'size; plus a little for rendering the data and logging)', flush=True)
     record = run_protocol(**kwargs)
     wall = time.time() - start
     print('\n' + record['table_md'] + '\n')

@@ -1,4 +1,4 @@
-"""The demo's settings: ``DEMO`` (the default run of ``timm-ssod demo``, sized for about 8 min on
+"""The demo's settings: ``DEMO`` (the default run of ``timm-ssod demo``, sized for about 6 min on
 2 CPU cores), ``QUICK`` (tiny, for the tests), and the ETA measured before a run
 (``estimate_seconds``). The command and what it runs: ``timm_ssod.cli._demo``.
 """
@@ -6,18 +6,25 @@ import argparse
 import time
 from typing import Dict
 
+from ..evaluate import DEFAULT_DETECTORS
+
 
 # the default run, in the regime benchmarks/regime.py found best for SSOD's premise (the sampler
 # labels background cells OOD, not ID): natural backgrounds, 64-px images resized up to 112 px, a
 # 7x7 map at output stride 16, each cell seeing a part of the image (the paper's CIFAR recipe).
-# resnet10t (timm's ResNet-10 with a deep stem) learns far faster than resnet18 on CPU. Sized for
-# about 8 minutes on 2 CPU cores (the demo prints an ETA measured on the machine it runs on).
+# As in the study, stage 1 trains at the 64-px render size (less than half the cost per image) and
+# the fine-tunes at 112 px; the fine-tunes and the evaluation have the study's sizes (its stage 1
+# has 3000 images). resnet10t (timm's ResNet-10 with a deep stem) learns far faster than
+# resnet18 on CPU. Every default detector but ODIN, whose input perturbation costs a backward pass
+# per scored image (about 2 of the demo's minutes; `timm-ssod eval` and the benchmarks run it).
+# Sized for about 6 minutes on 2 CPU cores (the demo prints an ETA measured on the machine it runs on).
+DEMO_DETECTORS = tuple(d for d in DEFAULT_DETECTORS if d != 'odin')
 DEMO = dict(backbone='resnet10t', model_kwargs={'output_stride': 16}, img_size=112, render_size=64, background='natural',
-            num_images=1500, stage1_epochs=5, finetune_epochs=2, num_val=200, num_test=400, num_ood=400, num_fit=1000,
-            batch_size=32, lr=2e-3, finetune_lr=5e-4)
-# every step on tiny sizes (tests): test_resnet's 4x4 map at 64 px with output stride 16
-QUICK = dict(backbone='test_resnet', model_kwargs={'output_stride': 16}, img_size=64, num_images=96, stage1_epochs=1,
-             finetune_epochs=1, num_val=32, num_test=48, num_ood=48, num_fit=64, batch_size=16, lr=2e-3,
+            stage1_img_size=64, num_images=1200, stage1_epochs=6, finetune_epochs=2, num_val=150, num_test=300,
+            num_ood=300, num_fit=600, batch_size=32, lr=2e-3, finetune_lr=5e-4, detectors=DEMO_DETECTORS)
+# every step on tiny sizes (tests): test_resnet's 4x4 map at 64 px with output stride 16, stage 1 at 32 px
+QUICK = dict(backbone='test_resnet', model_kwargs={'output_stride': 16}, img_size=64, stage1_img_size=32, num_images=96,
+             stage1_epochs=1, finetune_epochs=1, num_val=32, num_test=48, num_ood=48, num_fit=64, batch_size=16, lr=2e-3,
              finetune_lr=5e-4, log_interval=2)
 
 
@@ -32,29 +39,41 @@ def settings(args: argparse.Namespace) -> Dict:
     return kwargs
 
 
-def estimate_seconds(kwargs: Dict, steps: int = 2) -> float:
-    """Seconds the protocol of ``kwargs`` should take on this machine, from ``steps`` timed SSOD
-    training steps (after one untimed): every training image of stage 1 and the two fine-tunes
-    costs one step's share, every evaluated image (validation, OOD validation, test, fit) a third
-    of it (forward only). CPUs differ 3-4x, so the demo measures rather than quotes a number."""
+def _seconds_per_image(backbone: str, model_kwargs: Dict, size: int, batch_size: int, ssod: bool, steps: int) -> float:
+    """Seconds of one training step per image (after one untimed step), SSOD or cross-entropy."""
     import torch
+    import torch.nn.functional as F
     from ..core import SSODLoss
     from ..hub import create_model
-    model = create_model(kwargs['backbone'], ssod=True, num_classes=6, **(kwargs.get('model_kwargs') or {}))
-    b, size = kwargs['batch_size'], kwargs['img_size']
-    x, y = torch.randn(b, 3, size, size), torch.arange(b) % 6
+    model = create_model(backbone, ssod=ssod, num_classes=6, **(model_kwargs or {}))
+    x, y = torch.randn(batch_size, 3, size, size), torch.arange(batch_size) % 6
     opt, loss_fn = torch.optim.SGD(model.parameters(), lr=0.0), SSODLoss()
     for i in range(steps + 1):
         if i == 1:
             start = time.perf_counter()
-        loss, _ = loss_fn(model.forward_ssod(x), y)
+        loss = loss_fn(model.forward_ssod(x), y)[0] if ssod else F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    per_image = (time.perf_counter() - start) / (steps * b)
-    n_sets = 4
-    trained = kwargs['num_images'] * (kwargs['stage1_epochs'] + 2 * kwargs['finetune_epochs'])
-    evaluated = (kwargs['stage1_epochs'] + 2 * kwargs['finetune_epochs']) * kwargs['num_val'] \
-        + 2 * kwargs['finetune_epochs'] * n_sets * kwargs['num_val'] \
-        + 2 * (kwargs['num_test'] + n_sets * kwargs['num_ood'] + kwargs['num_fit'])
-    return per_image * (trained + evaluated / 3)
+    return (time.perf_counter() - start) / (steps * batch_size)
+
+
+def estimate_seconds(kwargs: Dict, steps: int = 2) -> float:
+    """Seconds the protocol of ``kwargs`` should take on this machine, from ``steps`` timed
+    training steps at each input size (after one untimed): every training image costs one
+    step's share, every evaluated image (validation, OOD validation, test, fit) a third of it
+    (forward only), and ODIN's input perturbation one more step per scored image. CPUs differ
+    3-4x, so the demo measures rather than quotes a number."""
+    backbone, model_kwargs, b = kwargs['backbone'], kwargs.get('model_kwargs') or {}, kwargs['batch_size']
+    size = kwargs['img_size']
+    stage1_size = kwargs.get('stage1_img_size') or size
+    per_image = _seconds_per_image(backbone, model_kwargs, size, b, True, steps)
+    stage1_per_image = per_image if stage1_size == size else \
+        _seconds_per_image(backbone, model_kwargs, stage1_size, b, False, steps)
+    n_sets, n_val, ft_epochs = 4, kwargs['num_val'], kwargs['finetune_epochs']
+    stage1 = kwargs['stage1_epochs'] * (kwargs['num_images'] + n_val / 3)
+    finetunes = 2 * ft_epochs * (kwargs['num_images'] + (1 + n_sets) * n_val / 3)
+    scored = kwargs['num_test'] + n_sets * kwargs['num_ood']
+    odin = 'odin' in kwargs.get('detectors', DEFAULT_DETECTORS)
+    evaluation = 2 * ((scored + kwargs['num_fit']) / 3 + odin * scored)
+    return stage1_per_image * stage1 + per_image * (finetunes + evaluation)

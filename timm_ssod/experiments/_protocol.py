@@ -311,7 +311,7 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                  stage1_checkpoint: Optional[str] = None, vanilla: bool = True, progress: bool = True,
                  log_interval: int = 20, train_args: Sequence[str] = (), select: str = 'fpr95',
                  keep_checkpoints: bool = True, render_size: Optional[int] = None,
-                 background: str = DEFAULT_BACKGROUND) -> Dict:
+                 background: str = DEFAULT_BACKGROUND, stage1_img_size: Optional[int] = None) -> Dict:
     """Run the protocol (module docstring) into ``out_dir`` and return its record::
 
         {"config": {...every argument...}, "stage1": {"checkpoint", "seconds", "val_top1", "argv"},
@@ -322,6 +322,9 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
     ``background``: the benchmark's background family (``'natural'`` or ``'smooth'``, the A.5
     failure case); ``render_size``: the size images are generated at (default ``img_size``),
     resized up to ``img_size`` by timm's transforms (the paper renders CIFAR at 32 px, trains at 224).
+    ``stage1_img_size``: the input size of stage 1 (default ``img_size``); ``benchmarks/regime.py``
+    and the demo train it at the render size and fine-tune resized up, as pretrained weights are
+    trained at one resolution and fine-tuned at another (a CNN's weights do not depend on it).
     ``model_kwargs``: ``timm.create_model`` arguments; None means ``{'output_stride': 16}``
     (a 4x4 map at 64 px). The defaults are ``timm-ssod demo``'s.
     ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
@@ -342,7 +345,7 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                   num_test=num_test, num_ood=num_ood, num_fit=num_fit, ood_sets=list(ood_sets), lr=lr,
                   finetune_lr=finetune_lr, batch_size=batch_size, stage1_checkpoint=stage1_checkpoint,
                   vanilla=vanilla, train_args=list(train_args), select=select, render_size=render_size,
-                  background=background)
+                  background=background, stage1_img_size=stage1_img_size)
     out_dir = os.path.abspath(out_dir)
     start = time.time()
     common = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
@@ -355,8 +358,10 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
         raise ValueError(f"select must be 'fpr95' or 'last', got {select!r}")
     if stage1_checkpoint is None:
         _logger.info(f'[protocol {next(step)}/{steps}] stage 1: vanilla {backbone} from scratch, {stage1_epochs} '
-                     f'epochs on {num_images} images at {img_size}px (stand-in for pretrained weights)')
-        stage1 = train_stage('stage1_vanilla', out_dir, epochs=stage1_epochs, lr=lr, ssod=False, **common)
+                     f'epochs on {num_images} images at {stage1_img_size or img_size}px (stand-in for pretrained '
+                     'weights)')
+        stage1 = train_stage('stage1_vanilla', out_dir, epochs=stage1_epochs, lr=lr, ssod=False,
+                             **dict(common, img_size=stage1_img_size or img_size))
         stage1_checkpoint = stage1['checkpoint']
     else:
         stage1 = dict(checkpoint=stage1_checkpoint, seconds=0.0, val_top1=None, argv=None)
