@@ -1,7 +1,7 @@
 """ssod_fused (Fisher vs Stouffer, with and without the p-value tail, several component sets)
 against single detectors, and the ID rejection rate against alpha, on the built-in benchmark.
 
-    timm-ssod demo --output output/demo          # the SSOD checkpoint (resnet10t, 64 px)
+    timm-ssod demo --output output/demo          # the SSOD checkpoint
     OMP_NUM_THREADS=1 python examples/measure_ssod_fused.py output/demo/finetune_ssod/model_best.pth.tar \\
         docs/measurements/ssod_fused.json 0,1,2
     python examples/measure_ssod_fused.py --summary docs/measurements/ssod_fused.json
@@ -9,7 +9,8 @@ against single detectors, and the ID rejection rate against alpha, on the built-
 Per data seed (the synthetic images' seed; the checkpoint is the same): detectors fitted on
 2000 ID training images, calibrated on 1000 ID validation images, tested on 600 ID test
 images and 600 images of each OOD set (``timm_ssod.experiments.measure_decisions``,
-the protocol's evaluation transforms). It produced the numbers in
+the protocol's evaluation transforms), rendered and resized as the checkpoint was trained
+(its run's ``--img-size`` and ``--dataset-kwargs img_size=... background=...``). It produced the numbers in
 ``timm_ssod/detectors/ssod_fused.py`` and the README; ``--summary`` prints them (mean ± std
 over the seeds). About 4 minutes on 2 CPU cores for three seeds, after the demo.
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 def measure(ckpt: str, out: str, seeds):
     import torch
+    from timm_ssod._util import atomic_write_text
     from timm_ssod.data import create_dataset
     from timm_ssod.experiments import format_decisions, measure_decisions
     from timm_ssod.detectors import SSODFused
@@ -29,11 +31,18 @@ def measure(ckpt: str, out: str, seeds):
     from timm_ssod.experiments._protocol import OOD_SETS, _loader
 
     torch.set_num_threads(1)
-    model, _ = load_eval_model(checkpoint=ckpt)
-    img, classes = 64, model.num_classes
+    model, info = load_eval_model(checkpoint=ckpt)
+    trained = info['train_args']
+    if not trained.get('img_size'):
+        sys.exit(f'{ckpt}: no training arguments beside it (args.yaml), so the input size is unknown')
+    img, classes = trained['img_size'], model.num_classes
+    rendered = trained.get('dataset_kwargs') or {}
+    render, background = rendered.get('img_size', img), rendered.get('background', 'natural')
+    print(f'{ckpt}: images rendered at {render} px on {background} backgrounds, resized to {img} px', flush=True)
 
     def data(name, split, n, seed):
-        ds = create_dataset(name, split=split, img_size=img, num_images=n, num_classes=classes, seed=seed)
+        ds = create_dataset(name, split=split, img_size=render, num_images=n, num_classes=classes, seed=seed,
+                            background=background)
         return _loader(model, ds, img, 128, 0)
 
     def detectors():
@@ -56,8 +65,8 @@ def measure(ckpt: str, out: str, seeds):
         res['seconds'] = time.time() - start
         results[str(seed)] = res
         print(f'seed {seed}: {res["seconds"]:.0f}s\n{format_decisions(res, 0.05)}', flush=True)
-    with open(out, 'w') as f:
-        json.dump({'checkpoint': ckpt, 'seeds': list(seeds), 'results': results}, f)
+    atomic_write_text(out, json.dumps({'checkpoint': ckpt, 'img_size': img, 'render_size': render,
+                                       'background': background, 'seeds': list(seeds), 'results': results}))
 
 
 def summary(path: str, alpha: str = '0.05'):
