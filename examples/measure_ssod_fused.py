@@ -48,7 +48,8 @@ def measure(ckpt: str, out: str, seeds):
     def detectors():
         fused = []
         for comps in (('ssod', 'mahalanobis', 'energy'), ('ssod', 'mahalanobis'), ('ssod', 'vim', 'energy'),
-                      ('ssod', 'knn', 'energy'), ('ssod', 'mahalanobis', 'klm'), ('ssod', 'mahalanobis', 'msp')):
+                      ('ssod', 'knn', 'energy'), ('ssod', 'mahalanobis', 'klm'), ('ssod', 'mahalanobis', 'msp'),
+                      ('mahalanobis', 'energy')):  # the last: the control without SSOD, what SSOD adds
             for method in ('fisher', 'stouffer'):
                 for tail in (True, False):
                     fused.append(SSODFused(components=comps, method=method, tail=tail,
