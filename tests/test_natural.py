@@ -97,3 +97,28 @@ def test_render_cache_is_read_only_and_identical():
     with pytest.raises(ValueError):
         first.image[0, 0, 0] = 0
     np.testing.assert_array_equal(np.asarray(ds[1][0]), first.image)
+
+
+def test_datasets_of_one_process_share_renders_within_the_budget(monkeypatch):
+    from timm_ssod.data import synthetic
+    monkeypatch.setattr(synthetic, '_SHARED', synthetic.OrderedDict())
+    train = SyntheticDataset('id', 'train', num_images=4, img_size=32, seed=7)
+    first = train.render(2)
+    # a later stage's dataset of the same images (any num_images) reuses the render
+    assert SyntheticDataset('id', 'train', num_images=10, img_size=32, seed=7).render(2) is first
+    # any other parameter gives other images, rendered anew
+    for other in (dict(split='val'), dict(seed=8), dict(img_size=33), dict(num_classes=5), dict(background='smooth')):
+        kw = dict(dict(kind='id', split='train', num_images=4, img_size=32, seed=7), **other)
+        assert SyntheticDataset(**kw).render(2) is not first
+    # beyond CACHE_BYTES the oldest datasets' renders are dropped: the total reserved stays bounded
+    per_image = 32 * 32 * 7
+    monkeypatch.setattr(synthetic, 'CACHE_BYTES', 6 * per_image)
+    a = SyntheticDataset('noise', 'test', num_images=4, img_size=32)
+    SyntheticDataset('textures', 'test', num_images=4, img_size=32)
+    assert sum(r for _, r in synthetic._SHARED.values()) <= 6 * per_image
+    assert ('noise', a._generator) not in [k[:2] for k in synthetic._SHARED]
+    assert a.render(0) is a.render(0)  # the dataset keeps its own renders
+    # a dataset larger than the budget renders without a cache
+    big = SyntheticDataset('noise', 'val', num_images=7, img_size=32)
+    assert big.render(0) is not big.render(0)
+    np.testing.assert_array_equal(big.render(0).image, big.render(0).image)

@@ -1,6 +1,8 @@
 """``SyntheticDataset``: the built-in, generated, deterministic OOD benchmark."""
+import threading
 import zlib
-from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+from collections import OrderedDict
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch.utils.data
@@ -24,6 +26,27 @@ class Rendered(NamedTuple):
     background: np.ndarray
     mask: np.ndarray
     label: int
+
+
+# Renders shared by every dataset of this process with the same (kind, split, seed, size, classes,
+# background): image i does not depend on num_images, so the training, validation and evaluation
+# datasets that several stages of one run create (the protocol's stage 1, two fine-tunes and two
+# evaluations) render each image once. {key: [renders, bytes reserved]}, oldest first; a new
+# dataset reserves num_images renders and the oldest others are dropped beyond CACHE_BYTES.
+_SHARED: 'OrderedDict[tuple, list]' = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_renders(key: tuple, reserve: int) -> Optional[Dict[int, 'Rendered']]:
+    """The render cache of ``key`` (None when ``reserve`` bytes alone exceed CACHE_BYTES)."""
+    if reserve > CACHE_BYTES:
+        return None
+    with _SHARED_LOCK:
+        renders, reserved = _SHARED.pop(key, ({}, 0))
+        _SHARED[key] = [renders, max(reserved, reserve)]
+        while sum(r for _, r in _SHARED.values()) > CACHE_BYTES:
+            _SHARED.popitem(last=False)  # a dataset still holding it keeps its own reference
+        return renders
 
 
 def normalize_split(split: str) -> str:
@@ -94,8 +117,10 @@ class SyntheticDataset(torch.utils.data.Dataset):
         self.num_images = int(num_images)
         self.transform = transform
         self.target_transform = target_transform
-        # every image is a pure function of its index: keep renders when they all fit in CACHE_BYTES
-        self._cache = {} if self.num_images * self.size[0] * self.size[1] * 7 <= CACHE_BYTES else None
+        # every image is a pure function of its index: keep renders when they all fit in CACHE_BYTES,
+        # shared with the other datasets of this process that render the same images
+        key = (kind, self._generator, self.split, self.seed, self.size, num_classes, self._background)
+        self._cache = _shared_renders(key, self.num_images * self.size[0] * self.size[1] * 7)
 
     def __len__(self) -> int:
         return self.num_images

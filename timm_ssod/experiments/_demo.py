@@ -13,14 +13,14 @@ from ..evaluate import DEFAULT_DETECTORS
 # labels background cells OOD, not ID): natural backgrounds, 64-px images resized up to 112 px, a
 # 7x7 map at output stride 16, each cell seeing a part of the image (the paper's CIFAR recipe).
 # As in the study, stage 1 trains at the 64-px render size (less than half the cost per image) and
-# the fine-tunes at 112 px; the fine-tunes and the evaluation have the study's sizes (its stage 1
-# has 3000 images). resnet10t (timm's ResNet-10 with a deep stem) learns far faster than
+# the fine-tunes at 112 px; the evaluation has the study's sizes, the training fewer images (the
+# study: 3000 for stage 1, 1200 for the fine-tunes). resnet10t (timm's ResNet-10 with a deep stem) learns far faster than
 # resnet18 on CPU. Every default detector but ODIN, whose input perturbation costs a backward pass
 # per scored image (about 2 of the demo's minutes; `timm-ssod eval` and the benchmarks run it).
 # Sized for about 6 minutes on 2 CPU cores (the demo prints an ETA measured on the machine it runs on).
 DEMO_DETECTORS = tuple(d for d in DEFAULT_DETECTORS if d != 'odin')
 DEMO = dict(backbone='resnet10t', model_kwargs={'output_stride': 16}, img_size=112, render_size=64, background='natural',
-            stage1_img_size=64, num_images=1200, stage1_epochs=6, finetune_epochs=2, num_val=150, num_test=300,
+            stage1_img_size=64, num_images=1000, stage1_epochs=6, finetune_epochs=2, num_val=150, num_test=300,
             num_ood=300, num_fit=600, batch_size=32, lr=2e-3, finetune_lr=5e-4, detectors=DEMO_DETECTORS)
 # every step on tiny sizes (tests): test_resnet's 4x4 map at 64 px with output stride 16, stage 1 at 32 px
 QUICK = dict(backbone='test_resnet', model_kwargs={'output_stride': 16}, img_size=64, stage1_img_size=32, num_images=96,
@@ -60,10 +60,11 @@ def _seconds_per_image(backbone: str, model_kwargs: Dict, size: int, batch_size:
 
 def estimate_seconds(kwargs: Dict, steps: int = 2) -> float:
     """Seconds the protocol of ``kwargs`` should take on this machine, from ``steps`` timed
-    training steps at each input size (after one untimed): every training image costs one
-    step's share, every evaluated image (validation, OOD validation, test, fit) a third of it
-    (forward only), and ODIN's input perturbation one more step per scored image. CPUs differ
-    3-4x, so the demo measures rather than quotes a number."""
+    training steps at each input size (after one untimed) and a few timed renders: every
+    training image costs one step's share, every evaluated image (validation, OOD validation,
+    test, fit) a third of it (forward only), ODIN's input perturbation one more step per scored
+    image, and every distinct image one render. CPUs differ 3-4x, so the demo measures rather
+    than quotes a number."""
     backbone, model_kwargs, b = kwargs['backbone'], kwargs.get('model_kwargs') or {}, kwargs['batch_size']
     size = kwargs['img_size']
     stage1_size = kwargs.get('stage1_img_size') or size
@@ -76,4 +77,17 @@ def estimate_seconds(kwargs: Dict, steps: int = 2) -> float:
     scored = kwargs['num_test'] + n_sets * kwargs['num_ood']
     odin = 'odin' in kwargs.get('detectors', DEFAULT_DETECTORS)
     evaluation = 2 * ((scored + kwargs['num_fit']) / 3 + odin * scored)
-    return stage1_per_image * stage1 + per_image * (finetunes + evaluation)
+    # every image is rendered once per process (the stages share renders; fit images are training ones)
+    rendered = kwargs['num_images'] + (1 + n_sets) * n_val + scored
+    return stage1_per_image * stage1 + per_image * (finetunes + evaluation) + rendered * _seconds_per_render(kwargs)
+
+
+def _seconds_per_render(kwargs: Dict, n: int = 8) -> float:
+    """Seconds to generate one ID image of the run's benchmark (a fresh dataset, so nothing is cached)."""
+    from ..data import SyntheticDataset
+    ds = SyntheticDataset('id', 'train', num_images=n, img_size=kwargs.get('render_size') or kwargs['img_size'],
+                          seed=987654, background=kwargs.get('background', 'natural'))
+    start = time.perf_counter()
+    for i in range(n):
+        ds.render(i)
+    return (time.perf_counter() - start) / n
