@@ -10,7 +10,7 @@ The blocks run in README order in one temporary folder, as a reader pastes them:
   huggingface.co; downloads are real HTTP requests to it, uploads go into it through a stand-in
   of ``HfApi.create_repo`` / ``upload_folder`` (the Hub's upload protocol is not emulated).
 
-The other bash blocks need what a test cannot have: the 7-minute demo and its outputs, the test
+The other bash blocks need what a test cannot have: the demo (minutes) and its outputs, the test
 suite itself, ImageNet under /data, several processes (torchrun). Each of their commands is
 parsed by the command's own argument parser (flags, choices, ``--config`` files), and the files
 they name in the repository must exist, so a renamed flag or file fails here.

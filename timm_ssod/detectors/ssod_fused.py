@@ -24,7 +24,7 @@ conformal p-value with the guarantee, although the components are correlated (DE
 "Calibrated decisions without OOD data").
 
 Fisher vs Stouffer, measured (``examples/measure_ssod_fused.py``, ``docs/measurements/ssod_fused.json``):
-the SSOD checkpoint of ``timm-ssod demo`` (resnet10t, 64 px), fitted on 2000 ID training
+the SSOD checkpoint of the earlier ``timm-ssod demo`` (resnet10t, 64 px, smooth backgrounds), fitted on 2000 ID training
 images, calibrated on 1000 ID validation images, tested on 600 ID test images and 600 of
 each OOD set; average FPR95 over the four OOD sets in %, mean ± std over three data seeds:
 
