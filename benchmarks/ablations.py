@@ -102,6 +102,14 @@ def sampler_shares(run_dir):
     return {k: float(last[f'train_{k}_frac']) for k in ('id', 'ood', 'ignored') if f'train_{k}_frac' in last}
 
 
+def protocol_base(quick: bool) -> dict:
+    """The demo's (or the quick) protocol settings that every ablation shares."""
+    base = dict(QUICK if quick else DEMO)
+    base.pop('log_interval', None)
+    base.pop('detectors', None)  # each setting scores SSOD_SCORES (+ REFERENCE for the default)
+    return base
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.merge:
@@ -109,8 +117,7 @@ def main(argv=None):
         atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
         print(f'merged seeds {out["seeds"]} into {args.out}')
         return out
-    base = dict(QUICK if args.quick else DEMO)
-    base.pop('log_interval', None)
+    base = protocol_base(args.quick)
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS
     if args.only:
         sweeps = OrderedDict((k, v) for k, v in sweeps.items() if k in args.only)
@@ -126,6 +133,7 @@ def main(argv=None):
     print(f'[ablations 1/{steps}] stage 1: vanilla {base["backbone"]} from scratch', flush=True)
     train = {k: base[k] for k in ('backbone', 'model_kwargs', 'img_size', 'num_images', 'num_val', 'batch_size',
                                   'render_size', 'background') if k in base}
+    train['img_size'] = base.get('stage1_img_size') or base['img_size']  # as the demo trains its stage 1
     stage1 = train_stage('stage1_vanilla', root, epochs=base['stage1_epochs'], lr=base['lr'], ssod=False,
                          seed=args.seed, num_classes=6, **train)
     out['stage1'] = stage1

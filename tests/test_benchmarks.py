@@ -190,3 +190,16 @@ def test_every_quality_backbone_config_builds_with_a_spatial_map():
         with torch.no_grad():
             out = model.forward_ssod(torch.randn(1, 3, cfg['img_size'], cfg['img_size']))
         assert min(out.grid) >= 2, (name, out.grid)
+
+
+@pytest.mark.parametrize('quick', [True, False])
+def test_ablations_call_the_protocol_with_the_demo_settings(quick):
+    """The full-size run is too long for a test: check that its run_protocol call binds (the
+    demo's settings once carried a ``detectors`` key that the ablations pass themselves)."""
+    import inspect
+    from timm_ssod.experiments import run_protocol
+    ablations = _script('ablations')
+    base = ablations.protocol_base(quick)
+    inspect.signature(run_protocol).bind(**{k: v for k, v in base.items() if k != 'num_fit'}, seed=0, gamma=0.95,
+                                         lam=1.0, balance='lwb', detectors=('ssod',), out_dir='x',
+                                         stage1_checkpoint='x', vanilla=True, num_fit=0, progress=False)
