@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Dict
 
+from ..data import OOD_SETS
 from ..evaluate import DEFAULT_DETECTORS
 
 
@@ -14,8 +15,8 @@ from ..evaluate import DEFAULT_DETECTORS
 # 7x7 map at output stride 16, each cell seeing a part of the image (the paper's CIFAR recipe).
 # As in the study, stage 1 trains at the 64-px render size (less than half the cost per image) and
 # the fine-tunes at 112 px; the evaluation has the study's sizes, the training fewer images (the
-# study: 3000 for stage 1, 1200 for the fine-tunes). resnet10t (timm's ResNet-10 with a deep stem) learns far faster than
-# resnet18 on CPU. Every default detector but ODIN, whose input perturbation costs a backward pass
+# study: 3000 for stage 1, 1200 for the fine-tunes). resnet10t (timm's ResNet-10 with a deep stem)
+# learns far faster than resnet18 on CPU. Every default detector but ODIN, whose input perturbation costs a backward pass
 # per scored image (about 2 of the demo's minutes; `timm-ssod eval` and the benchmarks run it).
 # Sized for about 6 minutes on 2 CPU cores (the demo prints an ETA measured on the machine it runs on).
 DEMO_DETECTORS = tuple(d for d in DEFAULT_DETECTORS if d != 'odin')
@@ -71,7 +72,7 @@ def estimate_seconds(kwargs: Dict, steps: int = 2) -> float:
     per_image = _seconds_per_image(backbone, model_kwargs, size, b, True, steps)
     stage1_per_image = per_image if stage1_size == size else \
         _seconds_per_image(backbone, model_kwargs, stage1_size, b, False, steps)
-    n_sets, n_val, ft_epochs = 4, kwargs['num_val'], kwargs['finetune_epochs']
+    n_sets, n_val, ft_epochs = len(kwargs.get('ood_sets', OOD_SETS)), kwargs['num_val'], kwargs['finetune_epochs']
     stage1 = kwargs['stage1_epochs'] * (kwargs['num_images'] + n_val / 3)
     finetunes = 2 * ft_epochs * (kwargs['num_images'] + (1 + n_sets) * n_val / 3)
     scored = kwargs['num_test'] + n_sets * kwargs['num_ood']
