@@ -19,7 +19,9 @@ reports mean ± std over the seeds:
     OMP_NUM_THREADS=1 python benchmarks/ablations.py --seed 2 --out s2.json --runs-dir output/abl2; wait
     python benchmarks/ablations.py --merge benchmarks/ablations.json s1.json s2.json
 
-Writes benchmarks/ablations.json (or --out) atomically after every setting; prints one line per step.
+Writes benchmarks/ablations.json (or --out) atomically after every setting; a rerun with the same
+protocol and seed skips the settings already there and reuses the stage 1, so an interrupted run
+resumes (another protocol or seed: an error, not an overwrite). Prints one line per step.
 """
 import argparse
 import csv
@@ -35,7 +37,7 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.experiments import DEMO, QUICK
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import remove_checkpoints, run_protocol, train_stage
+from timm_ssod.experiments import remove_checkpoints, run_protocol, train_stage, train_stage_once
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT = dict(gamma=0.95, lam=1.0, balance='lwb')
@@ -110,6 +112,21 @@ def protocol_base(quick: bool) -> dict:
     return base
 
 
+def resumable(path, protocol):
+    """The finished part of ``path`` (its settings and vanilla reference) when it was made with
+    ``protocol``; {} when there is no such file. Another protocol or seed: an error, not an overwrite."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except ValueError as e:
+        sys.exit(f'{path}: not valid JSON ({e}); move it away to start again')
+    if old.get('protocol') != json.loads(json.dumps(protocol)):  # as JSON stores it (tuples become lists)
+        sys.exit(f'{path} was made with another protocol or seed; move it away or use another --out')
+    return old
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.merge:
@@ -122,22 +139,35 @@ def main(argv=None):
     if args.only:
         sweeps = OrderedDict((k, v) for k, v in sweeps.items() if k in args.only)
     todo = settings(sweeps)
-    root = os.path.abspath(args.runs_dir)
+    root = os.path.join(os.path.abspath(args.runs_dir), f'seed{args.seed}')  # seeds may share a --runs-dir
     start = time.time()
     out = {'command': ' '.join(['python benchmarks/ablations.py', *(sys.argv[1:] if argv is None else argv)]),
            'environment': {'torch': torch.__version__, 'timm': timm.__version__, 'threads': torch.get_num_threads(),
                            'cpu_count': os.cpu_count(), 'load_average_at_start': os.getloadavg()},
            'protocol': dict(base, seed=args.seed), 'default': DEFAULT, 'sweeps': {k: list(v) for k, v in sweeps.items()},
            'settings': OrderedDict()}
+    old = resumable(args.out, out['protocol'])
+    done = dict(old.get('settings', {}))
+    if set(done) - set(todo):  # a rerun with --only would drop them
+        sys.exit(f'{args.out} holds settings this run does not ({", ".join(sorted(set(done) - set(todo)))}); '
+                 'use another --out')
+    if 'vanilla_reference' in old and 'default' in done:
+        out['vanilla_reference'] = old['vanilla_reference']
+    out['settings'] = OrderedDict((k, done[k]) for k in todo if k in done)
+    earlier = old.get('seconds', 0.0) if done else 0.0  # a resumed run reports the time of all its parts
     steps = 1 + len(todo)
-    print(f'[ablations 1/{steps}] stage 1: vanilla {base["backbone"]} from scratch', flush=True)
+    print(f'[ablations 1/{steps}] stage 1: vanilla {base["backbone"]} from scratch (reused if trained)', flush=True)
     train = {k: base[k] for k in ('backbone', 'model_kwargs', 'img_size', 'num_images', 'num_val', 'batch_size',
                                   'render_size', 'background') if k in base}
     train['img_size'] = base.get('stage1_img_size') or base['img_size']  # as the demo trains its stage 1
-    stage1 = train_stage('stage1_vanilla', root, epochs=base['stage1_epochs'], lr=base['lr'], ssod=False,
-                         seed=args.seed, num_classes=6, **train)
+    stage1 = train_stage_once(root, lambda: train_stage(
+        'stage1_vanilla', root, epochs=base['stage1_epochs'], lr=base['lr'], ssod=False, seed=args.seed,
+        num_classes=6, **train))
     out['stage1'] = stage1
     for i, (key, s) in enumerate(todo.items(), 2):
+        if key in done and (key != 'default' or 'vanilla_reference' in out):
+            print(f'[ablations {i}/{steps}] {key}: done in {args.out}, skipped', flush=True)
+            continue
         t = time.time()
         vanilla = key == 'default'
         print(f'[ablations {i}/{steps}] {key}: SSOD fine-tune (gamma {s["gamma"]}, lambda {s["lam"]}, '
@@ -157,8 +187,9 @@ def main(argv=None):
                                         'scores': {d: dict(van['results'][d], average=van[AVERAGE][d]) for d in REFERENCE}}
         for kind in record['finetune']:
             remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
-        out['settings'][key] = entry
-        out['seconds'] = round(time.time() - start, 1)
+        done[key] = entry
+        out['settings'] = OrderedDict((k, done[k]) for k in todo if k in done)  # sweep order, default first
+        out['seconds'] = round(earlier + time.time() - start, 1)
         atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
         avg = entry['scores']['ssod']['average']
         print(f'[ablations {i}/{steps}] {key}: ID acc {100 * entry["id_accuracy"]:.1f}%, ssod mean FPR95 '

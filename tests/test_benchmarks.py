@@ -84,6 +84,23 @@ def test_ablations_quick_writes_json(outputs):
     assert 'energy' in d['vanilla_reference']['scores']
 
 
+def test_ablations_rerun_skips_finished_settings_and_refuses_other_runs(outputs, tmp_path, capsys):
+    before = json.loads(outputs['ablations'].read_text())
+    runs_dir = str(outputs['ablations'].parent / 'ablations_runs')
+    capsys.readouterr()
+    _script('ablations').main(['--quick', '--out', str(outputs['ablations']), '--runs-dir', runs_dir])
+    printed = capsys.readouterr().out
+    after = json.loads(outputs['ablations'].read_text())
+    assert after['settings'] == before['settings'] and after['vanilla_reference'] == before['vanilla_reference']
+    assert printed.count('skipped') == len(before['settings']) and 'Train:' not in printed  # nothing retrained
+    with pytest.raises(SystemExit, match='another protocol or seed'):
+        _script('ablations').main(['--quick', '--seed', '1', '--out', str(outputs['ablations']), '--runs-dir', runs_dir])
+    with pytest.raises(SystemExit, match='holds settings this run does not'):
+        _script('ablations').main(['--quick', '--only', 'gamma', '--out', str(outputs['ablations']),
+                                   '--runs-dir', runs_dir])
+    assert json.loads(outputs['ablations'].read_text()) == after  # neither refusal touched the file
+
+
 def test_make_tables_from_the_json(outputs, tmp_path):
     out = tmp_path / 'tables.md'
     text = _script('make_tables').main([*(f'--{k}={v}' for k, v in outputs.items()), '--out', str(out)])
