@@ -37,7 +37,7 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.experiments import DEMO, QUICK
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import remove_checkpoints, run_protocol, train_stage, train_stage_once
+from timm_ssod.experiments import read_result, remove_checkpoints, run_protocol, train_stage, train_stage_once
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT = dict(gamma=0.95, lam=1.0, balance='lwb')
@@ -115,13 +115,9 @@ def protocol_base(quick: bool) -> dict:
 def resumable(path, protocol):
     """The finished part of ``path`` (its settings and vanilla reference) when it was made with
     ``protocol``; {} when there is no such file. Another protocol or seed: an error, not an overwrite."""
-    if not os.path.exists(path):
+    old = read_result(path)
+    if old is None:
         return {}
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except ValueError as e:
-        sys.exit(f'{path}: not valid JSON ({e}); move it away to start again')
     if old.get('protocol') != json.loads(json.dumps(protocol)):  # as JSON stores it (tuples become lists)
         sys.exit(f'{path} was made with another protocol or seed; move it away or use another --out')
     return old

@@ -53,7 +53,8 @@ from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.experiments import decisions_checkpoint, evaluate_checkpoint, remove_checkpoints, run_protocol, train_stage, train_stage_once
+from timm_ssod.experiments import (decisions_checkpoint, evaluate_checkpoint, read_result, remove_checkpoints, run_protocol,
+                                   train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # CPU-sized versions of the Table-6 families: 64-px images, a 4x4 map where the backbone allows
@@ -179,13 +180,9 @@ def summarize(runs):
 def resumable(path, header):
     """The backbones already in ``path`` when it was made with the same settings (a rerun skips
     their finished seeds); {} when there is no such file. Other settings: an error, not an overwrite."""
-    if not os.path.exists(path):
+    old = read_result(path)
+    if old is None:
         return {}
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except ValueError as e:
-        sys.exit(f'{path}: not valid JSON ({e}); move it away to start again')
     differs = [k for k in MUST_AGREE if old.get(k, 'smooth') != header[k]]
     if differs:
         sys.exit(f'{path} was made with other settings ({", ".join(differs)}); move it away or use another --out')

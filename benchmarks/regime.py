@@ -58,7 +58,7 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import (evaluate_checkpoint, remove_checkpoints, run_protocol, sampler_alignment,
+from timm_ssod.experiments import (evaluate_checkpoint, read_result, remove_checkpoints, run_protocol, sampler_alignment,
                                    train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,20 +115,10 @@ def locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def load(path):
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        sys.exit(f'{path}: not valid JSON ({e}); move it away to start the study again')
-
-
 def add_entry(path, section, key, value, header):
     """Add ``value`` under ``[section][key]`` of the JSON at ``path`` (created with ``header``)."""
     with locked(path):
-        data = load(path) or dict(header, cells=OrderedDict(), from_scratch=OrderedDict())
+        data = read_result(path) or dict(header, cells=OrderedDict(), from_scratch=OrderedDict())
         data[section][key] = value
         atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + '\n')
 
@@ -275,7 +265,7 @@ def from_scratch_stage(args, scales, sizes, backbones, seeds, epochs, header):
     expected = len(configs(scales, backbones)) * len(seeds)
     deadline = time.time() + args.wait
     while args.scratch_cell is None:
-        data = load(args.out) or {}
+        data = read_result(args.out) or {}
         cells = data.get('cells', {})
         if len(cells) >= expected:
             break
@@ -288,14 +278,14 @@ def from_scratch_stage(args, scales, sizes, backbones, seeds, epochs, header):
         cell = tuple(args.scratch_cell.split('/'))
         if cell not in configs(scales, backbones):
             sys.exit(f'--scratch-cell: unknown configuration {args.scratch_cell!r}')
-        data = load(args.out) or {}
+        data = read_result(args.out) or {}
     else:
         cell = best_cell(cells)
     for seed in args.scratch_seeds:
         for kind in ('ssod', 'vanilla'):
             key = f'{cell[0]}/{cell[1]}/{cell[2]}/seed{seed}/{kind}'
             with exclusive(args.out, key) as mine:
-                if mine and key not in (load(args.out) or {}).get('from_scratch', {}):
+                if mine and key not in (read_result(args.out) or {}).get('from_scratch', {}):
                     run_from_scratch(args, cell, kind, sizes, scales, epochs, seed, header)
 
 
@@ -340,7 +330,7 @@ def main(argv=None):
               'ood_sets': list(OOD_SETS), 'logit_baselines': list(LOGIT_BASELINES),
               'feature_baselines': list(FEATURE_BASELINES), 'scratch_epochs': epochs}
     seeds = header['seeds'] if args.seeds is None else list(args.seeds)
-    existing = load(args.out)
+    existing = read_result(args.out)
     if existing and existing.get('sizes') != sizes:
         sys.exit(f'{args.out} was made with other sizes ({existing.get("sizes")}); use another --out')
     start = time.time()
@@ -357,7 +347,7 @@ def main(argv=None):
                 if not free:
                     print(f'[regime] {background}/{scale}/{backbone}: another process runs it, skipped', flush=True)
                     continue
-                done = (load(args.out) or {}).get('cells', {})
+                done = (read_result(args.out) or {}).get('cells', {})
                 run_config(args, background, scale, backbone, seeds, sizes, scales, header, done)
     if args.from_scratch == 'auto':
         from_scratch_stage(args, scales, sizes, backbones, seeds, epochs, header)

@@ -23,10 +23,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # regime.py, beside this script, however it is loaded
-from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, load, shared_stage1  # noqa: E402
+from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, shared_stage1  # noqa: E402
 
 from timm_ssod.data import OOD_SETS
-from timm_ssod.experiments import location_probe, run_protocol
+from timm_ssod.experiments import location_probe, read_result, run_protocol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,7 +57,7 @@ def main(argv=None):
               'sizes': sizes, 'ood_sets': list(OOD_SETS)}
     for config in args.configs:
         key = f'{config}/seed{args.seed}'
-        if key in (load(args.out) or {}).get('cells', {}):
+        if key in (read_result(args.out) or {}).get('cells', {}):
             print(f'[probe] {key}: in {args.out}, skipped', flush=True)
             continue
         background, scale, backbone = config.split('/')

@@ -101,6 +101,18 @@ def test_ablations_rerun_skips_finished_settings_and_refuses_other_runs(outputs,
     assert json.loads(outputs['ablations'].read_text()) == after  # neither refusal touched the file
 
 
+def test_a_rerun_over_an_unreadable_result_stops_and_keeps_the_file(tmp_path):
+    """A half-written or hand-edited JSON is never overwritten by a rerun of any of the benchmarks."""
+    from timm_ssod.experiments import read_result
+    assert read_result(str(tmp_path / 'missing.json')) is None
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{"settings": {')
+    for name in ('quality', 'ablations'):
+        with pytest.raises(SystemExit, match='bad.json: not valid JSON'):
+            _script(name).main(['--quick', '--out', str(bad), '--runs-dir', str(tmp_path / 'runs')])
+    assert bad.read_text() == '{"settings": {'
+
+
 def test_make_tables_from_the_json(outputs, tmp_path):
     out = tmp_path / 'tables.md'
     text = _script('make_tables').main([*(f'--{k}={v}' for k, v in outputs.items()), '--out', str(out)])

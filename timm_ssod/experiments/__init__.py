@@ -3,9 +3,11 @@ vanilla and SSOD fine-tunes, evaluation), the demo's settings (``_demo``) and th
 decisions' measurement (``_decisions``). Run by ``timm-ssod demo`` and ``benchmarks/``."""
 from ._decisions import format_decisions, measure_decisions
 from ._protocol import (BASELINES, SSOD_ONLY, alignment_line, decisions_checkpoint, evaluate_checkpoint,
-                        location_probe, merge_results, protocol_table, remove_checkpoints, run_protocol, train_stage_once, sampler_alignment, train_stage)
+                        location_probe, merge_results, protocol_table, read_result, remove_checkpoints, run_protocol,
+                        sampler_alignment, train_stage, train_stage_once)
 from ._demo import DEMO, QUICK, estimate_seconds, settings
 
 __all__ = ['format_decisions', 'measure_decisions', 'BASELINES', 'SSOD_ONLY', 'alignment_line', 'decisions_checkpoint',
-           'evaluate_checkpoint', 'location_probe', 'merge_results', 'protocol_table', 'remove_checkpoints', 'run_protocol', 'train_stage_once',
-           'sampler_alignment', 'train_stage', 'DEMO', 'QUICK', 'estimate_seconds', 'settings']
+           'evaluate_checkpoint', 'location_probe', 'merge_results', 'protocol_table', 'read_result',
+           'remove_checkpoints', 'run_protocol', 'sampler_alignment', 'train_stage', 'train_stage_once', 'DEMO', 'QUICK', 'estimate_seconds',
+           'settings']

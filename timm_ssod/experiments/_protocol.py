@@ -93,6 +93,19 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
                 best_epoch=result.get('best_epoch') if select_on else epochs - 1, val_top1=metrics.get('top1'))
 
 
+def read_result(path: str) -> Optional[Dict]:
+    """The JSON an earlier (perhaps interrupted) benchmark run wrote at ``path``, for a rerun to
+    resume from; None when there is none. Exits naming the file when it is not valid JSON, so
+    that a rerun never overwrites a file it could not read."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise SystemExit(f'{path}: not valid JSON ({e}); move it away to start again')
+
+
 def train_stage_once(root: str, train: Callable[[], Dict]) -> Dict:
     """A stage shared by several runs (e.g. one stage 1 per backbone), trained once: ``train()``
     (a ``train_stage`` call) runs only when ``<root>/stage1.json`` is missing or names a checkpoint
