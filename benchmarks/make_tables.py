@@ -197,7 +197,8 @@ def ablation_tables(d):
                            f"{cell(lambda r: r['vanilla_reference']['scores'][det][s], 'auroc')}" for s in sets] + [''])
     seeds = ', '.join(str(r['protocol']['seed']) for r in runs)
     spread = '; mean ± std over seeds' if len(runs) > 1 else ''
-    return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px, "
+    renders = f" from {p['render_size']}-px renders" if p.get('render_size') not in (None, p['img_size']) else ''
+    return (f"### Ablations of SSOD ({p['backbone']} {p.get('model_kwargs') or ''}, {p['img_size']} px{renders}, "
             f"{p.get('background', 'smooth')} backgrounds, "
             f"seed{'s' if len(runs) > 1 else ''} {seeds}{spread})\n\n"
             f"Command: `{d.get('command', '').strip()}`. SSOD score FPR95 ↓ / AUROC ↑ in percent on the test splits; "
