@@ -8,7 +8,7 @@ the vanilla fine-tune, whose best baselines are the reference. Reported per sett
 AUROC of the SSOD score (and of ``ssod_msp``) per OOD set and on average, ID accuracy, and the
 sampler's share of ID / OOD / ignored locations in the last fine-tuning epoch.
 
-    python benchmarks/ablations.py                 # 9 settings, resnet10t as the demo (about 33 min on one core)
+    python benchmarks/ablations.py                 # 9 settings in the demo's regime (about 27 min on one core)
     python benchmarks/ablations.py --only lam      # one sweep
     python benchmarks/ablations.py --quick         # tiny model and data (tests)
 

@@ -196,9 +196,10 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
     locations the sampler labels ID / OOD / ignored, the mean object coverage of each (the
     fraction of the location's cell covered by the object, from the generator's masks), the
     sampler's label on pure-background cells (coverage < 5%) and on object cells (coverage > 50%),
-    and the mean P(ID) of the OOD
-    head on object cells (coverage > 50%) and on background cells. The paper's premise is
-    that OOD-labelled locations are background: their coverage should be near 0."""
+    the mean P(ID) of the OOD head on object cells (coverage > 50%) and on background cells, and
+    the images with no ID location (their share, the share of the OOD locations they hold and the
+    coverage of those: the OOD samples that balance ``dr`` drops). The paper's premise is that
+    OOD-labelled locations are background: their coverage should be near 0."""
     model, _ = load_eval_model(checkpoint=checkpoint)
     cfg = resolve_data_config({'img_size': img_size, 'crop_pct': 1.0}, model=model)  # cells aligned with the masks
     ds = SyntheticDataset('id', split=split, num_images=num_images, img_size=render_size or img_size,
@@ -211,25 +212,37 @@ def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma
             x = torch.stack([tf(ds.image(i)) for i in idx])
             y = torch.tensor([ds.label(i) for i in idx])
             out = model.forward_ssod(x)
-            masks = torch.stack([torch.from_numpy(ds.object_mask(i)).float() for i in idx])[:, None]
+            masks = torch.stack([torch.tensor(ds.object_mask(i), dtype=torch.float32) for i in idx])[:, None]
             cover.append(F.adaptive_avg_pool2d(masks, out.grid).flatten(1))
             labels.append(sample_patches(target_confidence(out.patch_logits, y), gamma))
             p_id.append(id_probability(out.patch_ood_logits))
-    labels, cover, p_id = torch.cat(labels), torch.cat(cover), torch.cat(p_id)
+    return {'num_images': num_images, 'split': split, 'gamma': gamma, 'grid': list(out.grid),
+            **alignment_stats(torch.cat(labels), torch.cat(cover), torch.cat(p_id))}
+
+
+def alignment_stats(labels: torch.Tensor, cover: torch.Tensor, p_id: torch.Tensor) -> Dict:
+    """``sampler_alignment``'s statistics from the sampler's labels (N, L) in {1 ID, 0 OOD, -1
+    ignored}, each location's object coverage (N, L) in [0, 1] and the head's P(ID) (N, L).
+    Pure-background cells: coverage < 5%; object cells: > 50%. A mean over no location is None."""
     background, obj = cover < 0.05, cover > 0.5
+    # images with no ID location: their OOD locations count in 'lwb' and 'lw', not in 'dr' (per image, min(#ID, #OOD))
+    no_id = ~(labels == ID_INDEX).any(1, keepdim=True).expand_as(labels)
+    ood = labels == OOD_INDEX
 
     def mean(t, mask):
-        return float(t[mask].mean()) if mask.any() else None
+        return float(t[mask].float().mean()) if mask.any() else None
     names = {'id': ID_INDEX, 'ood': OOD_INDEX, 'ignored': IGNORED}
-    return {'num_images': num_images, 'split': split, 'gamma': gamma, 'grid': list(out.grid),
-            'share': {k: float((labels == v).float().mean()) for k, v in names.items()},
+    return {'share': {k: float((labels == v).float().mean()) for k, v in names.items()},
             'object_coverage': {k: mean(cover, labels == v) for k, v in names.items()},
             'background_cells': {'share_of_cells': float(background.float().mean()),
-                                 **{f'labelled_{k}': mean((labels == v).float(), background) for k, v in names.items()}},
+                                 **{f'labelled_{k}': mean(labels == v, background) for k, v in names.items()}},
             'object_cells': {'share_of_cells': float(obj.float().mean()),
-                             **{f'labelled_{k}': mean((labels == v).float(), obj) for k, v in names.items()}},
-            'p_id': {'object_cells': mean(p_id, obj), 'background_cells': mean(p_id, background)}}
-
+                             **{f'labelled_{k}': mean(labels == v, obj) for k, v in names.items()}},
+            'p_id': {'object_cells': mean(p_id, obj), 'background_cells': mean(p_id, background)},
+            'images_without_id': {'share_of_images': float(no_id[:, 0].float().mean()),
+                                  'share_of_ood_locations': mean(no_id, ood),
+                                  'object_coverage_of_their_ood': mean(cover, ood & no_id),
+                                  'object_coverage_of_other_ood': mean(cover, ood & ~no_id)}}
 
 
 def location_probe(checkpoint: str, *, img_size: int, num_classes: int, ood_sets: Iterable[str] = OOD_SETS,
@@ -258,7 +271,7 @@ def location_probe(checkpoint: str, *, img_size: int, num_classes: int, ood_sets
                 pooled.append(id_probability(out.ood_logits))
                 cells.append(id_probability(out.patch_ood_logits))
                 if kind == 'id':
-                    masks = torch.stack([torch.from_numpy(ds.object_mask(i)).float() for i in idx])[:, None]
+                    masks = torch.stack([torch.tensor(ds.object_mask(i), dtype=torch.float32) for i in idx])[:, None]
                     cover.append(F.adaptive_avg_pool2d(masks, out.grid).flatten(1))
         return torch.cat(pooled), torch.cat(cells), torch.cat(cover) if cover else None
 

@@ -1,0 +1,56 @@
+"""What Eq. 12's sampler feeds the OOD head, on a checkpoint of the built-in benchmark, at
+several gammas: ``timm_ssod.experiments.sampler_alignment`` on ID validation images, as the
+checkpoint was trained (its run's ``--img-size`` and ``--dataset-kwargs img_size=...
+background=...``).
+
+    timm-ssod demo --output output/demo          # the SSOD checkpoint
+    OMP_NUM_THREADS=1 python examples/measure_sampler.py output/demo/finetune_ssod/model_best.pth.tar \\
+        docs/measurements/sampler_demo.json 0.95 0.9
+
+Prints, per gamma, the share of locations labelled ID / OOD, the object coverage of the OOD
+ones, and the images with no ID location: the share of the OOD samples they hold and those
+samples' object coverage. Balance ``dr`` (Table 5) trains on none of them, ``lwb`` on all;
+``benchmarks/ablations.py`` measures what that changes. About 1 minute on one core.
+"""
+import json
+import sys
+
+
+def pct(v):
+    return 'none' if v is None else f'{100 * v:.1f}%'  # None: a mean over no location
+
+
+def main(ckpt: str, out: str, gammas, num_images: int = 300):
+    import torch
+    from timm_ssod._util import atomic_write_text
+    from timm_ssod.evaluate import load_eval_model
+    from timm_ssod.experiments import sampler_alignment
+
+    torch.set_num_threads(1)
+    model, info = load_eval_model(checkpoint=ckpt)
+    trained = info['train_args']
+    if not trained.get('img_size'):
+        sys.exit(f'{ckpt}: no training arguments beside it (args.yaml), so the input size is unknown')
+    rendered = trained.get('dataset_kwargs') or {}
+    common = dict(img_size=trained['img_size'], render_size=rendered.get('img_size', trained['img_size']),
+                  background=rendered.get('background', 'natural'), num_classes=model.num_classes,
+                  num_images=num_images, split='val')
+    result = {'command': ' '.join(['python examples/measure_sampler.py', *sys.argv[1:]]), 'checkpoint': ckpt,
+              **common, 'by_gamma': {}}
+    for g in gammas:
+        r = sampler_alignment(ckpt, gamma=g, **common)
+        result['by_gamma'][str(g)] = r
+        w = r['images_without_id']
+        print(f"gamma {g}: locations ID {pct(r['share']['id'])} / OOD {pct(r['share']['ood'])}, OOD object coverage "
+              f"{pct(r['object_coverage']['ood'])}; images with no ID location {pct(w['share_of_images'])}, holding "
+              f"{pct(w['share_of_ood_locations'])} of the OOD samples (object coverage "
+              f"{pct(w['object_coverage_of_their_ood'])}, the others' {pct(w['object_coverage_of_other_ood'])})",
+              flush=True)
+    atomic_write_text(out, json.dumps(result, indent=2, allow_nan=False) + '\n')
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2], [float(g) for g in sys.argv[3:]])
