@@ -15,9 +15,11 @@ ID object cells, the head itself misjudges those images: pooling is not the caus
 
 Needs the configuration's stage 1 from ``regime.py`` (its marker under --runs-dir). Writes
 ``benchmarks/regime_probe.json`` (or --out) after every configuration; a rerun skips the ones
-already there.
+already there. Runs made apart (other seeds, one process per core) are joined, with their
+commands, by ``python benchmarks/regime_probe.py --merge A.json B.json --out OUT.json``.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # regime.py, beside this script, however it is loaded
 from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, shared_stage1  # noqa: E402
 
+from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
 from timm_ssod.experiments import location_probe, read_result, run_protocol
 
@@ -33,13 +36,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('configs', nargs='+', metavar='BACKGROUND/SCALE/BACKBONE')
+    p.add_argument('configs', nargs='*', metavar='BACKGROUND/SCALE/BACKBONE')
     p.add_argument('--seed', type=int, default=0, help="the cell's fine-tuning seed")
     p.add_argument('--num-images', type=int, default=300, help='ID test images and images per OOD set')
     p.add_argument('--out', default=os.path.join(HERE, 'regime_probe.json'))
     p.add_argument('--runs-dir', default='./output/benchmarks/regime', help="regime.py's training runs")
     p.add_argument('--quick', action='store_true', help="regime.py --quick's tiny model and sizes (tests)")
+    p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
+                   help='combine the cells of probe runs (other seeds or configurations) into --out (trains nothing)')
     args = p.parse_args(argv)
+    if not args.configs and not args.merge:
+        p.error('name at least one configuration (or --merge JSON files)')
     args.scales, args.sizes = (QUICK_SCALES, QUICK_SIZES) if args.quick else (SCALES, SIZES)
     for c in args.configs:
         parts = c.split('/')
@@ -50,8 +57,32 @@ def parse_args(argv=None):
     return args
 
 
+def merge(paths):
+    """One probe result from runs with the same sizes and OOD sets; a cell in two files is refused."""
+    parts = [(path, read_result(path)) for path in paths]
+    missing = [path for path, d in parts if d is None]
+    if missing:
+        sys.exit(f'--merge: no such file: {", ".join(missing)}')
+    first = parts[0][1]
+    out = {'command': '; '.join(d['command'] for _, d in parts), 'sizes': first['sizes'],
+           'ood_sets': first['ood_sets'], 'from_scratch': {}, 'cells': {}}
+    for path, d in parts:
+        if (d['sizes'], d['ood_sets']) != (first['sizes'], first['ood_sets']):
+            sys.exit(f'--merge: {path} has other sizes or OOD sets than {paths[0]}')
+        for key, cell in d['cells'].items():
+            if key in out['cells']:
+                sys.exit(f'--merge: cell {key} is in more than one file ({path})')
+            out['cells'][key] = cell
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        out = merge(args.merge)
+        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        print(f'merged {len(out["cells"])} cells into {args.out}')
+        return out
     scales, sizes = args.scales, args.sizes
     header = {'command': ' '.join(['python benchmarks/regime_probe.py', *(sys.argv[1:] if argv is None else argv)]),
               'sizes': sizes, 'ood_sets': list(OOD_SETS)}

@@ -174,6 +174,18 @@ def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retrai
     for v in p['ood'].values():
         assert set(v['auroc']) == {'pooled head (Eq. 15)', 'mean of locations', 'most-ID location'}
     assert '### Probe of the OOD head' in mt.probe_tables(json.loads(probe_out.read_text()))
+    # runs of other seeds are joined with their commands; a cell in two files is refused
+    first = json.loads(probe_out.read_text())
+    other = dict(first, command='python benchmarks/regime_probe.py ... --seed 1',
+                 cells={'natural/native/test_resnet/seed1': dict(first['cells']['natural/native/test_resnet/seed0'], seed=1)})
+    (tmp_path / 'probe1.json').write_text(json.dumps(other))
+    merged = _script('regime_probe').main(['--merge', str(probe_out), str(tmp_path / 'probe1.json'),
+                                           '--out', str(tmp_path / 'merged.json')])
+    assert list(merged['cells']) == ['natural/native/test_resnet/seed0', 'natural/native/test_resnet/seed1']
+    assert merged['command'] == first['command'] + '; ' + other['command']
+    assert json.loads((tmp_path / 'merged.json').read_text()) == merged
+    with pytest.raises(SystemExit, match='in more than one file'):
+        _script('regime_probe').main(['--merge', str(probe_out), str(probe_out), '--out', str(tmp_path / 'x.json')])
 
 
 def test_readme_tables_are_the_committed_json():
