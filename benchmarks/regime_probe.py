@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # regime.py, beside this script, however it is loaded
-from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, shared_stage1  # noqa: E402
+from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_entry, locked, shared_stage1  # noqa: E402
 
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
@@ -57,6 +57,16 @@ def parse_args(argv=None):
     return args
 
 
+def add_command(path, command):
+    """Record ``command`` in the JSON at ``path`` beside the earlier ones that added cells to it
+    ("; "-joined), so that the file names every run behind its cells."""
+    with locked(path):
+        data = read_result(path)
+        if command not in data['command'].split('; '):
+            data['command'] += '; ' + command
+            atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + '\n')
+
+
 def merge(paths):
     """One probe result from runs with the same sizes and OOD sets; a cell in two files is refused."""
     parts = [(path, read_result(path)) for path in paths]
@@ -64,7 +74,8 @@ def merge(paths):
     if missing:
         sys.exit(f'--merge: no such file: {", ".join(missing)}')
     first = parts[0][1]
-    out = {'command': '; '.join(d['command'] for _, d in parts), 'sizes': first['sizes'],
+    commands = [c for _, d in parts for c in d['command'].split('; ')]
+    out = {'command': '; '.join(dict.fromkeys(commands)), 'sizes': first['sizes'],
            'ood_sets': first['ood_sets'], 'from_scratch': {}, 'cells': {}}
     for path, d in parts:
         if (d['sizes'], d['ood_sets']) != (first['sizes'], first['ood_sets']):
@@ -108,6 +119,7 @@ def main(argv=None):
                  'render_size': render, 'input_size': size, 'grid': record['sampler_alignment']['grid'],
                  'id_accuracy': record['table']['id_accuracy'], 'probe': probe, 'seconds': round(time.time() - t, 1)}
         add_entry(args.out, 'cells', key, entry, dict(header, from_scratch={}))
+        add_command(args.out, header['command'])
         pooled = {s: round(100 * v['auroc']['pooled head (Eq. 15)'], 1) for s, v in probe['ood'].items()}
         print(f'[probe] {key}: pooled-head AUROC {pooled} ({time.time() - t:.0f}s)', flush=True)
 

@@ -186,6 +186,12 @@ def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retrai
     assert json.loads((tmp_path / 'merged.json').read_text()) == merged
     with pytest.raises(SystemExit, match='in more than one file'):
         _script('regime_probe').main(['--merge', str(probe_out), str(probe_out), '--out', str(tmp_path / 'x.json')])
+    # a later run that adds cells to the same file is named in it too, once
+    probe = _script('regime_probe')
+    for _ in range(2):
+        probe.add_command(str(tmp_path / 'probe1.json'), 'python benchmarks/regime_probe.py X --seed 2')
+    assert json.loads((tmp_path / 'probe1.json').read_text())['command'] == \
+        other['command'] + '; python benchmarks/regime_probe.py X --seed 2'
 
 
 def test_readme_tables_are_the_committed_json():
