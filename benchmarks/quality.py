@@ -16,7 +16,7 @@ OOD (``timm_ssod.detectors.registry.EXPERIMENTAL_DETECTORS``), on the SSOD model
 * ``ssod_patch_max``: max over locations of P(ID) instead of the pooled head,
 * ``ssod_energy_rank``: min of the ID quantiles of SSOD and Energy (no weight).
 
-    python benchmarks/quality.py                   # 4 backbones x 2 seeds (about 80 min on 2 cores, as below)
+    python benchmarks/quality.py                   # 4 backbones x 2 seeds (7 core-hours: about 3.5 h on 2 cores, as below)
     python benchmarks/quality.py --backbones resnet18 --seeds 0 1
     python benchmarks/quality.py --quick           # tiny model and data (tests)
 
