@@ -13,6 +13,7 @@ written to ``args.yaml`` in the output folder. Differences from timm, on purpose
   BCE loss, recovery checkpoints, wandb) are absent rather than ignored.
 """
 import argparse
+import os
 import sys
 from typing import List, Optional, Tuple
 
@@ -285,8 +286,9 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--log-interval', type=int, default=50, metavar='N',
                        help='how many batches to wait before logging training status')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N', help='number of checkpoints to keep')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
-                       help='how many data loading processes to use')
+    group.add_argument('-j', '--workers', type=int, default=min(4, os.cpu_count() or 1), metavar='N',
+                       help="how many data loading processes to use (default: timm's 4, at most the CPU count, as "
+                            'in eval: more only warn and slow a small machine)')
     group.add_argument('--amp', action='store_true', default=False, help='use native torch AMP (autocast)')
     group.add_argument('--amp-dtype', default=None, type=str, choices=('float16', 'bfloat16'),
                        help='lower precision AMP dtype (default float16; on CPU --amp trains in float32 unless this '
