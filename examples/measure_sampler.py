@@ -24,17 +24,15 @@ def main(ckpt: str, out: str, gammas, num_images: int = 300):
     import torch
     from timm_ssod._util import atomic_write_text
     from timm_ssod.evaluate import load_eval_model
-    from timm_ssod.experiments import sampler_alignment
+    from timm_ssod.experiments import sampler_alignment, trained_benchmark
 
     torch.set_num_threads(1)
     model, info = load_eval_model(checkpoint=ckpt)
-    trained = info['train_args']
-    if not trained.get('img_size'):
-        sys.exit(f'{ckpt}: no training arguments beside it (args.yaml), so the input size is unknown')
-    rendered = trained.get('dataset_kwargs') or {}
-    common = dict(img_size=trained['img_size'], render_size=rendered.get('img_size', trained['img_size']),
-                  background=rendered.get('background', 'natural'), num_classes=model.num_classes,
-                  num_images=num_images, split='val')
+    try:
+        common = dict(trained_benchmark(info['train_args'], ckpt), num_classes=model.num_classes,
+                      num_images=num_images, split='val')
+    except ValueError as e:
+        sys.exit(str(e))
     result = {'command': ' '.join(['python examples/measure_sampler.py', *sys.argv[1:]]), 'checkpoint': ckpt,
               **common, 'by_gamma': {}}
     for g in gammas:

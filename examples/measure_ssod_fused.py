@@ -25,19 +25,19 @@ def measure(ckpt: str, out: str, seeds):
     import torch
     from timm_ssod._util import atomic_write_text
     from timm_ssod.data import create_dataset
-    from timm_ssod.experiments import format_decisions, measure_decisions
+    from timm_ssod.experiments import format_decisions, measure_decisions, trained_benchmark
     from timm_ssod.detectors import SSODFused
     from timm_ssod.evaluate import load_eval_model
     from timm_ssod.experiments._protocol import OOD_SETS, _loader
 
     torch.set_num_threads(1)
     model, info = load_eval_model(checkpoint=ckpt)
-    trained = info['train_args']
-    if not trained.get('img_size'):
-        sys.exit(f'{ckpt}: no training arguments beside it (args.yaml), so the input size is unknown')
-    img, classes = trained['img_size'], model.num_classes
-    rendered = trained.get('dataset_kwargs') or {}
-    render, background = rendered.get('img_size', img), rendered.get('background', 'natural')
+    try:
+        trained = trained_benchmark(info['train_args'], ckpt)
+    except ValueError as e:
+        sys.exit(str(e))
+    img, render, background = trained['img_size'], trained['render_size'], trained['background']
+    classes = model.num_classes
     print(f'{ckpt}: images rendered at {render} px on {background} backgrounds, resized to {img} px', flush=True)
 
     def data(name, split, n, seed):

@@ -4,10 +4,10 @@ decisions' measurement (``_decisions``). Run by ``timm-ssod demo`` and ``benchma
 from ._decisions import format_decisions, measure_decisions
 from ._protocol import (BASELINES, SSOD_ONLY, alignment_line, decisions_checkpoint, evaluate_checkpoint,
                         location_probe, merge_results, protocol_table, read_result, remove_checkpoints, run_protocol,
-                        sampler_alignment, train_stage, train_stage_once)
+                        sampler_alignment, train_stage, train_stage_once, trained_benchmark)
 from ._demo import DEMO, QUICK, estimate_seconds, settings
 
 __all__ = ['format_decisions', 'measure_decisions', 'BASELINES', 'SSOD_ONLY', 'alignment_line', 'decisions_checkpoint',
            'evaluate_checkpoint', 'location_probe', 'merge_results', 'protocol_table', 'read_result',
-           'remove_checkpoints', 'run_protocol', 'sampler_alignment', 'train_stage', 'train_stage_once', 'DEMO',
-           'QUICK', 'estimate_seconds', 'settings']
+           'remove_checkpoints', 'run_protocol', 'sampler_alignment', 'train_stage', 'train_stage_once',
+           'trained_benchmark', 'DEMO', 'QUICK', 'estimate_seconds', 'settings']

@@ -1,4 +1,4 @@
-"""The demo's settings: ``DEMO`` (the default run of ``timm-ssod demo``, sized for about 6 min on
+"""The demo's settings: ``DEMO`` (the default run of ``timm-ssod demo``, sized for 4-7 min on
 2 CPU cores), ``QUICK`` (tiny, for the tests), and the ETA measured before a run
 (``estimate_seconds``). The command and what it runs: ``timm_ssod.cli._demo``.
 """
@@ -16,9 +16,10 @@ from ..evaluate import DEFAULT_DETECTORS
 # As in the study, stage 1 trains at the 64-px render size (less than half the cost per image) and
 # the fine-tunes at 112 px; the evaluation has the study's sizes, the training fewer images (the
 # study: 3000 for stage 1, 1200 for the fine-tunes). resnet10t (timm's ResNet-10 with a deep stem)
-# learns far faster than resnet18 on CPU. Every default detector but ODIN, whose input perturbation costs a backward pass
-# per scored image (about 2 of the demo's minutes; `timm-ssod eval` and the benchmarks run it).
-# Sized for about 6 minutes on 2 CPU cores (the demo prints an ETA measured on the machine it runs on).
+# learns far faster than resnet18 on CPU. Every default detector but ODIN, whose input perturbation
+# costs a backward pass per scored image (about 2 of the demo's minutes; `timm-ssod eval` and the
+# benchmarks run it). Sized for 4-7 minutes on 2 CPU cores (the demo prints an ETA measured on the
+# machine it runs on).
 DEMO_DETECTORS = tuple(d for d in DEFAULT_DETECTORS if d != 'odin')
 DEMO = dict(backbone='resnet10t', model_kwargs={'output_stride': 16}, img_size=112, render_size=64, background='natural',
             stage1_img_size=64, num_images=1000, stage1_epochs=6, finetune_epochs=2, num_val=150, num_test=300,

@@ -93,6 +93,18 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
                 best_epoch=result.get('best_epoch') if select_on else epochs - 1, val_top1=metrics.get('top1'))
 
 
+def trained_benchmark(train_args: Mapping, checkpoint: str) -> Dict:
+    """The built-in benchmark's input a checkpoint was trained on, from its run's arguments
+    (``load_eval_model``'s ``info['train_args']``): ``img_size`` (``--img-size``), ``render_size``
+    and ``background`` (``--dataset-kwargs img_size=... background=...``; by default the input size
+    and the default background). A ValueError naming the checkpoint when its arguments are missing."""
+    if not train_args.get('img_size'):
+        raise ValueError(f'{checkpoint}: no training arguments beside it (args.yaml), so the input size is unknown')
+    rendered = train_args.get('dataset_kwargs') or {}
+    return {'img_size': train_args['img_size'], 'render_size': rendered.get('img_size', train_args['img_size']),
+            'background': rendered.get('background', DEFAULT_BACKGROUND)}
+
+
 def read_result(path: str) -> Optional[Dict]:
     """The JSON an earlier (perhaps interrupted) benchmark run wrote at ``path``, for a rerun to
     resume from; None when there is none. Exits naming the file when it is not valid JSON, so
