@@ -66,8 +66,8 @@ def test_demo_quick_writes_table_and_results(tmp_path, capsys):
     for kind in ('ssod', 'vanilla'):
         assert json.loads((out / 'eval' / kind / 'results.json').read_text())['results']
 
-    # examples/measure_sampler.py reads the run's sizes from the checkpoint and writes per gamma
-    spec = importlib.util.spec_from_file_location('measure_sampler', REPO / 'examples' / 'measure_sampler.py')
+    # benchmarks/sampler.py reads the run's sizes from the checkpoint and writes per gamma
+    spec = importlib.util.spec_from_file_location('measure_sampler', REPO / 'benchmarks' / 'sampler.py')
     measure = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(measure)
     measure.main(record['finetune']['ssod']['checkpoint'], str(tmp_path / 'sampler.json'), [0.95, 0.6], num_images=16)

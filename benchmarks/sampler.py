@@ -4,16 +4,19 @@ checkpoint was trained (its run's ``--img-size`` and ``--dataset-kwargs img_size
 background=...``).
 
     timm-ssod demo --output output/demo          # the SSOD checkpoint
-    OMP_NUM_THREADS=1 python examples/measure_sampler.py output/demo/finetune_ssod/model_best.pth.tar \\
-        docs/measurements/sampler_demo.json 0.95 0.9
+    OMP_NUM_THREADS=1 python benchmarks/sampler.py output/demo/finetune_ssod/model_best.pth.tar \\
+        benchmarks/sampler_demo.json 0.95 0.9
 
 Prints, per gamma, the share of locations labelled ID / OOD, the object coverage of the OOD
 ones, and the images with no ID location: the share of the OOD samples they hold and those
 samples' object coverage. Balance ``dr`` (Table 5) trains on none of them, ``lwb`` on all;
-``benchmarks/ablations.py`` measures what that changes. About 1 minute on one core.
+``benchmarks/ablations.py`` measures what that changes. About 1 minute on one core. It needs
+the built-in benchmark's object masks, so it measures checkpoints trained on it only.
 """
 import json
 import sys
+
+from timm_ssod.core import check_gamma
 
 
 def pct(v):
@@ -28,12 +31,9 @@ def main(ckpt: str, out: str, gammas, num_images: int = 300):
 
     torch.set_num_threads(1)
     model, info = load_eval_model(checkpoint=ckpt)
-    try:
-        common = dict(trained_benchmark(info['train_args'], ckpt), num_classes=model.num_classes,
-                      num_images=num_images, split='val')
-    except ValueError as e:
-        sys.exit(str(e))
-    result = {'command': ' '.join(['python examples/measure_sampler.py', *sys.argv[1:]]), 'checkpoint': ckpt,
+    common = dict(trained_benchmark(info['train_args'], ckpt), num_classes=model.num_classes, num_images=num_images,
+                  split='val')
+    result = {'command': ' '.join(['python benchmarks/sampler.py', *sys.argv[1:]]), 'checkpoint': ckpt,
               **common, 'by_gamma': {}}
     for g in gammas:
         r = sampler_alignment(ckpt, gamma=g, **common)
@@ -51,4 +51,11 @@ def main(ckpt: str, out: str, gammas, num_images: int = 300):
 if __name__ == '__main__':
     if len(sys.argv) < 4:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2], [float(g) for g in sys.argv[3:]])
+    try:
+        gammas = [check_gamma(g) for g in sys.argv[3:]]
+    except ValueError as e:
+        sys.exit(f'benchmarks/sampler.py: GAMMA: {e}')
+    try:
+        main(sys.argv[1], sys.argv[2], gammas)
+    except (OSError, ValueError) as e:  # no such checkpoint, no args.yaml beside it, another model ...
+        sys.exit(f'benchmarks/sampler.py: {e}')
