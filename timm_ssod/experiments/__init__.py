@@ -1,4 +1,4 @@
-"""The experiments: the paper's protocol on the built-in benchmark (``_protocol``: stage 1,
+"""The experiments: the stand-ins for pretrained weights (``_standin``), the paper's protocol on the built-in benchmark (``_protocol``: stage 1,
 vanilla and SSOD fine-tunes, evaluation), the demo's settings (``_demo``) and the calibrated
 decisions' measurement (``_decisions``). Run by ``timm-ssod demo`` and ``benchmarks/``."""
 from ._decisions import format_decisions, measure_decisions
@@ -6,8 +6,10 @@ from ._protocol import (BASELINES, SSOD_ONLY, alignment_line, decisions_checkpoi
                         location_probe, merge_results, protocol_table, read_result, remove_checkpoints, run_protocol,
                         sampler_alignment, train_stage, train_stage_once, trained_benchmark)
 from ._demo import DEMO, QUICK, estimate_seconds, settings
+from ._standin import WEIGHTS_DIR, export_standin, learning_curve, sha256_of, standin_file, train_standin
 
 __all__ = ['format_decisions', 'measure_decisions', 'BASELINES', 'SSOD_ONLY', 'alignment_line', 'decisions_checkpoint',
            'evaluate_checkpoint', 'location_probe', 'merge_results', 'protocol_table', 'read_result',
            'remove_checkpoints', 'run_protocol', 'sampler_alignment', 'train_stage', 'train_stage_once',
-           'trained_benchmark', 'DEMO', 'QUICK', 'estimate_seconds', 'settings']
+           'trained_benchmark', 'DEMO', 'QUICK', 'estimate_seconds', 'settings', 'WEIGHTS_DIR', 'export_standin',
+           'learning_curve', 'sha256_of', 'standin_file', 'train_standin']
