@@ -4,7 +4,9 @@
 * ``atomic_write(path, write_fn)`` / ``atomic_write_text``: a file appears whole or not at all
   (written to ``<path>.partial``, fsynced, ``os.replace``d, the folder fsynced).
 * ``fsync_path`` / ``fsync_dir``: make a written file / a rename durable.
+* ``sha256_of(path)``: a file's sha256 (the shipped weights' JSON records it).
 """
+import hashlib
 import os
 from typing import Callable
 
@@ -67,3 +69,12 @@ def atomic_write(path: str, write_fn: Callable, durable: bool = True) -> None:
 def atomic_write_text(path: str, text: str) -> None:
     """``atomic_write`` of ``text`` as UTF-8."""
     atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def sha256_of(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()

@@ -5,11 +5,11 @@ from ._decisions import format_decisions, measure_decisions
 from ._protocol import (BASELINES, SSOD_ONLY, alignment_line, decisions_checkpoint, evaluate_checkpoint,
                         location_probe, merge_results, protocol_table, read_result, remove_checkpoints, run_protocol,
                         sampler_alignment, train_stage, train_stage_once, trained_benchmark)
-from ._demo import DEMO, QUICK, estimate_seconds, settings
+from ._demo import DEMO, DEMO_SCRATCH, QUICK, estimate_seconds, settings
 from ._standin import WEIGHTS_DIR, export_standin, learning_curve, sha256_of, standin_file, train_standin
 
 __all__ = ['format_decisions', 'measure_decisions', 'BASELINES', 'SSOD_ONLY', 'alignment_line', 'decisions_checkpoint',
            'evaluate_checkpoint', 'location_probe', 'merge_results', 'protocol_table', 'read_result',
            'remove_checkpoints', 'run_protocol', 'sampler_alignment', 'train_stage', 'train_stage_once',
-           'trained_benchmark', 'DEMO', 'QUICK', 'estimate_seconds', 'settings', 'WEIGHTS_DIR', 'export_standin',
+           'trained_benchmark', 'DEMO', 'DEMO_SCRATCH', 'QUICK', 'estimate_seconds', 'settings', 'WEIGHTS_DIR', 'export_standin',
            'learning_curve', 'sha256_of', 'standin_file', 'train_standin']

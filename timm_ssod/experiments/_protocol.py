@@ -56,7 +56,8 @@ def _kv(mapping: Mapping) -> List[str]:
 
 def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping, img_size: int, num_images: int,
                 num_val: int, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int, ssod: bool,
-                initial_checkpoint: Optional[str] = None, gamma: float = 0.95, lam: float = 1.0,
+                initial_checkpoint: Optional[str] = None, pretrained_path: Optional[str] = None,
+                gamma: float = 0.95, lam: float = 1.0,
                 balance: str = 'lwb', workers: int = 0, log_interval: int = 20,
                 select_on: Sequence[str] = (), extra_args: Sequence[str] = (), render_size: Optional[int] = None,
                 background: str = DEFAULT_BACKGROUND) -> Dict:
@@ -66,7 +67,9 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
     warm-up, mild augmentation (objects stay in the crop), no label smoothing (it would cap
     the class confidence below gamma). ``select_on``: OOD sets whose *validation* splits
     select the checkpoint (``--ood-val``, ``--eval-metric fpr95``: the lowest mean FPR95 of
-    the run's own score, SSOD or MSP; the paper's A.4); empty: the last epoch. Returns
+    the run's own score, SSOD or MSP; the paper's A.4); empty: the last epoch. The starting
+    weights: ``initial_checkpoint`` (a training checkpoint) or ``pretrained_path`` (a weights file,
+    ``--pretrained-path``: timm's offline pretrained path, the shipped stand-ins'). Returns
     ``dict(checkpoint, best_epoch, argv, seconds, val_top1)``."""
     from ..train import main as train_main
     data_kwargs = dict(num_images=num_images, img_size=render_size or img_size, background=background)
@@ -81,6 +84,8 @@ def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping
         argv += ['--model-kwargs', *_kv(model_kwargs)]
     if initial_checkpoint:
         argv += ['--initial-checkpoint', initial_checkpoint]
+    if pretrained_path:  # the path a user takes with downloaded weights, offline
+        argv += ['--pretrained-path', pretrained_path]
     argv += ['--ssod', '--gamma', str(gamma), '--ood-lambda', str(lam), '--balance', balance] if ssod else ['--no-ssod']
     if select_on:
         argv += ['--ood-val', *[f'{o}=synthetic/{o}' for o in select_on], '--eval-metric', 'fpr95']
@@ -346,7 +351,8 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                  num_classes: int = 6, num_val: int = 300, num_test: int = 600, num_ood: int = 600,
                  num_fit: int = 2000, ood_sets: Sequence[str] = OOD_SETS, lr: float = 2e-3,
                  finetune_lr: float = 5e-4, batch_size: int = 64, workers: int = 0,
-                 stage1_checkpoint: Optional[str] = None, vanilla: bool = True, progress: bool = True,
+                 stage1_checkpoint: Optional[str] = None, pretrained_path: Optional[str] = None,
+                 vanilla: bool = True, progress: bool = True,
                  log_interval: int = 20, train_args: Sequence[str] = (), select: str = 'fpr95',
                  keep_checkpoints: bool = True, render_size: Optional[int] = None,
                  background: str = DEFAULT_BACKGROUND, stage1_img_size: Optional[int] = None) -> Dict:
@@ -367,6 +373,8 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
     (a 4x4 map at 64 px). The defaults are ``timm-ssod demo``'s.
     ``stage1_checkpoint``: reuse a stage-1 checkpoint (e.g. one per backbone for several
     seeds or ablation settings, like fixed pretrained weights) instead of training one.
+    ``pretrained_path``: fine-tune from a weights file instead (the paper's protocol: a converged
+    classifier; ``weights/<backbone>.safetensors``, the shipped stand-ins), no stage 1.
     ``select='fpr95'`` (the paper's A.4): each fine-tune keeps the epoch with the lowest mean
     FPR95 of its own score (SSOD / MSP) on the *validation* splits of ``ood_sets``;
     ``'last'``: the last epoch. The test splits never choose anything.
@@ -382,6 +390,7 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                   balance=balance, detectors=list(detectors), num_classes=num_classes, num_val=num_val,
                   num_test=num_test, num_ood=num_ood, num_fit=num_fit, ood_sets=list(ood_sets), lr=lr,
                   finetune_lr=finetune_lr, batch_size=batch_size, stage1_checkpoint=stage1_checkpoint,
+                  pretrained_path=pretrained_path,
                   vanilla=vanilla, train_args=list(train_args), select=select, render_size=render_size,
                   background=background, stage1_img_size=stage1_img_size)
     out_dir = os.path.abspath(out_dir)
@@ -389,29 +398,36 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
     common = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
                   num_val=num_val, num_classes=num_classes, batch_size=batch_size, seed=seed, workers=workers,
                   log_interval=log_interval, extra_args=train_args, render_size=render_size, background=background)
-    steps = 1 + (stage1_checkpoint is None) + 2 * (1 + vanilla)
+    if stage1_checkpoint and pretrained_path:
+        raise ValueError('give stage1_checkpoint or pretrained_path, not both: both are the fine-tunes\' start')
+    steps = 1 + (stage1_checkpoint is None and pretrained_path is None) + 2 * (1 + vanilla)
     step = iter(range(1, steps + 1))
 
     if select not in ('fpr95', 'last'):
         raise ValueError(f"select must be 'fpr95' or 'last', got {select!r}")
-    if stage1_checkpoint is None:
+    if pretrained_path:
+        stage1 = dict(checkpoint=None, pretrained_path=pretrained_path, seconds=0.0, val_top1=None, argv=None)
+        start_from = dict(pretrained_path=pretrained_path)
+    elif stage1_checkpoint is None:
         _logger.info(f'[protocol {next(step)}/{steps}] stage 1: vanilla {backbone} from scratch, {stage1_epochs} '
                      f'epochs on {num_images} images at {stage1_img_size or img_size}px (stand-in for pretrained '
                      'weights)')
         stage1 = train_stage('stage1_vanilla', out_dir, epochs=stage1_epochs, lr=lr, ssod=False,
                              **dict(common, img_size=stage1_img_size or img_size))
-        stage1_checkpoint = stage1['checkpoint']
+        start_from = dict(initial_checkpoint=stage1['checkpoint'])
     else:
         stage1 = dict(checkpoint=stage1_checkpoint, seconds=0.0, val_top1=None, argv=None)
+        start_from = dict(initial_checkpoint=stage1_checkpoint)
+    source = os.path.basename(pretrained_path) if pretrained_path else 'stage 1'
 
     runs = ['ssod'] + (['vanilla'] if vanilla else [])
     finetune = OrderedDict()
     for kind in runs:
         what = f'SSOD (gamma {gamma}, lambda {lam}, {balance})' if kind == 'ssod' else 'vanilla (cross-entropy)'
-        _logger.info(f'[protocol {next(step)}/{steps}] fine-tune {what}: {finetune_epochs} epochs from stage 1, '
+        _logger.info(f'[protocol {next(step)}/{steps}] fine-tune {what}: {finetune_epochs} epochs from {source}, '
                      f'seed {seed}')
         finetune[kind] = train_stage(f'finetune_{kind}', out_dir, epochs=finetune_epochs, lr=finetune_lr,
-                                     ssod=kind == 'ssod', initial_checkpoint=stage1_checkpoint, gamma=gamma,
+                                     ssod=kind == 'ssod', **start_from, gamma=gamma,
                                      lam=lam, balance=balance, select_on=ood_sets if select == 'fpr95' else (),
                                      **common)
 

@@ -8,7 +8,6 @@ input size its fine-tunes use. They load through timm's own offline path, as a u
 ``create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=FILE))`` or
 ``timm-ssod train --pretrained-path FILE``. ``benchmarks/standin.py`` runs the recipes.
 """
-import hashlib
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .._util import atomic_write, atomic_write_text
+from .._util import atomic_write, atomic_write_text, sha256_of
 
 __all__ = ['WEIGHTS_DIR', 'recipe_path', 'standin_file', 'train_standin', 'export_standin', 'learning_curve',
            'sha256_of']
@@ -37,14 +36,6 @@ def standin_file(backbone: str, weights_dir: str = WEIGHTS_DIR) -> Optional[str]
     """``weights/<backbone>.safetensors`` when it is there (a repository checkout), else None."""
     path = os.path.join(weights_dir, f'{backbone}.safetensors')
     return path if os.path.isfile(path) else None
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git_commit(cwd: str) -> Optional[str]:

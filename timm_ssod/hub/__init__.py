@@ -14,10 +14,11 @@ from ._card import load_eval_results, render_model_card
 from ._offline import offline_if_unreachable
 from ._hub import SSOD_ARCHITECTURE, create_from_source, is_legacy_ssod_config, is_ssod_config, push_to_hub, save_pretrained
 from ._factory import PretrainedWeightsError, create_model, ssod, unknown_model_message
+from ._weights_file import WeightsFileError
 from ._runs import model_from_checkpoint, push_training_run, rebuild_model, resolve_checkpoint, save_training_run
 
 __all__ = ['CheckpointError', 'CONFIG_NAME', 'OOD_HEAD_PREFIX', 'SSOD_WEIGHTS_NAME', 'WEIGHTS_NAME', 'HubError', 'Source',
            'read_config', 'load_eval_results', 'render_model_card', 'offline_if_unreachable', 'SSOD_ARCHITECTURE',
            'create_from_source', 'is_legacy_ssod_config', 'is_ssod_config', 'push_to_hub', 'save_pretrained',
            'PretrainedWeightsError', 'create_model', 'ssod', 'unknown_model_message', 'model_from_checkpoint',
-           'push_training_run', 'rebuild_model', 'resolve_checkpoint', 'save_training_run']
+           'push_training_run', 'rebuild_model', 'resolve_checkpoint', 'save_training_run', 'WeightsFileError']

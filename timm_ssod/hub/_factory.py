@@ -15,6 +15,7 @@ from .._util import first_line
 from ..checkpoints import CheckpointError, torch_load
 from ._files import HubError, Source, read_config
 from ._offline import offline_if_unreachable
+from ._weights_file import local_weights_overlay, weights_mismatch
 
 __all__ = ['create_model', 'PretrainedWeightsError', 'unknown_model_message', 'ssod']
 
@@ -89,7 +90,17 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
 
 def _create_timm(model_name: str, pretrained: bool, kwargs: Dict) -> nn.Module:
     local_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
-    if not pretrained or local_file:
+    if pretrained and local_file:  # timm's offline path, each fault of the file one line naming it
+        kwargs = local_weights_overlay(model_name, kwargs)
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except RuntimeError as e:
+            if 'state_dict' not in str(e):
+                raise
+            bare = {k: v for k, v in kwargs.items() if k != 'pretrained_cfg_overlay'}
+            bare.setdefault('num_classes', kwargs['pretrained_cfg_overlay'].get('num_classes'))
+            raise weights_mismatch(local_file, timm.create_model(model_name, pretrained=False, **bare), e) from e
+    if not pretrained:
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
     with offline_if_unreachable() as reason:  # huggingface_hub would retry ~25 s per file
         try:
