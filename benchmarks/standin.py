@@ -1,7 +1,7 @@
 """Train the stand-ins for pretrained weights, resumably, one process per backbone (one core each),
 then export them to ``weights/``.
 
-    python benchmarks/standin.py resnet18 mobilenetv3_small_100     # both at once, one core each
+    python benchmarks/standin.py resnet18 mobilenetv3_small_075     # both at once, one core each
     python benchmarks/standin.py resnet18 --export-only              # write weights/ from a finished run
 
 Each backbone is one ``timm-ssod train -c weights/<backbone>.yaml --resume auto`` run in

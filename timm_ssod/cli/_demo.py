@@ -2,7 +2,7 @@
 
     timm-ssod demo                      # ResNet-18 from the shipped stand-in weights, 64 px resized to 112 (7x7 map)
     timm-ssod demo --quick              # tiny model and data, every step in seconds (the tests)
-    timm-ssod demo --backbone mobilenetv3_small_100 --model-kwargs --seed 1 --output output/demo-mnv3
+    timm-ssod demo --backbone mobilenetv3_small_075 --model-kwargs --seed 1 --output output/demo-mnv3
 
 Runs ``timm_ssod.experiments.run_protocol`` as the paper does: from a converged classifier (the
 repository's stand-in for pretrained weights, ``weights/<backbone>.safetensors``, loaded with

@@ -60,7 +60,7 @@ def settings(args: argparse.Namespace) -> Dict:
     return kwargs
 
 
-SHIPPED = ('resnet18', 'mobilenetv3_small_100')
+SHIPPED = ('resnet18', 'mobilenetv3_small_075')
 
 
 def _shown(path: str) -> str:
