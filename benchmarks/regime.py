@@ -115,10 +115,11 @@ def locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def add_entry(path, section, key, value, header):
-    """Add ``value`` under ``[section][key]`` of the JSON at ``path`` (created with ``header``)."""
+def add_entry(path, section, key, value, header, sections=('cells', 'from_scratch')):
+    """Add ``value`` under ``[section][key]`` of the JSON at ``path`` (created with ``header`` and
+    an empty mapping per name in ``sections``)."""
     with locked(path):
-        data = read_result(path) or dict(header, cells=OrderedDict(), from_scratch=OrderedDict())
+        data = read_result(path) or dict(header, **{s: OrderedDict() for s in sections})
         data[section][key] = value
         atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + '\n')
 
@@ -141,7 +142,11 @@ def summarize_eval(result, ood_sets):
     return rows
 
 
-def cell_record(record, background, scale, backbone, seed, render, size, kwargs, ood_sets):
+def cell_record(record, background, scale, backbone, seed, render, size, kwargs, ood_sets,
+                logit_baselines=LOGIT_BASELINES, feature_baselines=FEATURE_BASELINES):
+    """One cell of a ``run_protocol`` record: its factors, ID accuracy of both arms, the sampler's
+    alignment, the SSOD scores, every detector on both models and the best logit / feature-space
+    baseline on the vanilla model (picked per OOD set on the test results: an oracle)."""
     ssod_rows = summarize_eval(record['eval']['ssod'], ood_sets)
     vanilla_rows = summarize_eval(record['eval']['vanilla'], ood_sets)
     return {
@@ -150,8 +155,8 @@ def cell_record(record, background, scale, backbone, seed, render, size, kwargs,
         'id_accuracy': record['table']['id_accuracy'], 'sampler_alignment': record['sampler_alignment'],
         'ssod': ssod_rows['ssod'], 'ssod_msp': ssod_rows['ssod_msp'],
         'ssod_patch_max': ssod_rows.get('ssod_patch_max'),
-        'best_logit': best_of(vanilla_rows, LOGIT_BASELINES, ood_sets),
-        'best_feature': best_of(vanilla_rows, FEATURE_BASELINES, ood_sets),
+        'best_logit': best_of(vanilla_rows, logit_baselines, ood_sets),
+        'best_feature': best_of(vanilla_rows, feature_baselines, ood_sets),
         'vanilla': vanilla_rows, 'ssod_model': ssod_rows,
         'epochs_kept': {k: v['best_epoch'] for k, v in record['finetune'].items()},
         'seconds': record['seconds'],
