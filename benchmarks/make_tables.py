@@ -1,5 +1,6 @@
 """The README's benchmark tables, generated from the JSON the benchmarks write (numbers are never
-typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json``, ``regime.json`` -> ``tables.md``.
+typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json``, ``regime.json``, ``regime_probe.json``,
+``converged.json`` -> ``tables.md``.
 
     python benchmarks/make_tables.py               # reads benchmarks/*.json, writes benchmarks/tables.md
     python benchmarks/make_tables.py --quality other.json --out /tmp/tables.md
@@ -7,8 +8,8 @@ typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json``, ``regim
     python benchmarks/make_tables.py --regime-figure docs/figures/regime.png   # and the study's figure
 
 The README holds each table between ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->``
-(NAME: overhead, quality, ablations, regime); ``--readme`` rewrites only those blocks, and a test checks
-they match the committed JSON.
+(NAME: overhead, quality, ablations, regime, regime_probe, converged); ``--readme`` rewrites only those
+blocks, and a test checks they match the committed JSON.
 
 A missing JSON file is skipped with a note. Metrics are printed in percent.
 """
@@ -446,8 +447,17 @@ def regime_figure(d, path):
     plt.close(fig)
 
 
+def converged_tables(d):
+    """``benchmarks/converged.py``'s tables (its ``table``; imported on use: it loads torch and timm)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_converged', os.path.join(HERE, 'converged.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.table(d)
+
+
 SECTIONS = (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables),
-            ('regime', regime_tables), ('regime_probe', probe_tables))
+            ('regime', regime_tables), ('regime_probe', probe_tables), ('converged', converged_tables))
 
 
 def block_pattern(name):
