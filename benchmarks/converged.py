@@ -43,7 +43,7 @@ training did to the head), and the checkpoints are deleted.
     OMP_NUM_THREADS=1 python benchmarks/converged.py --shard 0/2 &
     OMP_NUM_THREADS=1 python benchmarks/converged.py --shard 1/2; wait   # the same, one process per core
     python benchmarks/converged.py --only natural/resnet18 --seeds 0  # one configuration, one seed
-    python benchmarks/converged.py --quick --out /tmp/c.json --runs-dir /tmp/c   # tiny sizes (tests)
+    python benchmarks/converged.py --quick --out output/quick.json --runs-dir output/quick   # tiny sizes (tests)
 
 Cost (``--estimate``, from ``STEP_MS``: one core's training step per image, resnet18 at 112 px 41 ms,
 MobileNetV3-Small at 224 px 18 ms (measured at width 1.0; 0.75 is cheaper), forward only a third, ODIN a
