@@ -2,7 +2,7 @@
 typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json``, ``regime.json`` -> ``tables.md``.
 
     python benchmarks/make_tables.py               # reads benchmarks/*.json, writes benchmarks/tables.md
-    python benchmarks/make_tables.py --quality other.json --out /tmp/tables.md
+    python benchmarks/make_tables.py --quality other.json --out other_tables.md
     python benchmarks/make_tables.py --readme README.md   # also refresh the README's generated blocks
     python benchmarks/make_tables.py --regime-figure docs/figures/regime.png   # and the study's figure
 
