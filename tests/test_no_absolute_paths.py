@@ -3,7 +3,6 @@ results JSON records paths relative to the repository or to the run's output fol
 (``timm_ssod.experiments.relative_paths``), and the commands in README.md and docs/ run from a
 fresh clone. Placeholders (``/data/imagenet``, ``/path/to/...``) are not such folders.
 """
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# /home/x, /Users/x, /root/x, /tmp/x, /var/tmp/x, /private/var/x, /work/x, C:\Users\x; not inside a URL
-# or a longer path (the character before the slash is no letter, digit, dot, slash or colon)
+# a path under one of these folders of the root (or a Windows user folder); not inside a URL or a
+# longer path (the character before the slash is no letter, digit, dot, slash or colon)
 FOLDERS = ('home', 'Users', 'root', 'tmp', 'var' + '/tmp', 'private' + '/var', 'work')
 PATTERN = re.compile(r'(?<![\w./:])/(?:' + '|'.join(FOLDERS) + r')/|\b[A-Za-z]:\\+Users\\+')
 
@@ -49,9 +48,9 @@ def test_no_committed_file_holds_an_absolute_path():
 
 
 def test_the_pattern():
-    slash = os.sep if os.sep == '/' else '/'
+    slash = '/'  # (split from the folder names, so that this file holds no such path)
     bad = [f'{slash}home{slash}me/x.json', f'--out {slash}tmp{slash}t.md', f'"{slash}work{slash}main/output/demo"',
-           f'{slash}Users{slash}me/x', 'C:\\Users\\me\\x', f'{slash}root{slash}.cache']
+           f'{slash}Users{slash}me/x', 'C:' + '\\Users\\me\\x', f'{slash}root{slash}.cache']
     good = ['output/demo/x.json', '/data/imagenet', '/path/to/photos', 'https://huggingface.co/home/x',
             'docs/work/notes.md', 'benchmarks/tmp/x', '~/x']
     assert all(absolute_paths(t) for t in bad), [t for t in bad if not absolute_paths(t)]

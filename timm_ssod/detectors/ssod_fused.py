@@ -74,7 +74,8 @@ class SSODFused(Detector):
     """SSOD + complementary scores, combined through ID p-values (module docstring).
 
     Args:
-        components: detector names (``catalog.SINGLE_DETECTORS``, ``EXPERIMENTAL_DETECTORS``), default ``ssod, mahalanobis, energy``.
+        components: detector names (``catalog.SINGLE_DETECTORS`` or ``EXPERIMENTAL_DETECTORS``), default
+            ``ssod, mahalanobis, energy``.
         method: ``fisher`` (default) or ``stouffer``.
         folds: cross-fitting folds for the ID references of fitted components (>= 2).
         tail: continue each p-value below the lowest ID reference score by an exponential
