@@ -37,9 +37,11 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.experiments import DEMO_SCRATCH, QUICK
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import read_result, remove_checkpoints, run_protocol, train_stage, train_stage_once
+from timm_ssod.experiments import (command_line, read_result, remove_checkpoints, results_text, run_protocol,
+                                   train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
 DEFAULT = dict(gamma=0.95, lam=1.0, balance='lwb')
 SWEEPS = OrderedDict([('lam', (0.5, 0.7, 1.0, 1.2, 1.5)), ('balance', ('lw', 'dr', 'lwb')), ('gamma', (0.9, 0.95, 0.99))])
 QUICK_SWEEPS = OrderedDict([('lam', (0.5, 1.0)), ('balance', ('lwb',)), ('gamma', (0.95,))])
@@ -128,7 +130,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.merge:
         out = merge(args.merge)
-        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        atomic_write_text(args.out, results_text(out, ROOT))
         print(f'merged seeds {out["seeds"]} into {args.out}')
         return out
     base = protocol_base(args.quick)
@@ -138,7 +140,7 @@ def main(argv=None):
     todo = settings(sweeps)
     root = os.path.join(os.path.abspath(args.runs_dir), f'seed{args.seed}')  # seeds may share a --runs-dir
     start = time.time()
-    out = {'command': ' '.join(['python benchmarks/ablations.py', *(sys.argv[1:] if argv is None else argv)]),
+    out = {'command': command_line('python benchmarks/ablations.py', sys.argv[1:] if argv is None else argv, ROOT),
            'environment': {'torch': torch.__version__, 'timm': timm.__version__, 'threads': torch.get_num_threads(),
                            'cpu_count': os.cpu_count(), 'load_average_at_start': os.getloadavg()},
            'protocol': dict(base, seed=args.seed), 'default': DEFAULT, 'sweeps': {k: list(v) for k, v in sweeps.items()},
@@ -187,7 +189,7 @@ def main(argv=None):
         done[key] = entry
         out['settings'] = OrderedDict((k, done[k]) for k in todo if k in done)  # sweep order, default first
         out['seconds'] = round(earlier + time.time() - start, 1)
-        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        atomic_write_text(args.out, results_text(out, ROOT))
         avg = entry['scores']['ssod']['average']
         print(f'[ablations {i}/{steps}] {key}: ID acc {100 * entry["id_accuracy"]:.1f}%, ssod mean FPR95 '
               f'{100 * avg["fpr95"]:.1f} AUROC {100 * avg["auroc"]:.1f}; backgrounds FPR95 '

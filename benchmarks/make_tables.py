@@ -1,17 +1,17 @@
-"""The README's benchmark tables, generated from the JSON the benchmarks write (numbers are never
-typed by hand): ``overhead.json``, ``quality.json``, ``ablations.json``, ``regime.json``, ``regime_probe.json``,
-``converged.json`` -> ``tables.md``.
+"""The result tables of README.md and docs/, generated from the committed JSON (numbers are never
+typed by hand), and the CLI reference docs/cli.md, generated from the argument parsers.
 
-    python benchmarks/make_tables.py               # reads benchmarks/*.json, writes benchmarks/tables.md
-    python benchmarks/make_tables.py --quality other.json --out /tmp/tables.md
-    python benchmarks/make_tables.py --readme README.md   # also refresh the README's generated blocks
-    python benchmarks/make_tables.py --regime-figure docs/figures/regime.png   # and the study's figure
+    python benchmarks/make_tables.py --docs        # rewrite every generated block of README.md and docs/*.md, and docs/cli.md
+    python benchmarks/make_tables.py               # print the tables, write benchmarks/tables.md
+    python benchmarks/make_tables.py --quality other.json --out other_tables.md
+    python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
-The README holds each table between ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->``
-(NAME: overhead, quality, ablations, regime, regime_probe, converged); ``--readme`` rewrites only those
-blocks, and a test checks they match the committed JSON.
-
-A missing JSON file is skipped with a note. Metrics are printed in percent.
+Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,ablations,regime,regime_probe,converged,demo}.json
+and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
+``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
+``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
+they are, and tests/test_benchmarks.py checks they match the committed JSON. A missing JSON file
+is skipped with a note. Metrics are printed in percent.
 """
 import argparse
 import json
@@ -20,6 +20,7 @@ import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 SSOD_ROWS = ('ssod (SSOD model)', 'ssod_msp (SSOD model)', 'energy_ssod (SSOD model)', 'ssod_patch_max (SSOD model)',
              'ssod_energy_rank (SSOD model)')
 
@@ -387,7 +388,7 @@ def probe_tables(d):
                     + [f"{pct(p['ood'][s]['p_id_all_cells'], 0)}: "
                        + ' / '.join(pct(p['ood'][s]['auroc'][a], 0) for a in aggs) for s in sets])
     return (f"### Probe of the OOD head, location by location\n\n"
-            f"Command: `{d.get('command', '').strip()}` (then `python benchmarks/make_tables.py --readme README.md`). "
+            f"Command: `{d.get('command', '').strip()}` (then `python benchmarks/make_tables.py --docs`). "
             f"Each configuration's SSOD fine-tune of the study repeated with the same stage 1, sizes and seed, then "
             f"`timm_ssod.experiments.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
             f"OOD set. In percent: the head's mean per-location P(ID) on ID object cells / ID pure-background cells; "
@@ -447,6 +448,203 @@ def regime_figure(d, path):
     plt.close(fig)
 
 
+# -- the demo (benchmarks/demo.json: the protocol.json of `timm-ssod demo`) -----------------------
+
+LOGIT_BASELINES = ('msp', 'maxlogit', 'energy', 'odin', 'klm', 'gen')
+FEATURE_BASELINES = ('mahalanobis', 'rmds', 'knn', 'react', 'vim', 'fdbd', 'scale', 'ash_s', 'ash_b', 'nnguide',
+                     'she', 'dice')
+
+
+def _best_row(fpr95, model, names):
+    """The label ``'<name> (<model> model)'`` with the lowest value in ``fpr95`` ({label: number})
+    among ``names``, or None."""
+    labels = [f'{n} ({model} model)' for n in names if f'{n} ({model} model)' in fpr95]
+    return min(labels, key=lambda r: fpr95[r]) if labels else None
+
+
+def demo_tables(d):
+    """The demo's full table (the protocol's own ``table_md``) under a line saying what ran."""
+    c, sec = d.get('config', {}), d.get('seconds', {})
+    render = c.get('render_size') or c.get('img_size')
+    stage1 = (f"stage 1 {c['stage1_epochs']} epochs on {c.get('num_images')} images at {c.get('stage1_img_size') or render} px, "
+              if c.get('stage1_checkpoint') is None and c.get('stage1_epochs') else '')
+    timing = ', '.join(f'{k} {v:.0f} s' for k, v in sec.items() if k != 'total')
+    return (f"### The demo's table (`benchmarks/demo.json`)\n\n"
+            f"Command: `timm-ssod demo` (it writes `output/demo/protocol.json`, copied to `benchmarks/demo.json`). "
+            f"{c.get('backbone')} {c.get('model_kwargs') or ''}, {render}-px images on {c.get('background', 'smooth')} "
+            f"backgrounds resized to {c.get('img_size')} px; {stage1}fine-tunes {c.get('finetune_epochs')} epochs, "
+            f"seed {c.get('seed')}; detectors fitted on {c.get('num_fit')} ID training images, tested on "
+            f"{c.get('num_test')} ID test images and {c.get('num_ood')} per OOD set. Protocol "
+            f"{sec.get('total', 0):.0f} s ({timing}).\n\n" + d['table_md'].strip())
+
+
+def demo_glance(d):
+    """The README's short form of the demo's table: SSOD's scores and the best baselines."""
+    t, sets = d['table'], list(d['config']['ood_sets'])
+    avg = t['average']
+    fpr = {r: v['fpr95'] for r, v in avg.items()}
+    rows = [r for r in ('ssod (SSOD model)', 'ssod_fused (SSOD model)', _best_row(fpr, 'vanilla', LOGIT_BASELINES),
+                        _best_row(fpr, 'vanilla', FEATURE_BASELINES)) if r in avg]
+    acc = t['id_accuracy']
+    table = md_table(['score (model)'] + [f'{s} FPR95 ↓' for s in sets] + ['average FPR95 ↓', 'average AUROC ↑'],
+                     [[f'`{r.split(" ")[0]}` {r.split(" ", 1)[1]}'] + [pct(t['results'][r][s]['fpr95']) for s in sets]
+                      + [pct(avg[r]['fpr95']), pct(avg[r]['auroc'])] for r in rows])
+    return (f"ID accuracy on {t['num_id']} test images: SSOD fine-tune {pct(acc['ssod'])}%, vanilla fine-tune "
+            f"{pct(acc['vanilla'])}%. SSOD's two scores, and the best logit and feature-space baselines of the vanilla "
+            f"model (lowest average FPR95, picked on these test results), in percent:\n\n" + table)
+
+
+# -- calibrated decisions: docs/measurements/ssod_fused*.json (examples/measure_ssod_fused.py) ----
+
+def _stat1(values):
+    """{mean, std (n - 1), n}, as ``examples/measure_ssod_fused.py --summary`` prints them."""
+    n = len(values)
+    mean = sum(values) / n
+    return {'mean': mean, 'std': (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0, 'n': n}
+
+
+FUSED_DEFAULT = 'fused[ssod+mahalanobis+energy]/fisher'
+
+
+def _fused_label(name):
+    if not name.startswith('fused['):
+        return f'`{name}`'
+    comps, rest = name[len('fused['):].split(']/', 1)
+    method = rest.split('/')[0].capitalize()
+    control = ' (control: no SSOD)' if 'ssod' not in comps.split('+') else ''
+    default = ', **the default**' if name == FUSED_DEFAULT else ''
+    return f"fused {comps.replace('+', ' + ')}, {method}{default}{control}"
+
+
+def fused_measurement_tables(d, alpha='0.05'):
+    """Single detectors and ``ssod_fused`` variants (with the p-value tail; Fisher and Stouffer per
+    component set): FPR95 per OOD set, averages, OOD caught and ID test images rejected at alpha,
+    mean ± std over the data seeds; then the check of every ID rejection rate."""
+    runs = list(d['results'].values())
+    first = runs[0]
+    sets = list(first['n_ood'])
+    names = [n for n in first['detectors'] if not n.endswith('/notail')]
+
+    def ms(get):
+        return pm(_stat1([get(r['detectors'][n]) for r in runs]))
+    rows = []
+    for n in names:
+        rows.append([_fused_label(n)] + [ms(lambda x: x['ood'][s]['fpr95']) for s in sets]
+                    + [ms(lambda x: x['average']['fpr95']), ms(lambda x: x['average']['auroc']),
+                       ms(lambda x: x['average']['caught'][alpha]),
+                       ', '.join(pct(r['detectors'][n]['id_rejection'][alpha]['rate']) for r in runs)])
+    checks = [c for r in runs for x in r['detectors'].values() for c in x['id_rejection'].values()]
+    zs = [c['z'] for c in checks]
+    zm = sum(zs) / len(zs)
+    seeds = ', '.join(map(str, d.get('seeds', list(d['results']))))
+    return (f"Command: `{d.get('command', '').strip()}`. Checkpoint `{d.get('checkpoint')}`"
+            + (f" ({d['render_size']}-px images on {d['background']} backgrounds resized to {d['img_size']} px)"
+               if d.get('img_size') else '')
+            + f"; data seeds {seeds}: detectors fitted on {first['n_fit']} ID training images, calibrated on "
+            f"{first['n_calibration']} ID validation images, tested on {first['n_test']} ID test images and "
+            f"{first['n_ood'][sets[0]]} images per OOD set. In percent, mean ± std over the seeds; caught = share of "
+            f"the OOD images with p ≤ {alpha}; the fused scores use the p-value tail.\n\n"
+            + md_table(['score'] + [f'{s} FPR95 ↓' for s in sets]
+                       + ['average FPR95 ↓', 'average AUROC ↑', f'OOD caught at α = {alpha} ↑',
+                          f'ID test images rejected at α = {alpha} (per seed)'], rows)
+            + f"\n\nEvery (score, α, seed) ID rejection rate against its conformal expectation: "
+            f"{sum(c['within'] for c in checks)} of {len(checks)} within expectation + 3 std; z-scores mean "
+            f"{zm:.2f}, std {(sum((z - zm) ** 2 for z in zs) / len(zs)) ** 0.5:.2f}.")
+
+
+# -- the README's results at a glance --------------------------------------------------------------
+
+def _fpr(x):
+    return pct(x['mean'] if isinstance(x, dict) else x)
+
+
+def glance_help(quality, regime):
+    """Does SSOD help? SSOD's score against the best logit and feature-space baselines (vanilla model)
+    and ``ssod_fused``: each quality backbone, and the regime study's best configuration for SSOD."""
+    rows = []
+    for name, b in quality['backbones'].items():
+        sm = b.get('summary')
+        if not sm:
+            continue
+        avg = {label: r['average']['fpr95'] for label, r in sm['rows'].items()}
+        grid = next((r['sampler_alignment']['grid'] for r in b['runs'] if r.get('sampler_alignment')), None)
+        means = {label: v['mean'] for label, v in avg.items()}
+        best_l = _best_row(means, 'vanilla', LOGIT_BASELINES)
+        best_f = _best_row(means, 'vanilla', FEATURE_BASELINES)
+        rows.append([f"{name}, {'x'.join(map(str, grid)) if grid else '?'} map, {quality.get('background', 'smooth')}",
+                     f"{_fpr(sm['id_accuracy']['vanilla'])} / {_fpr(sm['id_accuracy']['ssod'])}",
+                     _fpr(avg['ssod (SSOD model)']), f"{_fpr(avg[best_l])} ({best_l.split(' ')[0]})",
+                     f"{_fpr(avg[best_f])} ({best_f.split(' ')[0]})",
+                     _fpr(avg[FUSED_ROW]) if FUSED_ROW in avg else '–', len(b['runs'])])
+    if regime:
+        groups = regime_groups(regime)
+        (bg, scale, backbone), cells = min(groups.items(), key=lambda kv: _mean([_avg(c, 'ssod') for c in kv[1]]))
+        logit = '/'.join(sorted({c['best_logit']['average']['detector'] for c in cells}))
+        feature = '/'.join(sorted({c['best_feature']['average']['detector'] for c in cells}))
+        rows.append([f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg} (the study's best case for SSOD)",
+                     f"{pct(_mean([c['id_accuracy']['vanilla'] for c in cells]))} / "
+                     f"{pct(_mean([c['id_accuracy']['ssod'] for c in cells]))}",
+                     pct(_mean([_avg(c, 'ssod') for c in cells])),
+                     f"{pct(_mean([_avg(c, 'best_logit') for c in cells]))} ({logit})",
+                     f"{pct(_mean([_avg(c, 'best_feature') for c in cells]))} ({feature})", '–', len(cells)])
+    return ('Average FPR95 ↓ in percent over the four built-in OOD sets (backgrounds, novel objects, noise, textures), '
+            'mean over seeds; the baselines are the best of their family on the vanilla model, picked on the test '
+            'results (a choice that favours them).\n\n'
+            + md_table(['backbone, feature map, backgrounds', 'ID accuracy vanilla / SSOD', "SSOD's score",
+                        'best logit baseline', 'best feature-space baseline', '`ssod_fused`', 'seeds'], rows))
+
+
+def glance_cost(d):
+    """What does SSOD cost? The ranges of the time and memory ratios over the measured backbones."""
+    env, s, models = d.get('environment', {}), d.get('settings', {}), d['models']
+    where = env.get('gpu') or f"CPU, {env.get('threads', '?')} threads"
+
+    def span(key):
+        vals = [m[key] for m in models.values()]
+        return f'{min(vals):.3f} – {max(vals):.3f}'
+    return (md_table(['measured on', 'backbones', 'training step time ×', 'training memory ×', 'inference time ×'],
+                     [[f"{where}, batch {s.get('batch_size')}, {s.get('img_size')} px", f"{len(models)}: "
+                       + ', '.join(models), span('train_time_ratio'), span('train_mem_ratio'),
+                       span('inference_time_ratio')]])
+            + f"\n\nCommand: `{d.get('command', '').strip()}`; SSOD model ÷ the plain timm model, same weights and "
+            f"batch (median over repetitions).")
+
+
+def glance_deploy(quality, fused):
+    """Which score should I deploy? ``ssod_fused`` against the best single detector, and the share
+    of ID test images its calibrated decision rejects at alpha = 5%."""
+    rows = []
+    for name, b in quality['backbones'].items():
+        srows = b.get('summary', {}).get('rows', {})
+        if FUSED_ROW not in srows:
+            continue
+        avg = {label: r['average']['fpr95'] for label, r in srows.items()}
+        best = min((r for r in avg if r not in COMBINED_ROWS), key=lambda r: avg[r]['mean'])
+        dec = [r['decisions']['detectors']['ssod_fused']['id_rejection']['0.05']['rate']
+               for r in b['runs'] if r.get('decisions')]
+        grid = next((r['sampler_alignment']['grid'] for r in b['runs'] if r.get('sampler_alignment')), None)
+        rows.append([f"{name}, {'x'.join(map(str, grid)) if grid else '?'} map, {quality.get('background', 'smooth')}",
+                     _fpr(avg[FUSED_ROW]), f"{_fpr(avg[best])} ({best.replace(' (', ', ').rstrip(')')})",
+                     ', '.join(pct(r) for r in dec) if dec else '–'])
+    if fused:
+        runs = list(fused['results'].values())
+        singles = [n for n in runs[0]['detectors'] if not n.startswith('fused[')]
+        mean = {n: _mean([r['detectors'][n]['average']['fpr95'] for r in runs]) for n in runs[0]['detectors']}
+        best = min(singles, key=lambda n: mean[n])
+        size = fused.get('img_size')
+        rows.append([f"the demo's resnet10t checkpoint, {size} px (7x7 map), {fused.get('background')}",
+                     pct(mean[FUSED_DEFAULT]), f'{pct(mean[best])} ({best})',
+                     ', '.join(pct(r['detectors'][FUSED_DEFAULT]['id_rejection']['0.05']['rate']) for r in runs)])
+    return ('Average FPR95 ↓ in percent of `ssod_fused` (SSOD + Mahalanobis + Energy through their ID p-values, '
+            'Fisher; the default of `calibrate`) and of the best single detector (either model, picked on the test '
+            'results); then the share of ID test images the calibrated `ssod_fused` decision rejects at α = 5% '
+            '(per seed; the guarantee: 5% in expectation).\n\n'
+            + md_table(['backbone, feature map, backgrounds', '`ssod_fused`', 'best single detector',
+                        'ID test images rejected at α = 5%'], rows))
+
+
+# -- sources, sections, pages ------------------------------------------------------------------------
+
 def converged_tables(d):
     """``benchmarks/converged.py``'s tables (its ``table``; imported on use: it loads torch and timm)."""
     import importlib.util
@@ -456,24 +654,76 @@ def converged_tables(d):
     return module.table(d)
 
 
-SECTIONS = (('overhead', overhead_tables), ('quality', quality_tables), ('ablations', ablation_tables),
-            ('regime', regime_tables), ('regime_probe', probe_tables), ('converged', converged_tables))
+SOURCES = {  # flag name -> committed JSON, relative to the repository
+    'overhead': 'benchmarks/overhead.json', 'quality': 'benchmarks/quality.json',
+    'ablations': 'benchmarks/ablations.json', 'regime': 'benchmarks/regime.json',
+    'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
+    'converged': 'benchmarks/converged.json',
+    'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
+}
+# block name, the sources it reads (all required but those marked optional), the function of their data
+SECTIONS = (
+    ('overhead', ('overhead',), overhead_tables),
+    ('quality', ('quality',), quality_tables),
+    ('ablations', ('ablations',), ablation_tables),
+    ('regime', ('regime',), regime_tables),
+    ('regime_probe', ('regime_probe',), probe_tables),
+    ('converged', ('converged',), converged_tables),
+    ('demo', ('demo',), demo_tables),
+    ('fused', ('fused',), fused_measurement_tables),
+    ('fused_natural', ('fused_natural',), fused_measurement_tables),
+    ('glance_demo', ('demo',), demo_glance),
+    ('glance_help', ('quality', 'regime?'), glance_help),
+    ('glance_cost', ('overhead',), glance_cost),
+    ('glance_deploy', ('quality', 'fused_natural?'), glance_deploy),
+)
+CLI_PAGE = 'docs/cli.md'
+
+
+def pages(root=ROOT):
+    """The pages that may hold generated blocks: README.md and docs/*.md (relative paths)."""
+    docs = os.path.join(root, 'docs')
+    return ['README.md'] + sorted(f'docs/{n}' for n in os.listdir(docs) if n.endswith('.md'))
 
 
 def block_pattern(name):
-    return re.compile(rf'(<!-- make_tables:{name} -->\n)(.*?)(\n<!-- /make_tables:{name} -->)', re.S)
+    """The block ``NAME``: its opening line, its content (empty, or lines), its closing line."""
+    return re.compile(rf'(<!-- make_tables:{name} -->\n)(.*?)(^<!-- /make_tables:{name} -->)', re.S | re.M)
 
 
-def readme_blocks(text):
-    """{name: content} of the generated blocks in a README's text."""
-    return {name: m.group(2) for name, _ in SECTIONS for m in [block_pattern(name).search(text)] if m}
+def page_blocks(text):
+    """{name: content (without its last newline)} of the generated blocks in a page's text."""
+    return {name: m.group(2)[:-1] if m.group(2).endswith('\n') else m.group(2)
+            for name, _, _ in SECTIONS for m in [block_pattern(name).search(text)] if m}
 
 
-def fill_readme(text, tables):
-    """The README text with each generated block replaced by ``tables[name]``."""
+def fill_blocks(text, tables):
+    """The page text with each generated block's content replaced by ``tables[name]``."""
     for name, table in tables.items():
-        text = block_pattern(name).sub(lambda m: m.group(1) + table + m.group(3), text)
+        text = block_pattern(name).sub(lambda m: m.group(1) + table + '\n' + m.group(3), text)
     return text
+
+
+def load_sources(paths):
+    """{source: data} of the JSON files that exist (``paths``: {source: path})."""
+    data = {}
+    for name, path in paths.items():
+        if os.path.exists(path):
+            with open(path) as f:
+                data[name] = json.load(f)
+        else:
+            print(f'skipped {name}: no {path}', file=sys.stderr)
+    return data
+
+
+def build_tables(data):
+    """{block name: markdown} of every section whose required sources are in ``data``."""
+    tables = {}
+    for name, sources, fn in SECTIONS:
+        required = [s for s in sources if not s.endswith('?')]
+        if all(s in data for s in required):
+            tables[name] = fn(*(data.get(s.rstrip('?')) for s in sources))
+    return tables
 
 
 def _write(path, text):
@@ -485,38 +735,42 @@ def _write(path, text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    for name, _ in SECTIONS:
-        p.add_argument(f'--{name}', default=os.path.join(HERE, f'{name}.json'))
+    for name, path in SOURCES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=os.path.join(ROOT, path), metavar='JSON')
     p.add_argument('--regime-figure', default=None, metavar='PNG',
                    help='also draw the regime study figure (e.g. docs/figures/regime.png; needs matplotlib)')
     p.add_argument('--out', default=os.path.join(HERE, 'tables.md'))
-    p.add_argument('--readme', default=None, metavar='PATH', help="rewrite the README's generated blocks too")
+    p.add_argument('--docs', action='store_true',
+                   help=f'rewrite the generated blocks of README.md and docs/*.md, and {CLI_PAGE}')
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    tables = {}
-    for name, fn in SECTIONS:
-        path = getattr(args, name)
-        if not os.path.exists(path):
-            print(f'skipped {name}: no {path}', file=sys.stderr)
-            continue
-        with open(path) as f:
-            data = json.load(f)
-        tables[name] = fn(data)
-        if name == 'regime' and args.regime_figure:
-            regime_figure(data, args.regime_figure)
+    data = load_sources({name: getattr(args, name) for name in SOURCES})
+    tables = build_tables(data)
+    if 'regime' in data and args.regime_figure:
+        regime_figure(data['regime'], args.regime_figure)
     text = '<!-- generated by benchmarks/make_tables.py from the benchmark JSON files; do not edit -->\n\n' \
-        + '\n\n'.join(tables.values()) + '\n'
+        + '\n\n'.join(t for n, t in tables.items() if not n.startswith('glance_')) + '\n'
     _write(args.out, text)
-    if args.readme:
-        with open(args.readme) as f:
-            readme = f.read()
-        missing = [n for n in tables if n not in readme_blocks(readme)]
+    if args.docs:
+        found = set()
+        for page in pages():
+            path = os.path.join(ROOT, page)
+            with open(path) as f:
+                old = f.read()
+            found |= set(page_blocks(old))
+            new = fill_blocks(old, tables)
+            if new != old:
+                _write(path, new)
+                print(f'rewrote {page}', file=sys.stderr)
+        missing = [n for n in tables if n not in found]
         if missing:
-            sys.exit(f'{args.readme} has no <!-- make_tables:NAME --> block for {", ".join(missing)}')
-        _write(args.readme, fill_readme(readme, tables))
+            sys.exit(f'no page has a <!-- make_tables:NAME --> block for {", ".join(missing)}')
+        sys.path.insert(0, ROOT)
+        from timm_ssod.cli._reference import reference_markdown
+        _write(os.path.join(ROOT, CLI_PAGE), reference_markdown())
     print(text)
     return text
 

@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 import timm_ssod
+from timm_ssod.experiments import command_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the command's paths: relative to it
 
 # name -> timm kwargs for reduced CPU inputs (the GPU run uses each model's own defaults)
 BACKBONES = {
@@ -218,7 +221,7 @@ def main(argv=None):
         if unknown:
             sys.exit(f'unknown backbone(s) {sorted(unknown)}; choose from {sorted(BACKBONES)}')
         models = {m: BACKBONES[m] for m in args.models}
-    result = {'command': ' '.join(['python benchmarks/overhead.py', *(sys.argv[1:] if argv is None else argv)]),
+    result = {'command': command_line('python benchmarks/overhead.py', sys.argv[1:] if argv is None else argv, ROOT),
               'environment': environment(args), 'targets': TARGETS,
               'settings': {k: getattr(args, k) for k in ('batch_size', 'img_size', 'num_classes', 'reps',
                                                          'amp', 'channels_last')},

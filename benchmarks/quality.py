@@ -33,7 +33,8 @@ images rejected at each alpha against its expected value, and the share of each 
 
 Writes benchmarks/quality.json (or --out) atomically after every run; a rerun with the same
 settings skips the runs already there (and reuses each backbone's stage 1), so an interrupted
-run resumes. ``make_tables.py`` turns it into the README's tables. Prints one line per step.
+run resumes. ``make_tables.py --docs`` turns it into the tables of docs/study.md. Prints one line
+per step.
 """
 import argparse
 import json
@@ -53,10 +54,11 @@ from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
 from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.experiments import (decisions_checkpoint, evaluate_checkpoint, read_result, remove_checkpoints, run_protocol,
-                                   train_stage, train_stage_once)
+from timm_ssod.experiments import (command_line, decisions_checkpoint, evaluate_checkpoint, read_result,
+                                   remove_checkpoints, results_text, run_protocol, train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
 # CPU-sized versions of the Table-6 families: 64-px images, a 4x4 map where the backbone allows
 BACKBONES = OrderedDict([
     ('resnet18', dict(model_kwargs={'output_stride': 16}, img_size=64)),
@@ -206,7 +208,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.merge:
         out = merge(args.merge)
-        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        atomic_write_text(args.out, results_text(out, ROOT))
         print(f'merged {len(out["backbones"])} backbones from {len(args.merge)} files into {args.out}')
         return out
     backbones, sizes = (QUICK_BACKBONES, QUICK_SIZES) if args.quick else (BACKBONES, SIZES)
@@ -217,7 +219,7 @@ def main(argv=None):
             sys.exit(f'unknown backbone(s) {sorted(unknown)}; choose from {", ".join(BACKBONES)}')
         backbones = OrderedDict((b, {**BACKBONES, **QUICK_BACKBONES}[b]) for b in args.backbones)
     start = time.time()
-    out = {'command': ' '.join(['python benchmarks/quality.py', *(sys.argv[1:] if argv is None else argv)]),
+    out = {'command': command_line('python benchmarks/quality.py', sys.argv[1:] if argv is None else argv, ROOT),
            'environment': environment(), 'sizes': sizes, 'seeds': seeds, 'ood_sets': list(OOD_SETS),
            'weights': list(WEIGHTS), 'background': args.background, 'backbones': OrderedDict()}
     previous = resumable(args.out, out)
@@ -264,7 +266,7 @@ def main(argv=None):
             entry['runs'].append(run)
             entry['summary'] = summarize(entry['runs'])
             out['seconds'] = round(time.time() - start, 1)
-            atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+            atomic_write_text(args.out, results_text(out, ROOT))
             acc = ', '.join(f'{k} {100 * v:.1f}%' for k, v in run['id_accuracy'].items())
             avg = {label: 100 * r['average']['fpr95'] for label, r in run['rows'].items()}
             best = min((v, k) for k, v in avg.items() if 'vanilla' in k)

@@ -33,8 +33,8 @@ total epoch budget as stage 1 + fine-tune.
 
     python benchmarks/regime.py                      # the whole study (about 3 h of 2 CPU cores, 2 processes)
     python benchmarks/regime.py --shard 0/2 & python benchmarks/regime.py --shard 1/2; wait   # the same, in parallel
-    python benchmarks/regime.py --quick --out /tmp/regime.json   # tiny sizes (tests)
-    python benchmarks/make_tables.py                 # README table and figure from regime.json
+    python benchmarks/regime.py --quick --out output/regime_quick.json   # tiny sizes (tests)
+    python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # docs/study.md, figure
 
 Every finished cell is added to ``--out`` at once (under a file lock, written atomically);
 a rerun skips the cells already there, so an interrupted study resumes where it stopped,
@@ -44,7 +44,6 @@ process is running is skipped.
 import argparse
 import contextlib
 import fcntl
-import json
 import os
 import platform
 import sys
@@ -58,10 +57,11 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import (evaluate_checkpoint, read_result, remove_checkpoints, run_protocol, sampler_alignment,
-                                   train_stage, train_stage_once)
+from timm_ssod.experiments import (command_line, evaluate_checkpoint, read_result, remove_checkpoints, results_text,
+                                   run_protocol, sampler_alignment, train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
 
 BACKGROUNDS = ('smooth', 'natural')
 # scale -> backbone -> (render size, input size, timm kwargs); both scales give the grid named
@@ -121,7 +121,7 @@ def add_entry(path, section, key, value, header, sections=('cells', 'from_scratc
     with locked(path):
         data = read_result(path) or dict(header, **{s: OrderedDict() for s in sections})
         data[section][key] = value
-        atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + '\n')
+        atomic_write_text(path, results_text(data, ROOT))
 
 
 def best_of(rows, names, ood_sets):
@@ -327,7 +327,7 @@ def main(argv=None):
     scales, sizes = (QUICK_SCALES, QUICK_SIZES) if args.quick else (SCALES, SIZES)
     backbones = tuple(next(iter(scales.values())))
     epochs = 2 if args.quick else SCRATCH_EPOCHS
-    header = {'command': ' '.join(['python benchmarks/regime.py', *(sys.argv[1:] if argv is None else argv)]),
+    header = {'command': command_line('python benchmarks/regime.py', sys.argv[1:] if argv is None else argv, ROOT),
               'environment': {'python': platform.python_version(), 'torch': torch.__version__,
                               'timm': timm.__version__, 'threads': torch.get_num_threads(),
                               'cpu_count': os.cpu_count()},

@@ -11,7 +11,7 @@ most-ID location). When all three aggregations fail on a set whose cells get as 
 ID object cells, the head itself misjudges those images: pooling is not the cause.
 
     python benchmarks/regime_probe.py natural/native/resnet10t smooth/native/resnet10t   # ~4 min each on 1 core
-    python benchmarks/make_tables.py --readme README.md    # the probe's table (regime section)
+    python benchmarks/make_tables.py --docs                # the probe's table (docs/study.md)
 
 Needs the configuration's stage 1 from ``regime.py`` (its marker under --runs-dir). Writes
 ``benchmarks/regime_probe.json`` (or --out) after every configuration; a rerun skips the ones
@@ -19,7 +19,6 @@ already there. Runs made apart (other seeds, one process per core) are joined, w
 commands, by ``python benchmarks/regime_probe.py --merge A.json B.json --out OUT.json``.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,9 +28,10 @@ from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_en
 
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
-from timm_ssod.experiments import location_probe, read_result, run_protocol
+from timm_ssod.experiments import command_line, location_probe, read_result, results_text, run_protocol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
 
 
 def parse_args(argv=None):
@@ -64,7 +64,7 @@ def add_command(path, command):
         data = read_result(path)
         if command not in data['command'].split('; '):
             data['command'] += '; ' + command
-            atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + '\n')
+            atomic_write_text(path, results_text(data, ROOT))
 
 
 def merge(paths):
@@ -91,11 +91,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.merge:
         out = merge(args.merge)
-        atomic_write_text(args.out, json.dumps(out, indent=2, allow_nan=False) + '\n')
+        atomic_write_text(args.out, results_text(out, ROOT))
         print(f'merged {len(out["cells"])} cells into {args.out}')
         return out
     scales, sizes = args.scales, args.sizes
-    header = {'command': ' '.join(['python benchmarks/regime_probe.py', *(sys.argv[1:] if argv is None else argv)]),
+    command = command_line('python benchmarks/regime_probe.py', sys.argv[1:] if argv is None else argv, ROOT)
+    header = {'command': command,
               'sizes': sizes, 'ood_sets': list(OOD_SETS)}
     for config in args.configs:
         key = f'{config}/seed{args.seed}'

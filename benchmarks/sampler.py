@@ -13,10 +13,12 @@ samples' object coverage. Balance ``dr`` (Table 5) trains on none of them, ``lwb
 ``benchmarks/ablations.py`` measures what that changes. About 1 minute on one core. It needs
 the built-in benchmark's object masks, so it measures checkpoints trained on it only.
 """
-import json
+import os
 import sys
 
 from timm_ssod.core import check_gamma
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # paths in the JSON: relative to it
 
 
 def pct(v):
@@ -27,13 +29,13 @@ def main(ckpt: str, out: str, gammas, num_images: int = 300):
     import torch
     from timm_ssod._util import atomic_write_text
     from timm_ssod.evaluate import load_eval_model
-    from timm_ssod.experiments import sampler_alignment, trained_benchmark
+    from timm_ssod.experiments import command_line, results_text, sampler_alignment, trained_benchmark
 
     torch.set_num_threads(1)
     model, info = load_eval_model(checkpoint=ckpt)
     common = dict(trained_benchmark(info['train_args'], ckpt), num_classes=model.num_classes, num_images=num_images,
                   split='val')
-    result = {'command': ' '.join(['python benchmarks/sampler.py', *sys.argv[1:]]), 'checkpoint': ckpt,
+    result = {'command': command_line('python benchmarks/sampler.py', sys.argv[1:], ROOT), 'checkpoint': ckpt,
               **common, 'by_gamma': {}}
     for g in gammas:
         r = sampler_alignment(ckpt, gamma=g, **common)
@@ -44,7 +46,7 @@ def main(ckpt: str, out: str, gammas, num_images: int = 300):
               f"{pct(w['share_of_ood_locations'])} of the OOD samples (object coverage "
               f"{pct(w['object_coverage_of_their_ood'])}, the others' {pct(w['object_coverage_of_other_ood'])})",
               flush=True)
-    atomic_write_text(out, json.dumps(result, indent=2, allow_nan=False) + '\n')
+    atomic_write_text(out, results_text(result, ROOT))
     print(f'wrote {out}')
 
 

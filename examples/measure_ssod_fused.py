@@ -11,21 +11,24 @@ Per data seed (the synthetic images' seed; the checkpoint is the same): detector
 images and 600 images of each OOD set (``timm_ssod.experiments.measure_decisions``,
 the protocol's evaluation transforms), rendered and resized as the checkpoint was trained
 (its run's ``--img-size`` and ``--dataset-kwargs img_size=... background=...``). It produced the numbers in
-``timm_ssod/detectors/ssod_fused.py`` and the README; ``--summary`` prints them (mean ± std
+``timm_ssod/detectors/ssod_fused.py`` and docs/decisions.md; ``--summary`` prints them (mean ± std
 over the seeds). About 4 minutes on 2 CPU cores for three seeds, after the demo.
 """
 import json
+import os
 import sys
 import time
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the recorded checkpoint: relative to it
 
 
 def measure(ckpt: str, out: str, seeds):
     import torch
     from timm_ssod._util import atomic_write_text
     from timm_ssod.data import create_dataset
-    from timm_ssod.experiments import format_decisions, measure_decisions, trained_benchmark
+    from timm_ssod.experiments import format_decisions, measure_decisions, relative_paths, trained_benchmark
     from timm_ssod.detectors import SSODFused
     from timm_ssod.evaluate import load_eval_model
     from timm_ssod.experiments._protocol import OOD_SETS, _loader
@@ -66,8 +69,9 @@ def measure(ckpt: str, out: str, seeds):
         res['seconds'] = time.time() - start
         results[str(seed)] = res
         print(f'seed {seed}: {res["seconds"]:.0f}s\n{format_decisions(res, 0.05)}', flush=True)
-    atomic_write_text(out, json.dumps({'checkpoint': ckpt, 'img_size': img, 'render_size': render,
-                                       'background': background, 'seeds': list(seeds), 'results': results}))
+    record = {'checkpoint': ckpt, 'img_size': img, 'render_size': render, 'background': background,
+              'seeds': list(seeds), 'results': results}
+    atomic_write_text(out, json.dumps(relative_paths(record, ROOT)))  # no absolute path of this machine
 
 
 def summary(path: str, alpha: str = '0.05'):

@@ -194,17 +194,35 @@ def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retrai
         other['command'] + '; python benchmarks/regime_probe.py X --seed 2'
 
 
-def test_readme_tables_are_the_committed_json():
-    """Every benchmark JSON in benchmarks/ has its table in the README, generated from it
-    (numbers are never typed by hand): rerun ``make_tables.py --readme README.md`` after a run."""
+def test_generated_blocks_are_the_committed_json():
+    """Every table of README.md and docs/*.md between make_tables markers is generated from the
+    committed JSON (numbers are never typed by hand), each section once, and every section whose
+    JSON is committed has its block: rerun ``python benchmarks/make_tables.py --docs`` after a run."""
     mt = _script('make_tables')
-    readme = (BENCH.parent / 'README.md').read_text()
-    blocks = mt.readme_blocks(readme)
-    committed = {name: fn for name, fn in mt.SECTIONS if (BENCH / f'{name}.json').exists()}
-    assert set(committed) <= set(blocks), f'README lacks generated blocks for {set(committed) - set(blocks)}'
-    for name, fn in committed.items():
-        assert blocks[name] == fn(json.loads((BENCH / f'{name}.json').read_text())), \
-            f'README table {name!r} differs from benchmarks/{name}.json: run make_tables.py --readme README.md'
+    root = BENCH.parent
+    data = mt.load_sources({name: str(root / path) for name, path in mt.SOURCES.items()})
+    expected = mt.build_tables(data)
+    where = {}
+    for page in mt.pages(str(root)):
+        for name, content in mt.page_blocks((root / page).read_text()).items():
+            assert name not in where, f'block {name!r} is in both {where[name]} and {page}'
+            where[name] = page
+            assert name in expected, f'{page}: block {name!r} has no committed JSON to generate it from'
+            assert content == expected[name], \
+                f'{page}: table {name!r} differs from its JSON: run python benchmarks/make_tables.py --docs'
+    assert set(expected) <= set(where), f'no page holds the blocks {set(expected) - set(where)}'
+    assert {'overhead', 'quality', 'ablations', 'regime', 'regime_probe', 'demo'} <= set(where)
+    assert all(where[n] == 'README.md' for n in where if n.startswith('glance_'))
+
+
+def test_generated_blocks_are_found_empty_or_filled():
+    mt = _script('make_tables')
+    page = 'a\n<!-- make_tables:demo -->\n<!-- /make_tables:demo -->\nb\n'
+    assert mt.page_blocks(page) == {'demo': ''}
+    filled = mt.fill_blocks(page, {'demo': '| x |\n|---|'})
+    assert filled == 'a\n<!-- make_tables:demo -->\n| x |\n|---|\n<!-- /make_tables:demo -->\nb\n'
+    assert mt.page_blocks(filled) == {'demo': '| x |\n|---|'}
+    assert mt.fill_blocks(filled, {'demo': '| x |\n|---|'}) == filled  # idempotent
 
 
 def test_ablations_merge_reports_mean_and_spread_over_seeds(outputs, tmp_path):

@@ -40,6 +40,9 @@ def test_demo_quick_writes_table_and_results(tmp_path, capsys):
              '0.95', '1.0', 'lwb'}
     assert [a for a in argv['ssod'] if a not in strip] == [a for a in argv['vanilla'] if a not in strip]
     assert record['stage1']['checkpoint'] in argv['ssod'] and record['stage1']['checkpoint'] in argv['vanilla']
+    # paths relative to the run's output folder: nothing says where the run was made
+    assert record['stage1']['checkpoint'] == 'stage1_vanilla/last.pth.tar'
+    assert argv['ssod'][argv['ssod'].index('--output') + 1] == '.'
     # stage 1 at its own input size (the demo's: the render size), the fine-tunes at img_size
     size_of = lambda a: a[a.index('--img-size') + 1]  # noqa: E731
     assert size_of(record['stage1']['argv']) == '32' and size_of(argv['ssod']) == size_of(argv['vanilla']) == '64'
@@ -70,7 +73,8 @@ def test_demo_quick_writes_table_and_results(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location('measure_sampler', REPO / 'benchmarks' / 'sampler.py')
     measure = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(measure)
-    measure.main(record['finetune']['ssod']['checkpoint'], str(tmp_path / 'sampler.json'), [0.95, 0.6], num_images=16)
+    measure.main(str(out / record['finetune']['ssod']['checkpoint']), str(tmp_path / 'sampler.json'), [0.95, 0.6],
+                 num_images=16)
     sampler = json.loads((tmp_path / 'sampler.json').read_text())
     assert (sampler['img_size'], sampler['render_size'], sampler['background']) == (64, 64, 'natural')  # QUICK's fine-tune size
     assert list(sampler['by_gamma']) == ['0.95', '0.6']

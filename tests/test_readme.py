@@ -1,10 +1,11 @@
-"""Every code block of README.md runs as pasted (issue 15: the Python API block used ``x`` and
-``target`` without defining them).
+"""Every code block of README.md and docs/*.md runs as pasted (issue 15: the Python API block used
+``x`` and ``target`` without defining them; issue 23: the docs pages are covered too).
 
-The blocks run in README order in one temporary folder, as a reader pastes them:
+The blocks run in order, README.md first, then docs/*.md, in one temporary folder, as a reader
+pastes them:
 
 * python blocks: each in a fresh namespace (each imports what it uses);
-* bash blocks of "Your own photos": every command as typed; ``timm-ssod`` runs through its entry
+* bash blocks of the README's "Your own photos": every command as typed; ``timm-ssod`` runs through its entry
   point (``timm_ssod.cli.main``) in this process;
 * the Hub: a server on 127.0.0.1 (``tests/hub_server.py``, ``HF_ENDPOINT``) stands in for
   huggingface.co; downloads are real HTTP requests to it, uploads go into it through a stand-in
@@ -31,16 +32,22 @@ from timm_ssod.train import parse_args
 from hub_server import HubServer, patch_hub_env
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_SECTIONS = {'Your own photos'}  # bash blocks that run; python blocks always run
+RUN_SECTIONS = {('README.md', 'Your own photos')}  # bash blocks that run; python blocks always run
 
 
-def readme_blocks():
-    """``[(index, language, section, code)]`` of README.md's fenced blocks."""
-    text = (REPO / 'README.md').read_text(encoding='utf-8')
+def pages():
+    """README.md, then every page of docs/ (relative paths)."""
+    return ['README.md'] + sorted(f'docs/{p.name}' for p in (REPO / 'docs').glob('*.md'))
+
+
+def readme_blocks(pages_=None):
+    """``[(where, language, (page, section), code)]`` of the fenced blocks of the pages, in order."""
     blocks = []
-    for i, m in enumerate(re.finditer(r'^```(\w*)\n(.*?)^```', text, re.S | re.M)):
-        headings = re.findall(r'^## (.+)$', text[:m.start()], re.M)
-        blocks.append((i, m.group(1), headings[-1] if headings else '', m.group(2)))
+    for page in pages_ or pages():
+        text = (REPO / page).read_text(encoding='utf-8')
+        for i, m in enumerate(re.finditer(r'^```(\w*)\n(.*?)^```', text, re.S | re.M)):
+            headings = re.findall(r'^## (.+)$', text[:m.start()], re.M)
+            blocks.append((f'{page} block {i}', m.group(1), (page, headings[-1] if headings else ''), m.group(2)))
     return blocks
 
 
@@ -70,8 +77,10 @@ class StandInHfApi:
 def test_every_block_is_python_bash_or_text():
     blocks = readme_blocks()
     assert blocks and {lang for _, lang, _, _ in blocks} <= {'python', 'bash', 'text'}, \
-        [(i, lang) for i, lang, _, _ in blocks]
+        [(i, lang) for i, lang, _, _ in blocks if lang not in ('python', 'bash', 'text')]
     assert any(section in RUN_SECTIONS and lang == 'bash' for _, lang, section, _ in blocks)
+    assert {page for _, _, (page, _), _ in blocks} >= {'README.md', 'docs/benchmark.md', 'docs/study.md',
+                                                       'docs/decisions.md', 'docs/guide.md'}
 
 
 def test_readme_code_blocks_run_as_pasted(tmp_path, monkeypatch, capsys):
@@ -82,7 +91,7 @@ def test_readme_code_blocks_run_as_pasted(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(huggingface_hub, 'HfApi', StandInHfApi)
         ran = []
         for index, lang, section, code in readme_blocks():
-            where = f'README block {index} ({lang}, section {section!r})'
+            where = f'{index} ({lang}, section {section[1]!r})'
             if lang == 'python':
                 exec(compile(code, where, 'exec'), {'__name__': '__main__'})
                 ran.append(index)
@@ -99,13 +108,20 @@ def test_readme_code_blocks_run_as_pasted(tmp_path, monkeypatch, capsys):
     assert 'classes: disc, square, triangle' in out
     assert "['disc', 'square', 'triangle']" in out
     assert re.search(r'-> (disc|square|triangle) P\(in-distribution\) = ', out)
+    # calibrate saved a calibrated model; predict decided on every image, ID and OOD folders alike
+    assert (tmp_path / 'output/calibrated/my_photos/ssod.safetensors').is_file()
+    predictions = (tmp_path / 'output/predict/my_photos/predictions.csv').read_text().splitlines()
+    assert len(predictions) == 1 + 30 + 30 and all(line.endswith((',ID', ',OOD')) for line in predictions[1:])
+    assert re.search(r'p-value [0-9.]+ (ID|OOD)', out)  # the calibrated model from Python
     assert server.repos.keys() >= {'your-name/my-photos', 'org/ssod-resnet50'}  # both pushes arrived
-    assert len(ran) >= 5
+    assert len(ran) >= 6
 
 
 def _check_parses(argv, where):
     argv = argv[:-1] if argv[-1] == '&' else argv  # a command sent to the background
-    if argv[:1] == ['python'] and argv[1].startswith('benchmarks/'):
+    while argv and re.fullmatch(r'[A-Z_]+=\S*', argv[0]):  # VAR=value before the command
+        argv = argv[1:]
+    if argv[:1] == ['python'] and argv[1].startswith(('benchmarks/', 'examples/')):
         script = REPO / argv[1]
         assert script.is_file(), (where, argv)
         spec = importlib.util.spec_from_file_location(f'readme_{script.stem}', script)
@@ -115,6 +131,13 @@ def _check_parses(argv, where):
             module.parse_args(argv[2:])
     elif argv[0] == 'bash':
         assert (REPO / argv[1]).is_file(), (where, argv)
+    elif argv[:2] == ['pip', 'install']:  # this package, with extras it declares
+        pyproject = (REPO / 'pyproject.toml').read_text()
+        for target in [a for a in argv[2:] if not a.startswith('-')]:
+            m = re.fullmatch(r'\.(?:\[([\w,]+)\])?', target)
+            assert m, (where, argv)
+            extras = [e for e in (m.group(1) or '').split(',') if e]
+            assert all(re.search(rf'^{e} = ', pyproject, re.M) for e in extras), (where, argv)
     elif argv[0] == 'torchrun':
         module = argv.index('-m')
         assert argv[module + 1] == 'timm_ssod.train', (where, argv)
@@ -133,6 +156,29 @@ def test_commands_of_the_other_bash_blocks_parse(monkeypatch):
     for index, lang, section, code in readme_blocks():
         if lang == 'bash' and section not in RUN_SECTIONS:
             for argv in commands(code):
-                _check_parses(argv, f'README block {index} (section {section!r})')
+                _check_parses(argv, f'{index} (section {section[1]!r})')
                 checked += 1
     assert checked >= 10
+
+
+def _anchors(text):
+    """GitHub's anchors of a page's headings."""
+    return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in re.findall(r'^#+ (.+)$', text, re.M)}
+
+
+def test_links_between_the_pages_resolve():
+    """Every relative link of README.md and docs/*.md names a file of the repository, and a heading
+    of it when it has a #fragment (sections moved between pages keep their links)."""
+    checked = 0
+    for page in pages():
+        text = re.sub(r'^```.*?^```', '', (REPO / page).read_text(encoding='utf-8'), flags=re.S | re.M)
+        for link in re.findall(r'\]\(([^)\s]+)\)', text):
+            if re.match(r'\w+:', link):
+                continue
+            path, _, fragment = link.partition('#')
+            target = (REPO / page).parent / path if path else REPO / page
+            assert target.exists(), f'{page}: {link} names no file'
+            if fragment:
+                assert fragment in _anchors(target.read_text(encoding='utf-8')), f'{page}: {link} names no heading'
+            checked += 1
+    assert checked >= 20

@@ -58,6 +58,7 @@ import torch
 
 from ..conformal import COMBINE_METHODS, combine_pvalues, conformal_pvalue, lower_tail_scale, tail_pvalue
 from .base import Detector, ModelOutputs
+from .catalog import single_detector_class
 
 DEFAULT_COMPONENTS = ('ssod', 'mahalanobis', 'energy')
 
@@ -73,7 +74,8 @@ class SSODFused(Detector):
     """SSOD + complementary scores, combined through ID p-values (module docstring).
 
     Args:
-        components: detector names (``create_detector``), default ``ssod, mahalanobis, energy``.
+        components: detector names (``catalog.SINGLE_DETECTORS`` or ``EXPERIMENTAL_DETECTORS``), default
+            ``ssod, mahalanobis, energy``.
         method: ``fisher`` (default) or ``stouffer``.
         folds: cross-fitting folds for the ID references of fitted components (>= 2).
         tail: continue each p-value below the lowest ID reference score by an exponential
@@ -89,7 +91,6 @@ class SSODFused(Detector):
     def __init__(self, components: Sequence[str] = DEFAULT_COMPONENTS, method: str = 'fisher', folds: int = 5,
                  tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None):
         super().__init__()
-        from .registry import create_detector
         if method not in COMBINE_METHODS:
             raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
         if isinstance(components, str):
@@ -99,12 +100,14 @@ class SSODFused(Detector):
             raise ValueError(f'ssod_fused needs two or more different components, got {list(components)}')
         if folds < 2:
             raise ValueError(f'folds must be >= 2, got {folds}')
+        if SSODFused.name in names:
+            raise ValueError(f'{SSODFused.name} cannot be a component of ssod_fused: it needs its own components, '
+                             'not one backbone pass')
         component_kwargs = {k.lower(): v for k, v in (component_kwargs or {}).items()}
-        self.components: List[Detector] = [create_detector(n, **component_kwargs.get(n, {})) for n in names]
+        self.components: List[Detector] = [single_detector_class(n)(**component_kwargs.get(n, {})) for n in names]
         for c in self.components:
-            if c.needs_inputs or isinstance(c, SSODFused):
-                raise ValueError(f'{c.name} cannot be a component of ssod_fused: it needs '
-                                 f'{"the input images" if c.needs_inputs else "its own components"}, not one '
+            if c.needs_inputs:
+                raise ValueError(f'{c.name} cannot be a component of ssod_fused: it needs the input images, not one '
                                  'backbone pass')
         self.component_names = names
         self.method = method

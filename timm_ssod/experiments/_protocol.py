@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from timm.data import create_loader, create_transform, resolve_data_config
 
 from .._util import atomic_write_text
+from ._record import results_text
 from ..data import DEFAULT_BACKGROUND, OOD_SETS, SyntheticDataset, create_dataset
 from ..detectors.registry import DETECTORS, EXPERIMENTAL_DETECTORS
 from ..evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
@@ -381,8 +382,9 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
     ``detectors`` may include ``EXPERIMENTAL_DETECTORS`` (SSOD model only).
     ``keep_checkpoints=False`` deletes the fine-tunes' ``*.pth.tar`` once they are evaluated.
     ``vanilla=False``: only the SSOD fine-tune (ablations). ``detectors``: the baselines run
-    on both models, SSOD detectors on the SSOD model only. Writes ``protocol.json`` and
-    ``table.md`` in ``out_dir`` and each model's ``eval/<model>/results.{json,csv,md}``.
+    on both models, SSOD detectors on the SSOD model only. Writes ``protocol.json`` (its paths
+    relative to ``out_dir``) and ``table.md`` in ``out_dir`` and each model's
+    ``eval/<model>/results.{json,csv,md}``.
     """
     model_kwargs = {'output_stride': 16} if model_kwargs is None else dict(model_kwargs)
     config = dict(backbone=backbone, model_kwargs=model_kwargs, img_size=img_size, num_images=num_images,
@@ -458,6 +460,7 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                    **{f'eval_{k}': v['eval_seconds'] for k, v in finetune.items()}, total=round(time.time() - start, 1))
     record = dict(config=config, stage1=stage1, finetune=finetune, eval=results, table=merged, table_md=table_md,
                   sampler_alignment=alignment, seconds=seconds)
-    atomic_write_text(os.path.join(out_dir, 'protocol.json'), json.dumps(record, indent=2, allow_nan=False) + '\n')
+    # paths relative to out_dir: the record says nothing of where the run was made
+    atomic_write_text(os.path.join(out_dir, 'protocol.json'), results_text(record, out_dir))
     atomic_write_text(os.path.join(out_dir, 'table.md'), table_md + '\n')
     return record
