@@ -99,9 +99,11 @@ class ImageFolderOOD(torch.utils.data.Dataset):
     ``skip_corrupt=True`` (default) it is replaced by the next file that decodes (the
     dataset length does not change, one image then appears twice) and a warning names
     the skipped file, once per file. With ``skip_corrupt=False`` an ``OSError`` naming
-    the file is raised. A missing folder raises FileNotFoundError, a folder without
-    image files ValueError.
+    the file is raised. With ``leave_out_unreadable`` set (``timm_ssod.data._unreadable``,
+    for scoring) the warning is followed by None, no substitute. A missing folder raises
+    FileNotFoundError, a folder without image files ValueError.
     """
+    leave_out_unreadable = False
 
     def __init__(self, root: str, transform: Optional[Callable] = None, skip_corrupt: bool = True):
         self.root = str(root)
@@ -129,6 +131,8 @@ class ImageFolderOOD(torch.utils.data.Dataset):
         if not -n <= index < n:
             raise IndexError(f'index {index} out of range for {n} images')
         index %= n
+        if self.leave_out_unreadable and index in self._corrupt:
+            return None
         for step in range(n):
             i = (index + step) % n
             if i in self._corrupt:
@@ -137,10 +141,12 @@ class ImageFolderOOD(torch.utils.data.Dataset):
                 img = self._load(i)
                 break
             except OSError as e:
-                if not self.skip_corrupt:
+                if not self.skip_corrupt and not self.leave_out_unreadable:
                     raise
                 self._corrupt.add(i)
                 warnings.warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})', stacklevel=2)
+                if self.leave_out_unreadable:
+                    return None
         else:
             raise OSError(f'no image under {self.root!r} could be decoded')
         if self.transform is not None:
