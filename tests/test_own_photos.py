@@ -18,6 +18,7 @@ import timm_ssod
 from timm_ssod.cli import main as cli_main
 from timm_ssod.data import HELD_OUT_SPLIT, TRAIN_SPLIT, SyntheticDataset, write_image_folder
 from timm_ssod.train import _main as train_mod
+from timm_ssod.train import build_datasets, parse_args
 from timm_ssod.train import run as train_run
 
 CLASSES = ['disc', 'square', 'triangle']
@@ -147,6 +148,10 @@ def test_train_refuses_a_val_folder_with_other_classes(root, capsys, tmp_path):
     shutil.rmtree(tmp_path / 'missing' / 'val' / 'disc')
     line = _train_error(capsys, '--data-dir', tmp_path / 'missing', '--output', tmp_path / 'runs')
     assert "--val-split 'validation'" in line and 'no images of the training classes disc' in line
+    (tmp_path / 'classes.txt').write_text('\n'.join(CLASSES))  # the way out it names: both splits, one map
+    _, val = build_datasets(parse_args(['--data-dir', str(tmp_path / 'missing'), '--class-map',
+                                        str(tmp_path / 'classes.txt')])[0])
+    assert sorted({label for _, label in val}) == [1, 2]  # square and triangle keep their training indices
     shutil.copytree(root / 'photos', tmp_path / 'extra')
     shutil.copytree(root / 'photos' / 'val' / 'disc', tmp_path / 'extra' / 'val' / 'star')
     line = _train_error(capsys, '--data-dir', tmp_path / 'extra', '--output', tmp_path / 'runs')
@@ -207,6 +212,15 @@ def test_every_command_defaults_to_the_validation_split():
     for command in ('eval', 'calibrate', 'visualize'):
         assert sub[command].get_default('split') == HELD_OUT_SPLIT, command
     assert sub['eval'].get_default('fit_split') == sub['calibrate'].get_default('fit_split') == TRAIN_SPLIT
+
+
+def test_visualize_skips_an_unreadable_image_file(root, capsys, tmp_path):
+    pytest.importorskip('matplotlib')
+    folder = root / 'broken' / 'test' / 'disc'
+    assert cli_main(['visualize', '--model', f'local-dir:{root / "model"}', '--images', str(folder),
+                     '--output', str(tmp_path)]) == 0
+    assert f'warning: skipping {folder / "broken.png"}: it cannot be read as an image' in capsys.readouterr().err
+    assert (tmp_path / 'sampler.png').is_file()
 
 
 def test_visualize_draws_val_not_test_by_default(root, capsys, tmp_path):

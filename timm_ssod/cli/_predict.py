@@ -44,20 +44,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        add_arguments, run)
 
 
-def _read(files: List[str], transform):
-    """``(read files, their tensors, {unreadable file: why})``, each unreadable file warned on stderr."""
-    from PIL import Image
-
-    from ..data import load_rgb
-    read, tensors, unreadable = [], [], {}
+def read_images(files: List[str]):
+    """``(files read, their RGB images, {unreadable file: why})``; each unreadable file is
+    warned about on stderr (``predict``, ``visualize --images``)."""
+    from ..data import try_load_rgb
+    read, images, unreadable = [], [], {}
     for f in files:
-        try:
-            tensors.append(transform(load_rgb(f)))
+        image, why = try_load_rgb(f)
+        if image is None:
+            unreadable[f] = why
+            print(f'warning: skipping {f}: it cannot be read as an image ({why})', file=sys.stderr)
+        else:
             read.append(f)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            unreadable[f] = f'{type(e).__name__}: {e}'
-            print(f'warning: skipping {f}: it cannot be read as an image ({unreadable[f]})', file=sys.stderr)
-    return read, tensors, unreadable
+            images.append(image)
+    return read, images, unreadable
 
 
 def predict_files(model, files: List[str], transform, alpha: Optional[float], batch_size: int, device,
@@ -73,12 +73,12 @@ def predict_files(model, files: List[str], transform, alpha: Optional[float], ba
     rows = {}
     chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
     for chunk in with_progress(chunks, 'predicting', progress, size=len):
-        read, tensors, unreadable = _read(chunk, transform)
+        read, images, unreadable = read_images(chunk)
         rows.update({f: dict(dict.fromkeys(FIELDS), file=f, decision=UNREADABLE, error=why)
                      for f, why in unreadable.items()})
         if not read:
             continue
-        pred = model.predict(torch.stack(tensors).to(device), alpha=alpha)
+        pred = model.predict(torch.stack([transform(image) for image in images]).to(device), alpha=alpha)
         prob, index = pred.class_probs.max(dim=-1)
         for i, f in enumerate(read):
             k = int(index[i])

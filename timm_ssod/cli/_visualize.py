@@ -164,15 +164,18 @@ def _dataset_kwargs(args, train_args) -> dict:
 
 def _images(args, model, dataset_kwargs):
     """``(names, PIL images, labels, class names)``; class names: the model's, else the data's."""
-    from ..data import expand_image_paths, load_rgb
+    from ..data import expand_image_paths
+    from ._predict import read_images
     from ..evaluate import EvalDataError, build_id_dataset
     from ..data import class_names, leave_out_unreadable, model_class_map
     from ..core import label_names
     num_classes, names = model.num_classes, label_names(model)
     if args.images:
         files = expand_image_paths(args.images, flag='--images')
-        files = files[:args.num_images] if args.num_images else files
-        return [os.path.basename(f) for f in files], [load_rgb(f) for f in files], [-1] * len(files), names
+        files, images, unreadable = read_images(files[:args.num_images] if args.num_images else files)
+        if not files:
+            raise EvalDataError(f'none of the {len(unreadable)} --images file(s) could be read as an image')
+        return [os.path.basename(f) for f in files], images, [-1] * len(files), names
     ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)
     cmap = model_class_map(names, class_names(ds), f'the data ({args.dataset or args.data_dir}, split {args.split})',
                            EvalDataError)

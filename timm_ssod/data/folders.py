@@ -1,7 +1,7 @@
 """Image folders on disk: write any dataset as an ImageFolder, read any folder as OOD data."""
 import os
 import warnings
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 import torch.utils.data
 from PIL import Image
@@ -89,6 +89,15 @@ def load_rgb(path: str) -> Image.Image:
         if img.mode == 'P' and 'transparency' in img.info:
             img = img.convert('RGBA')  # avoids PIL's palette-transparency warning
         return img.convert('RGB')
+
+
+def try_load_rgb(path: str) -> Tuple[Optional[Image.Image], Optional[str]]:
+    """``(load_rgb(path), None)``, or ``(None, why)`` for a file that cannot be read as an image
+    (the commands that read files themselves skip it, warned, as the datasets do)."""
+    try:
+        return load_rgb(path), None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f'{type(e).__name__}: {e}'
 
 
 class ImageFolderOOD(torch.utils.data.Dataset):
