@@ -87,8 +87,9 @@ def _image(path: Path, mode: str):
 
 def test_id_folder_with_grayscale_rgba_and_corrupt_images_evaluates_with_warnings(tmp_path, capsys, caplog):
     """The ID side is timm's ImageDataset (test_data covers our OOD folders): grayscale and RGBA
-    are converted to RGB, a corrupt file is skipped with a logged warning naming it (timm uses
-    the next image in its place); an OOD folder's corrupt file is skipped with a UserWarning."""
+    are converted to RGB, a corrupt file is skipped with a logged warning naming it; an OOD
+    folder's corrupt file is skipped with a UserWarning. Neither is counted nor replaced by a
+    neighbour image (issue 24: the counts are of the images read)."""
     for cls in ('a', 'b'):
         folder = tmp_path / 'id' / 'val' / cls
         _image(folder / 'gray.png', 'L')
@@ -107,7 +108,7 @@ def test_id_folder_with_grayscale_rgba_and_corrupt_images_evaluates_with_warning
         assert eval_main(argv) == 0, capsys.readouterr().err
     assert 'Skipped sample' in caplog.text and 'bad.png' in caplog.text
     result = json.loads((tmp_path / 'out' / 'results.json').read_text())
-    assert result['num_used'] == {'o': {'id': 8, 'ood': 3}}  # the corrupt files' slots hold a neighbour image
+    assert result['num_used'] == {'o': {'id': 6, 'ood': 2}}  # the corrupt files are left out, not replaced
 
 
 def test_folders_read_every_format_pil_decodes(tmp_path):

@@ -9,7 +9,9 @@
 MODEL is a training checkpoint (or run folder: its model_best.pth.tar), or a saved model
 ``local-dir:PATH`` / ``hf-hub:org/name``. The detector (default ``ssod_fused``: SSOD's P(ID),
 Mahalanobis and Energy combined through ID p-values) is fitted on ``--fit-split`` (ID training
-images) and calibrated on ``--split`` (held-out ID images, default the validation split): its
+images) and calibrated on ``--split`` (held-out ID images, default the validation split: an
+image folder's ``val/``; a split whose sub-folder is missing is refused, as timm would read the
+whole folder, training images included): its
 sorted scores turn any image's score into a conformal p-value, and ``p <= alpha`` rejects at
 most a share alpha of ID images in expectation. No OOD data is used. Needs n >= 1/alpha - 1
 calibration images (19 for alpha = 0.05); a few hundred give a stable threshold.
@@ -26,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 from timm.utils import ParseKwargs
 
+from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 from ._common import add_command, parse_and_run, report_errors
 
 DEFAULT_FIT_SAMPLES = 5000
@@ -52,6 +55,16 @@ def load_model(spec: str, use_ema: bool = True, model_kwargs: Optional[Dict] = N
     return model.eval(), save_kwargs
 
 
+def training_args(spec: str) -> Dict:
+    """The arguments a training checkpoint / run folder recorded ({} for a saved model)."""
+    if spec.startswith(('hf-hub:', 'local-dir:')) or not os.path.exists(spec):
+        return {}
+    from ..checkpoints import load_training_state
+    from ..hub import resolve_checkpoint
+    recorded = load_training_state(str(resolve_checkpoint(spec))).get('args') or {}
+    return vars(recorded) if isinstance(recorded, argparse.Namespace) else dict(recorded)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('model', metavar='MODEL', help='training checkpoint or run folder, or local-dir:PATH / hf-hub:org/name')
     p.add_argument('--no-ema', dest='use_ema', action='store_false', help="a checkpoint's raw weights, not its EMA")
@@ -61,8 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--dataset', default='', metavar='NAME',
                    help="ID dataset: '' (image folder in --data-dir), synthetic/id, torch/cifar10, ...")
     g.add_argument('--data-dir', metavar='DIR', default=None, help='root of the ID dataset')
-    g.add_argument('--split', default='validation', help='held-out ID split to calibrate on (default: validation)')
-    g.add_argument('--fit-split', default='train', help='ID training split, to fit the detector (default: train)')
+    g.add_argument('--split', default=HELD_OUT_SPLIT,
+                   help=f'held-out ID split to calibrate on (default: {HELD_OUT_SPLIT}, an image folder\'s val/)')
+    g.add_argument('--fit-split', default=TRAIN_SPLIT,
+                   help=f'ID training split, to fit the detector (default: {TRAIN_SPLIT})')
     g.add_argument('--fit-samples', type=int, default=DEFAULT_FIT_SAMPLES, metavar='N',
                    help=f'fit on at most N random training images (default {DEFAULT_FIT_SAMPLES}; 0: all)')
     g.add_argument('--calib-samples', type=int, default=0, metavar='N',
@@ -84,6 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--batch-size', '-b', type=int, default=64)
     g.add_argument('--workers', '-j', type=int, default=0)
     g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    g.add_argument('--quiet', action='store_true', help='no progress lines')
     return p
 
 
@@ -110,6 +126,8 @@ def _calibrate(args) -> int:
     from timm.data import create_transform, resolve_data_config
 
     from ..conformal import check_calibration_size
+    from ..data import check_held_out_split, folder_summary
+    from ..evaluate import with_progress
     from ..evaluate._data import EvalDataError, build_id_dataset, cut, dataset_num_classes, make_loader, same_folder
 
     if not args.save_dir and not args.push_to_hub:
@@ -124,32 +142,43 @@ def _calibrate(args) -> int:
     model.pretrained_cfg = dict(model.pretrained_cfg, **{k: data_config[k] for k in (
         'input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode') if k in data_config})
     classes = model.num_classes
+    # the one rule of held-out splits (timm_ssod.data): never the training images by fallback
+    split_cal, split_fit = check_held_out_split(args.dataset, args.data_dir, args.split, args.fit_split,
+                                                training_args(args.model), EvalDataError)
+    if split_cal is not None and split_cal.training:
+        raise EvalDataError(f'--split {args.split!r} reads the training images ({split_cal.training}): a calibration '
+                            'on them does not hold for new images. Calibrate on held-out images (e.g. DIR/val).')
 
-    def id_set(split):
+    def id_set(split, folder, role):
+        what = f'the ID data ({args.dataset or args.data_dir}, split {split})'
         ds = build_id_dataset(args.dataset, args.data_dir, split, classes, args.dataset_kwargs)
         declared = dataset_num_classes(ds)
         if declared and declared != classes:
-            raise EvalDataError(f'the ID data ({args.dataset or args.data_dir}, split {split}) has {declared} classes '
-                                f'but the model has {classes}')
+            raise EvalDataError(f'{what} has {declared} classes but the model has {classes}')
+        if folder is not None:
+            print(f'{role} data: {folder_summary(ds, folder)}')
         return ds
 
-    calib_set = id_set(args.split)
+    calib_set = id_set(args.split, split_cal, 'Calibration')
     if args.calib_samples > 0:
         calib_set = cut(calib_set, args.calib_samples, args.seed)
     if hasattr(calib_set, '__len__'):
         check_calibration_size(len(calib_set), args.alpha, f'ID calibration images (--split {args.split})')
     fit_loader = None
     if detector.needs_fit:
-        fit_set = id_set(args.fit_split)
+        fit_set = id_set(args.fit_split, split_fit, 'Fit')
         if same_folder(fit_set, calib_set):
             raise EvalDataError(f'--fit-split {args.fit_split!r} and --split {args.split!r} read the same folder '
                                 f'({args.data_dir}): calibration images must be held out. Put the ID images in '
                                 'DIR/train and DIR/val, or use --detector ssod (no fit).')
         if args.fit_samples > 0:
             fit_set = cut(fit_set, args.fit_samples, args.seed)
-        fit_loader = make_loader(fit_set, transform, args.batch_size, args.workers, device)
+        fit_loader = with_progress(make_loader(fit_set, transform, args.batch_size, args.workers, device),
+                                   'fit data (ID training)', not args.quiet)
     data = f"{args.dataset or args.data_dir}, split {args.split}"
-    cal = model.calibrate(make_loader(calib_set, transform, args.batch_size, args.workers, device), detector=detector,
+    calib_loader = with_progress(make_loader(calib_set, transform, args.batch_size, args.workers, device),
+                                 'ID calibration data', not args.quiet)
+    cal = model.calibrate(calib_loader, detector=detector,
                           alpha=args.alpha, fit_loader=fit_loader, device=device,
                           info={'data': data, 'fit': f'split {args.fit_split}' if fit_loader else None})
     print(f'Calibrated {args.model}: {cal.summary()}')

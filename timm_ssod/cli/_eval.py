@@ -24,6 +24,7 @@ from typing import List, Optional
 from timm.utils import ParseKwargs
 
 from ._common import add_command, parse_and_run, report_errors
+from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 from ..evaluate import add_model_arguments, load_model_of_args
 
 DEFAULT_FIT_SAMPLES = 5000
@@ -37,8 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--dataset', default='', metavar='NAME',
                    help="ID dataset: '' (image folder in --data-dir), synthetic/id, torch/cifar10, ...")
     g.add_argument('--data-dir', metavar='DIR', default=None, help='root of the ID (and timm OOD) datasets')
-    g.add_argument('--split', default='validation', help='ID evaluation split (default: validation)')
-    g.add_argument('--fit-split', default='train', help='ID training split, to fit the detectors (default: train)')
+    g.add_argument('--split', default=HELD_OUT_SPLIT,
+                   help=f'ID evaluation split (default: {HELD_OUT_SPLIT}, an image folder\'s val/)')
+    g.add_argument('--fit-split', default=TRAIN_SPLIT,
+                   help=f'ID training split, to fit the detectors (default: {TRAIN_SPLIT})')
     g.add_argument('--fit-samples', type=int, default=DEFAULT_FIT_SAMPLES, metavar='N',
                    help=f'fit on at most N random training images (default {DEFAULT_FIT_SAMPLES}; 0: all)')
     g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
@@ -88,19 +91,6 @@ def _detector_names(values: Optional[List[str]]) -> Optional[List[str]]:
     return names
 
 
-def evaluation_splits(args, info, error):
-    """``(evaluation split, fit split)`` folders of an image-folder ID set (None otherwise). An
-    evaluation split that timm would read from a folder holding the training images (its
-    sub-folder is missing, so the whole folder) is an ``error``: the fit split's folder, when it
-    exists, and the folder the checkpoint's training run read count as training images."""
-    from ..data import check_evaluation_split, is_image_folder, recorded_training_folder, resolve_split
-    if not is_image_folder(args.dataset) or not args.data_dir or not os.path.isdir(args.data_dir):
-        return None, None
-    split_fit = resolve_split(args.data_dir, args.fit_split)
-    training = [split_fit.folder if split_fit.found else None, recorded_training_folder(info.get('train_args') or {})]
-    return check_evaluation_split(args.data_dir, args.split, '--split', training, error), split_fit
-
-
 def _output_dir(args, model_name: str) -> str:
     if args.output:
         return args.output
@@ -118,7 +108,7 @@ def _evaluate(args) -> int:
     from ..evaluate._data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, dataset_num_classes,
                             default_ood_specs, is_synthetic, make_loader, same_folder)
     from ..evaluate import DEFAULT_DETECTORS, evaluate
-    from ..data import class_names, folder_summary, model_class_map
+    from ..data import check_held_out_split, class_names, folder_summary, model_class_map
     from ..core import label_names
     from ..evaluate import format_table, plot_histograms, write_results
 
@@ -141,7 +131,8 @@ def _evaluate(args) -> int:
     transform = create_transform(**data_config, is_training=False)
 
     num_classes = model.num_classes
-    split_ev, split_fit = evaluation_splits(args, info, EvalDataError)
+    split_ev, split_fit = check_held_out_split(args.dataset, args.data_dir, args.split, args.fit_split,
+                                              info.get('train_args'), EvalDataError)
     id_set = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, args.dataset_kwargs)
     cmap = model_class_map(label_names(model), class_names(id_set), f'the ID data ({args.dataset or args.data_dir}, '
                            f'split {args.split})', EvalDataError)

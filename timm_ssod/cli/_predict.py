@@ -8,8 +8,10 @@ Folders are read recursively (every image file PIL reads). Each image is preproc
 the model's data config and goes through the backbone once. Printed per image: the class
 (its name when config.json has ``label_names``), P(ID) (Eq. 15), and, for a model calibrated
 with ``timm-ssod calibrate``, the conformal p-value and the decision (``OOD`` when
-p <= alpha; ``--alpha`` overrides the calibration's). ``--output DIR`` writes
-``predictions.csv`` and ``predictions.json``. ``--alpha`` on an uncalibrated model is an error.
+p <= alpha; ``--alpha`` overrides the calibration's). A file that cannot be read as an image
+is skipped with a warning and listed as ``unreadable`` (its ``error`` field says why); the
+counts are of the images read. ``--output DIR`` writes ``predictions.csv`` and
+``predictions.json``. ``--alpha`` on an uncalibrated model is an error.
 """
 import argparse
 import csv
@@ -20,7 +22,8 @@ from typing import Dict, List, Optional
 
 from ._common import add_command, parse_and_run, report_errors
 
-FIELDS = ('file', 'class_index', 'class', 'class_prob', 'p_id', 'p_value', 'decision')
+FIELDS = ('file', 'class_index', 'class', 'class_prob', 'p_id', 'p_value', 'decision', 'error')
+UNREADABLE = 'unreadable'  # the decision of a file that could not be read as an image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--output', metavar='DIR', default=None, help='write predictions.csv and predictions.json here')
     p.add_argument('--batch-size', '-b', type=int, default=32)
     p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    p.add_argument('--quiet', action='store_true', help='no progress lines')
     return p
 
 
@@ -40,32 +44,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        add_arguments, run)
 
 
-def predict_files(model, files: List[str], transform, alpha: Optional[float], batch_size: int, device) -> List[Dict]:
-    """One dict per file (``FIELDS``); p_value / decision are None without a calibration."""
+def read_images(files: List[str]):
+    """``(files read, their RGB images, {unreadable file: why})``; each unreadable file is
+    warned about on stderr (``predict``, ``visualize --images``)."""
+    from ..data import try_load_rgb
+    read, images, unreadable = [], [], {}
+    for f in files:
+        image, why = try_load_rgb(f)
+        if image is None:
+            unreadable[f] = why
+            print(f'warning: skipping {f}: it cannot be read as an image ({why})', file=sys.stderr)
+        else:
+            read.append(f)
+            images.append(image)
+    return read, images, unreadable
+
+
+def predict_files(model, files: List[str], transform, alpha: Optional[float], batch_size: int, device,
+                  progress: bool = False) -> List[Dict]:
+    """One dict per file (``FIELDS``), in order; p_value / decision are None without a
+    calibration; a file that cannot be read as an image is skipped (warned) and its row has
+    decision ``unreadable`` and the reason in ``error``."""
     import torch
 
-    from ..data import load_rgb
+    from ..evaluate import with_progress
     names = model.pretrained_cfg.get('label_names') if model.pretrained_cfg.get('num_classes') == model.num_classes \
         else None
-    rows = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images = []
-        for f in chunk:
-            try:
-                images.append(transform(load_rgb(f)))
-            except OSError as e:
-                raise OSError(f'{f}: cannot be read as an image ({e})') from e
-        pred = model.predict(torch.stack(images).to(device), alpha=alpha)
+    rows = {}
+    chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    for chunk in with_progress(chunks, 'predicting', progress, size=len):
+        read, images, unreadable = read_images(chunk)
+        rows.update({f: dict(dict.fromkeys(FIELDS), file=f, decision=UNREADABLE, error=why)
+                     for f, why in unreadable.items()})
+        if not read:
+            continue
+        pred = model.predict(torch.stack([transform(image) for image in images]).to(device), alpha=alpha)
         prob, index = pred.class_probs.max(dim=-1)
-        for i, f in enumerate(chunk):
+        for i, f in enumerate(read):
             k = int(index[i])
             label = (names[k] if isinstance(names, list) else names.get(str(k), names.get(k))) if names else str(k)
             p = None if pred.p_value is None else float(pred.p_value[i])
-            rows.append({'file': f, 'class_index': k, 'class': label, 'class_prob': float(prob[i]),
-                         'p_id': float(pred.id_prob[i]), 'p_value': p,
-                         'decision': None if p is None else ('OOD' if bool(pred.is_ood[i]) else 'ID')})
-    return rows
+            rows[f] = {'file': f, 'class_index': k, 'class': label, 'class_prob': float(prob[i]),
+                       'p_id': float(pred.id_prob[i]), 'p_value': p,
+                       'decision': None if p is None else ('OOD' if bool(pred.is_ood[i]) else 'ID'), 'error': None}
+    return [rows[f] for f in files]
 
 
 def _fmt(value, spec: str) -> str:
@@ -87,17 +109,24 @@ def _predict(args) -> int:
         cal.check_alpha(args.alpha)
     data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
     transform = create_transform(**data_config, is_training=False)
-    rows = predict_files(model, files, transform, args.alpha, args.batch_size, device)
+    rows = predict_files(model, files, transform, args.alpha, args.batch_size, device, progress=not args.quiet)
+    read = [r for r in rows if r['decision'] != UNREADABLE]
+    if not read:
+        raise ValueError(f'none of the {len(rows)} file(s) could be read as an image')
     alpha = args.alpha if args.alpha is not None else (cal.alpha if cal is not None else None)
     print('| file | class | P(ID) | p-value | decision |\n|---|---|---:|---:|---|')
     for r in rows:
-        print(f"| {r['file']} | {r['class']} | {r['p_id']:.4f} | {_fmt(r['p_value'], '.4f')} | {r['decision'] or '-'} |")
+        print(f"| {r['file']} | {r['class'] or '-'} | {_fmt(r['p_id'], '.4f')} | {_fmt(r['p_value'], '.4f')} | "
+              f"{r['decision'] or '-'} |")
+    if len(read) < len(rows):
+        print(f'\n{len(rows) - len(read)} of {len(rows)} file(s) could not be read as images: listed as '
+              f'{UNREADABLE}, not counted.')
     if cal is None:
         print('\nThis model is not calibrated: no p-value or OOD decision. Calibrate it on held-out ID images with '
               '`timm-ssod calibrate`.')
     else:
         print(f'\nOOD when p-value <= alpha = {alpha:g} ({cal.detector.name} score, {cal.n} ID calibration images): '
-              f"{sum(r['decision'] == 'OOD' for r in rows)} of {len(rows)} images.")
+              f"{sum(r['decision'] == 'OOD' for r in read)} of {len(read)} images.")
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, 'predictions.csv'), 'w', newline='', encoding='utf-8') as f:
@@ -105,8 +134,8 @@ def _predict(args) -> int:
             writer.writeheader()
             writer.writerows(rows)
         with open(os.path.join(args.output, 'predictions.json'), 'w', encoding='utf-8') as f:
-            json.dump({'model': args.model, 'alpha': alpha, 'calibrated': cal is not None, 'predictions': rows}, f,
-                      indent=2)
+            json.dump({'model': args.model, 'alpha': alpha, 'calibrated': cal is not None, 'predictions': rows,
+                       UNREADABLE: [r['file'] for r in rows if r['decision'] == UNREADABLE]}, f, indent=2)
         print(f'Written to {args.output}/predictions.csv and predictions.json')
     return 0
 

@@ -8,19 +8,20 @@
 * Fig. 6 (``hist_<set>.png``, with ``--hist``): ID-vs-OOD score histograms, per model its SSOD
   score and its best of ``--hist-detectors`` (``timm_ssod.evaluate.plot_histograms``).
 
-    # the first 4 test images of the built-in benchmark, a vanilla and an SSOD run side by side
+    # the first 4 validation images of the built-in benchmark, a vanilla and an SSOD run side by side
     timm-ssod visualize --checkpoint output/demo/finetune_vanilla/last.pth.tar \\
         --compare output/demo/finetune_ssod/last.pth.tar --hist --ood backgrounds=synthetic/backgrounds
     # your own images (files and/or folders) with a saved model
     timm-ssod visualize --model local-dir:saved/ssod-resnet18 --images cat.jpg more_photos/
-    # an image folder (train/ + val/ or test/), labelled by its class folders, as timm-ssod eval reads it
+    # an image folder (train/ + val/), labelled by its class folders, as timm-ssod eval reads it
     timm-ssod visualize --checkpoint output/train/RUN/model_best.pth.tar --data-dir my_photos
 
 Images drawn: ``--images``; else ``--dataset`` / ``--data-dir`` (``--data-dir`` alone is an image
 folder); else the data the checkpoint's training run recorded; else ``synthetic/id``. The
-split defaults to the test split (an image folder: ``test/``, else ``val/``); one that would
-read the training images (timm reads the whole folder when the split's sub-folder is missing)
-is an error. Class names: the model's (its training folder's), else the dataset's.
+split defaults, as in every command, to the validation split (an image folder's ``val/``;
+``--split test`` draws ``test/``); one that would read the training images (timm reads the
+whole folder when the split's sub-folder is missing) is an error. Unreadable image files are
+left out. Class names: the model's (its training folder's), else the dataset's.
 
 Models load as in ``timm-ssod eval`` (``timm_ssod.evaluate``); ``--compare`` takes a checkpoint
 file or a model name (``local-dir:PATH``, ``hf-hub:org/name``). gamma: ``--gamma``, else the
@@ -39,6 +40,7 @@ from timm.utils import ParseKwargs
 from ..evaluate import add_model_arguments
 from ..figures import (DEFAULT_GAMMA, DEFAULT_IMAGES, PlotDependencyError, location_maps, render_sampler_figure,
                        require_matplotlib, save_figure)
+from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 from ._common import BAD_INPUT, add_command, parse_and_run, report_errors
 
 
@@ -62,9 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         'synthetic/id, synthetic/<OOD set>, torch/cifar10 ... (default: the data of the checkpoint\'s '
                         'training run, else synthetic/id)')
     g.add_argument('--data-dir', metavar='DIR', default=None,
-                   help='image folder (train/ and val/ or test/ sub-folders), read like timm-ssod eval --data-dir')
-    g.add_argument('--split', default=None,
-                   help='dataset split (default: test, for an image folder its test/ folder, else val/)')
+                   help='image folder (train/ and val/ sub-folders), read like timm-ssod eval --data-dir')
+    g.add_argument('--split', default=HELD_OUT_SPLIT,
+                   help=f'dataset split (default: {HELD_OUT_SPLIT}, an image folder\'s val/; test: its test/)')
     g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
                    help='dataset arguments (default for synthetic data: the training run\'s img_size / seed)')
     g.add_argument('-n', '--num-images', type=int, default=None,
@@ -123,11 +125,10 @@ def _load(name, checkpoint, args, device) -> _Loaded:
 def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
     """Decide (in ``args``) which images are drawn when no --images are given, and check it:
     ``--data-dir`` alone means an image folder (as in eval); neither: the training run's data
-    if the checkpoint recorded it, else synthetic/id. The split defaults to test (an image
-    folder: its test/ folder if there is one, else its val/ folder); a split that would read the
-    training images is an error. Returns a line saying what is drawn."""
+    if the checkpoint recorded it, else synthetic/id. A split that would read the training
+    images is an error (``check_held_out_split``). Returns a line saying what is drawn."""
     from ..evaluate._data import EvalDataError, is_synthetic
-    from ..data import check_evaluation_split, is_image_folder, recorded_training_folder, resolve_split
+    from ..data import check_held_out_split, is_image_folder
     train_args = loaded.info.get('train_args') or loaded.train_args or {}
     if args.dataset is None:
         if args.data_dir:
@@ -143,16 +144,10 @@ def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
         if args.data_dir and not args.images:
             raise EvalDataError(f'--data-dir {args.data_dir!r} is not read with --dataset {args.dataset} (generated '
                                 "images); leave --dataset out (or give --dataset '') to draw the folder's images")
-        args.split = args.split or 'test'
         return f'{args.dataset}, split {args.split}'
-    if not is_image_folder(args.dataset) or not args.data_dir or not os.path.isdir(args.data_dir):
-        args.split = args.split or 'validation'
+    split, _ = check_held_out_split(args.dataset, args.data_dir, args.split, TRAIN_SPLIT, train_args, EvalDataError)
+    if split is None:
         return f'{args.dataset or args.data_dir}, split {args.split}'
-    if args.split is None:
-        args.split = 'test' if resolve_split(args.data_dir, 'test').found else 'validation'
-    own_train = resolve_split(args.data_dir, 'train')
-    training = [own_train.folder if own_train.found else None, recorded_training_folder(train_args)]
-    split = check_evaluation_split(args.data_dir, args.split, '--split', training, EvalDataError)
     if split.training:
         loaded.info['notes'].append(f'--split {args.split!r} reads the training images ({split.training})')
     return f'the image folder {split.folder} (split {args.split!r})'
@@ -169,15 +164,18 @@ def _dataset_kwargs(args, train_args) -> dict:
 
 def _images(args, model, dataset_kwargs):
     """``(names, PIL images, labels, class names)``; class names: the model's, else the data's."""
-    from ..data import expand_image_paths, load_rgb
+    from ..data import expand_image_paths
+    from ._predict import read_images
     from ..evaluate import EvalDataError, build_id_dataset
-    from ..data import class_names, model_class_map
+    from ..data import class_names, leave_out_unreadable, model_class_map
     from ..core import label_names
     num_classes, names = model.num_classes, label_names(model)
     if args.images:
         files = expand_image_paths(args.images, flag='--images')
-        files = files[:args.num_images] if args.num_images else files
-        return [os.path.basename(f) for f in files], [load_rgb(f) for f in files], [-1] * len(files), names
+        files, images, unreadable = read_images(files[:args.num_images] if args.num_images else files)
+        if not files:
+            raise EvalDataError(f'none of the {len(unreadable)} --images file(s) could be read as an image')
+        return [os.path.basename(f) for f in files], images, [-1] * len(files), names
     ds = build_id_dataset(args.dataset, args.data_dir, args.split, num_classes, dataset_kwargs)
     cmap = model_class_map(names, class_names(ds), f'the data ({args.dataset or args.data_dir}, split {args.split})',
                            EvalDataError)
@@ -188,6 +186,7 @@ def _images(args, model, dataset_kwargs):
         raise EvalDataError(f'no images in {args.dataset or args.data_dir} (split {args.split})')
     n = min(len(ds), args.num_images or DEFAULT_IMAGES)
     ds.transform = None
+    leave_out_unreadable(ds)  # an unreadable file is left out (warned), not replaced by its neighbour
     reader = getattr(ds, 'reader', None)
     if hasattr(reader, 'filename'):  # an image folder, sorted by class: images spread over it, titled by file
         indices = np.linspace(0, len(ds) - 1, n).round().astype(int).tolist()
@@ -195,9 +194,13 @@ def _images(args, model, dataset_kwargs):
     else:
         indices = list(range(n))
         titles = [f'{args.dataset or "image"} {args.split} #{i}' for i in indices]
-    items = [ds[i] for i in indices]
+    read = [(title, item) for title, item in zip(titles, (ds[i] for i in indices)) if item is not None]
+    if not read:
+        raise EvalDataError(f'none of the {len(indices)} image file(s) of {args.dataset or args.data_dir} (split '
+                            f'{args.split}) chosen to draw could be read')
     classes = names or class_names(ds) or getattr(ds, 'id_classes', None)
-    return titles, [im.convert('RGB') for im, _ in items], [int(y) for _, y in items], classes
+    return ([t for t, _ in read], [im.convert('RGB') for _, (im, _) in read], [int(y) for _, (_, y) in read],
+            classes)
 
 
 def _view(x: torch.Tensor, data_config) -> np.ndarray:

@@ -7,10 +7,16 @@ folder exists (or a synonym: ``train``/``training``; ``val``/``valid``/``validat
 ``val/`` that fallback puts the training images into an evaluation split (``--split test``
 read train + val). Here:
 
+* ``TRAIN_SPLIT`` / ``HELD_OUT_SPLIT``: the one rule for default splits. Every command trains
+  or fits on ``train`` (``train/``) and reads held-out images (train's validation, eval,
+  calibrate, visualize) from ``validation`` (``val/``, or ``valid/``, ``validation/``,
+  ``eval/``, ``evaluation/``); ``test/`` is read only when asked for (``--split test``);
 * ``resolve_split``: the folder a split reads, and whether it was found or is that fallback;
 * ``check_evaluation_split``: an evaluation split that falls back to a folder holding the
   training images is an error saying which folders and what to pass instead; naming the
   training folder explicitly (``--split train``) is allowed, and reported by the caller;
+  ``check_held_out_split``: that rule for the ``--split`` / ``--fit-split`` of eval,
+  calibrate and visualize;
 * ``create_id_dataset``: ``create_dataset`` with one-line errors (missing folder, unknown
   torchvision dataset, torchvision data not downloaded or the download failing), image
   folders reading every format PIL decodes (timm reads only .png/.jpg/.jpeg), and timm's
@@ -34,8 +40,10 @@ from ._ood_specs import is_synthetic, unknown_torch_dataset
 
 __all__ = ['SplitFolder', 'resolve_split', 'check_evaluation_split', 'create_id_dataset', 'class_names',
            'name_skipped_files', 'is_image_folder', 'folder_summary', 'recorded_training_folder', 'model_class_map',
-           'EVAL_SPLITS']
+           'EVAL_SPLITS', 'TRAIN_SPLIT', 'HELD_OUT_SPLIT', 'check_held_out_split']
 
+TRAIN_SPLIT = 'train'  # the default training / fit split of every command
+HELD_OUT_SPLIT = 'validation'  # the default held-out split of every command (timm: val/, valid/, ... never test/)
 EVAL_SPLITS = ('test', 'val', 'valid', 'validation', 'eval', 'evaluation')  # sub-folders offered as a way out
 
 
@@ -84,12 +92,15 @@ def check_evaluation_split(root: str, split: str, flag: str, training: Sequence[
     where = (f'which is the training folder itself ({clash})' if same else f'which holds the training images ({clash})')
     found = [s for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))]
     parent = os.path.dirname(_real(root))
+    in_parent = resolve_split(parent, split) if same else None  # what this split reads there
     beside = [s for s in EVAL_SPLITS if os.path.isdir(os.path.join(parent, s))] if same else []
     if found:
         way_out = f'Give {flag} {found[0]} (it reads {os.path.join(root, found[0])}).'
+    elif in_parent is not None and in_parent.found:
+        way_out = f'Pass the parent folder, --data-dir {parent}: {flag} {split!r} reads {in_parent.folder} there.'
     elif beside:
-        way_out = (f'Pass the parent folder, --data-dir {parent}: it holds {os.path.join(parent, beside[0])} for '
-                   'evaluation.')
+        way_out = (f'Pass the parent folder, --data-dir {parent}, with {flag} {beside[0]} (it reads '
+                   f'{os.path.join(parent, beside[0])}).')
     elif same:
         way_out = (f'Put evaluation images in a folder beside it ({os.path.join(parent, "val")}, class sub-folders as '
                    f'in {clash}) and pass the parent folder {parent} as --data-dir.')
@@ -97,6 +108,18 @@ def check_evaluation_split(root: str, split: str, flag: str, training: Sequence[
         way_out = f'Put evaluation images in {os.path.join(root, "val")} (class sub-folders as in {clash}).'
     raise error(f'{flag} {split!r}: {root} has no {split.split("[")[0]!r} sub-folder, so timm would read all of '
                 f'{root}, {where}. Scores on training images say nothing about new images. {way_out}')
+
+
+def check_held_out_split(dataset: str, root: Optional[str], split: str, fit_split: str,
+                         train_args: Optional[Dict] = None, error: Type[Exception] = ValueError):
+    """``(held-out split, fit split)`` folders of an image-folder ID set (``(None, None)`` for
+    other data), through ``check_evaluation_split``: the fit split's folder, when it exists,
+    and the folder a training run recorded (``train_args``) hold training images."""
+    if not is_image_folder(dataset) or not root or not os.path.isdir(root):
+        return None, None
+    split_fit = resolve_split(root, fit_split)
+    training = [split_fit.folder if split_fit.found else None, recorded_training_folder(train_args or {})]
+    return check_evaluation_split(root, split, '--split', training, error), split_fit
 
 
 # ----------------------------------------------------------------------------- file names
@@ -124,12 +147,25 @@ logging.getLogger('timm.data.dataset').addFilter(_NameSkippedFile())
 
 
 class _ImageDatasetNamingFiles(ImageDataset):
-    """timm's ImageDataset whose skipped-sample warnings name the file (``name_skipped_files``)."""
+    """timm's ImageDataset whose skipped-sample warnings name the file (``name_skipped_files``).
+    With ``leave_out_unreadable`` set (``timm_ssod.data._unreadable``) a file it cannot read
+    gives None instead of timm's substitute, the next file."""
+    leave_out_unreadable = False
 
     def __getitem__(self, index):
         previous, _CURRENT.dataset = getattr(_CURRENT, 'dataset', None), self
         try:
-            return super().__getitem__(index)
+            if not self.leave_out_unreadable:
+                return super().__getitem__(index)
+            retries, self._max_retries = self._max_retries, 1  # one try: no substitute
+            try:
+                return super().__getitem__(index)
+            except RuntimeError as e:  # timm: "Failed to load 1 consecutive samples", after its warning
+                if 'consecutive samples' not in str(e):
+                    raise
+                return None
+            finally:
+                self._max_retries = retries
         finally:
             _CURRENT.dataset = previous
 

@@ -1,7 +1,7 @@
 """Image folders on disk: write any dataset as an ImageFolder, read any folder as OOD data."""
 import os
 import warnings
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 import torch.utils.data
 from PIL import Image
@@ -91,6 +91,15 @@ def load_rgb(path: str) -> Image.Image:
         return img.convert('RGB')
 
 
+def try_load_rgb(path: str) -> Tuple[Optional[Image.Image], Optional[str]]:
+    """``(load_rgb(path), None)``, or ``(None, why)`` for a file that cannot be read as an image
+    (the commands that read files themselves skip it, warned, as the datasets do)."""
+    try:
+        return load_rgb(path), None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f'{type(e).__name__}: {e}'
+
+
 class ImageFolderOOD(torch.utils.data.Dataset):
     """Every image file under ``root`` (recursively, any folder layout, sorted paths) as an
     OOD dataset returning ``(PIL RGB image, -1)``; every format PIL decodes (``image_extensions``).
@@ -99,9 +108,11 @@ class ImageFolderOOD(torch.utils.data.Dataset):
     ``skip_corrupt=True`` (default) it is replaced by the next file that decodes (the
     dataset length does not change, one image then appears twice) and a warning names
     the skipped file, once per file. With ``skip_corrupt=False`` an ``OSError`` naming
-    the file is raised. A missing folder raises FileNotFoundError, a folder without
-    image files ValueError.
+    the file is raised. With ``leave_out_unreadable`` set (``timm_ssod.data._unreadable``,
+    for scoring) the warning is followed by None, no substitute. A missing folder raises
+    FileNotFoundError, a folder without image files ValueError.
     """
+    leave_out_unreadable = False
 
     def __init__(self, root: str, transform: Optional[Callable] = None, skip_corrupt: bool = True):
         self.root = str(root)
@@ -129,6 +140,8 @@ class ImageFolderOOD(torch.utils.data.Dataset):
         if not -n <= index < n:
             raise IndexError(f'index {index} out of range for {n} images')
         index %= n
+        if self.leave_out_unreadable and index in self._corrupt:
+            return None
         for step in range(n):
             i = (index + step) % n
             if i in self._corrupt:
@@ -137,10 +150,12 @@ class ImageFolderOOD(torch.utils.data.Dataset):
                 img = self._load(i)
                 break
             except OSError as e:
-                if not self.skip_corrupt:
+                if not self.skip_corrupt and not self.leave_out_unreadable:
                     raise
                 self._corrupt.add(i)
                 warnings.warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})', stacklevel=2)
+                if self.leave_out_unreadable:
+                    return None
         else:
             raise OSError(f'no image under {self.root!r} could be decoded')
         if self.transform is not None:

@@ -6,7 +6,7 @@
 * ``_model``: the model of ``timm-ssod eval``: a name, a saved folder or a checkpoint
 """
 from ._evaluate import (AVERAGE, DEFAULT_DETECTORS, SMALL_SET, SSOD_DETECTORS, EvalScores, NonFiniteOutputError,
-                        compute_scores, evaluate, resolve_detectors, subsample_indices, summarize)
+                        compute_scores, evaluate, resolve_detectors, subsample_indices, summarize, with_progress)
 from ._report import (CSV_FIELDS, METRIC_KEYS, best_baseline, format_table, plot_histograms, result_rows,
                       write_results)
 from ._data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, default_ood_specs, make_loader,
@@ -18,4 +18,4 @@ __all__ = ['AVERAGE', 'DEFAULT_DETECTORS', 'SMALL_SET', 'SSOD_DETECTORS', 'EvalS
            'METRIC_KEYS', 'best_baseline', 'format_table', 'plot_histograms', 'result_rows', 'write_results',
            'EvalDataError', 'build_id_dataset', 'build_ood_datasets', 'cut', 'default_ood_specs', 'make_loader',
            'same_folder', 'EvalModelError', 'add_model_arguments', 'load_eval_model', 'load_model_of_args',
-           'read_checkpoint']
+           'read_checkpoint', 'with_progress']

@@ -21,6 +21,7 @@ from ._evaluate import AVERAGE, subsample_indices
 from ..data import create_id_dataset
 from ..data import is_synthetic, open_ood_set, parse_ood_spec
 from ..data import dataset_num_classes
+from ..data import drop_unreadable, leave_out_unreadable, readable_batches
 
 __all__ = ['EvalDataError', 'build_id_dataset', 'build_ood_datasets', 'cut', 'make_loader', 'same_folder',
            'dataset_num_classes']
@@ -104,11 +105,15 @@ def cut(dataset, n: int, seed: int):
     return tud.Subset(dataset, subsample_indices(len(dataset), n, seed).tolist())
 
 
-def make_loader(dataset, transform, batch_size: int, workers: int, device: torch.device) -> tud.DataLoader:
-    """An in-order DataLoader, ``transform`` set on the dataset (or the one a Subset wraps)."""
+def make_loader(dataset, transform, batch_size: int, workers: int, device: torch.device):
+    """An in-order DataLoader, ``transform`` set on the dataset (or the one a Subset wraps). An
+    image file that cannot be read is left out (``timm_ssod.data._unreadable``): its batch is
+    shorter, so counts and scores are of the images read."""
     base = dataset
     while isinstance(base, (tud.Subset, _Take)):
         base = base.dataset
     base.transform = transform
-    return tud.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                          pin_memory=device.type == 'cuda', drop_last=False)
+    leave_out_unreadable(base)
+    return readable_batches(tud.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                           pin_memory=device.type == 'cuda', drop_last=False,
+                                           collate_fn=drop_unreadable()))

@@ -63,7 +63,7 @@ from ..metrics import ood_metrics
 from ..core import is_ssod_model
 
 __all__ = ['DEFAULT_DETECTORS', 'SSOD_DETECTORS', 'AVERAGE', 'EvalScores', 'NonFiniteOutputError',
-           'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors']
+           'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors', 'with_progress']
 
 # The default set (demo, benchmarks, `timm-ssod eval` without --detectors), explicit rather than
 # "everything registered": every detector added to the registry would otherwise slow the demo and
@@ -175,10 +175,35 @@ def _check_finite(outputs: ModelOutputs, where: str, batch_index: int) -> None:
                 f'batch): refusing to compute metrics. Check the checkpoint weights and the input images.')
 
 
+class _ProgressBatches:
+    """``with_progress``: a loader's batches, counted on a ``_Progress`` line as they are read."""
+
+    def __init__(self, loader, desc: str, enabled: bool, size):
+        self.loader, self.desc, self.enabled, self.size = loader, desc, enabled, size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        bar, i, images = _Progress(self.desc, self.loader, self.enabled), 0, 0
+        for i, batch in enumerate(self.loader, 1):
+            images += self.size(batch) if self.size else len(_split_batch(batch)[0])
+            yield batch
+            bar.update(i, images)
+        bar.close(i, images)
+
+
+def with_progress(loader, desc: str, enabled: bool = True, size=None) -> _ProgressBatches:
+    """``loader``'s batches, counted on one progress line as they are read: the display of
+    every command that scores images. Re-iterable (each pass counts anew), with ``len``.
+    ``size(batch)``: its number of images (default: the length of its images)."""
+    return _ProgressBatches(loader, desc, enabled, size)
+
+
 def _batches(model, loader, device, where: str, progress: bool):
     """Yield ``(x, y, outputs)`` under no_grad, outputs checked for NaN/Inf."""
-    bar, i, images = _Progress(where, loader, progress), 0, 0
-    for i, batch in enumerate(loader, 1):
+    images = 0
+    for i, batch in enumerate(with_progress(loader, where, progress), 1):
         x, y = _split_batch(batch)
         x = x.to(device)
         with torch.no_grad():
@@ -186,8 +211,6 @@ def _batches(model, loader, device, where: str, progress: bool):
         _check_finite(outputs, where, i)
         images += x.shape[0]
         yield x, y, outputs
-        bar.update(i, images)
-    bar.close(i, images)
     if not images:
         raise ValueError(f'{where} is empty: no images to evaluate')
 

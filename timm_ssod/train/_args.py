@@ -21,6 +21,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 from ..core import BALANCE_SCHEMES
+from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 
 OOD_METRICS = ('fpr95', 'auroc')
 
@@ -58,8 +59,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
                        help='extra dataset arguments, e.g. num_images=3000 img_size=64 seed=0 for synthetic/id')
     group.add_argument('--val-dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                        help='overrides of --dataset-kwargs for the validation split and synthetic OOD sets')
-    group.add_argument('--train-split', metavar='NAME', default='train', help='dataset train split')
-    group.add_argument('--val-split', metavar='NAME', default='validation', help='dataset validation split')
+    group.add_argument('--train-split', metavar='NAME', default=TRAIN_SPLIT, help='dataset train split')
+    group.add_argument('--val-split', metavar='NAME', default=HELD_OUT_SPLIT,
+                       help=f"dataset validation split (default {HELD_OUT_SPLIT}: an image folder's val/)")
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',

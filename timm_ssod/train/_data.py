@@ -15,7 +15,8 @@ from collections import OrderedDict
 from typing import Dict, Optional, Tuple
 
 from ..data import create_dataset
-from ..data import check_evaluation_split, create_id_dataset, folder_summary, is_image_folder, resolve_split
+from ..data import (check_evaluation_split, class_names, create_id_dataset, folder_summary, is_image_folder,
+                    model_class_map, resolve_split)
 from ..data import is_synthetic, open_ood_set, parse_ood_spec
 
 _logger = logging.getLogger('train')
@@ -65,6 +66,8 @@ def build_datasets(args) -> Tuple:
                               repeats=args.epoch_repeats, **common, **args.dataset_kwargs)
     val = create_id_dataset(args.dataset, data_dir, args.val_split, is_training=False, **common,
                             **{**args.dataset_kwargs, **args.val_dataset_kwargs})
+    _check_same_classes(train, val, f'the validation data (--val-split {args.val_split!r}' +
+                        (f', {split_val.folder})' if split_val else ')'))
     if folder:
         _logger.info(f'Training data: {folder_summary(train, split_train)}')
         _logger.info(f'Validation data: {folder_summary(val, split_val)}')
@@ -72,6 +75,22 @@ def build_datasets(args) -> Tuple:
             _logger.warning(f'--val-split {args.val_split!r} reads the training images ({split_val.training}): '
                             'validation accuracy and model_best then measure memorisation, not generalisation')
     return train, val
+
+
+def _check_same_classes(train, val, what: str) -> None:
+    """Folder indices are labels: a validation split without one of the training classes, or
+    with another one, would be labelled against shifted indices. Both are errors naming the
+    classes (extra ones through ``model_class_map``, the check of eval and calibrate)."""
+    train_names, val_names = class_names(train), class_names(val)
+    if not train_names or not val_names or train_names == val_names:
+        return
+    model_class_map(train_names, val_names, what, TrainConfigError)  # classes the training data lacks
+    missing = [n for n in train_names if n not in val_names]
+    raise TrainConfigError(
+        f'{what} has no images of the training classes {", ".join(missing[:10])}{", ..." if len(missing) > 10 else ""}'
+        f' ({len(val_names)} of {len(train_names)} classes): its labels would index the wrong classes. Add a '
+        'folder of images for each, or pass --class-map FILE (one class name per line, all of them) so that both '
+        'splits read the same indices.')
 
 
 def build_ood_sets(args, num_classes: Optional[int] = None) -> 'OrderedDict[str, object]':

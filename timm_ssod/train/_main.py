@@ -16,6 +16,8 @@ SSOD adds:
 * resume is exact: every epoch reseeds from (seed, epoch, rank), checkpoints hold the LR
   scheduler and RNG state, so a run killed after epoch k and resumed ends with the same
   weights as an uninterrupted run (bit-identical on CPU; on GPU with ``--deterministic``);
+  resumed with other schedule flags (a larger ``--epochs`` ...) the LR schedule is rebuilt
+  from them and stepped to the resume epoch, as timm does (``_schedule``);
 * checkpoints are written atomically, never with NaN weights, and only after the output
   folder was proven writable.
 
@@ -37,26 +39,27 @@ from torch.nn.parallel import DistributedDataParallel as NativeDDP
 
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_config
+from timm.data.loader import fast_collate
 from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import load_checkpoint, load_state_dict, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3, NativeScaler
 
 from .._util import atomic_write_text
 from ..checkpoints import (AtomicCheckpointSaver, CheckpointError, NonFiniteWeightsError, OutputDirError,
                          check_output_dir, estimate_checkpoint_bytes, load_training_state,
-                         remove_partial_files, resolve_resume, rng_state, set_rng_state, trim_summary,
+                         remove_partial_files, resolve_resume, rng_state, trim_summary,
                          unreadable_checkpoint)
 from ..hub import PretrainedWeightsError, create_model, unknown_model_message
-from ..data import class_names
+from ..data import class_names, drop_unreadable, leave_out_unreadable, readable_batches
 from ..core import label_names, set_label_names
 from ..core import SSODLoss
 from ._args import eval_metric_names, is_decreasing, parse_args
 from ..data import dataset_num_classes
 from ._data import TrainConfigError, build_datasets, build_ood_sets
 from ._loop import NonFiniteLossError, seed_epoch, train_one_epoch, validate
+from ._schedule import build_schedule
 from ._task import ClassifierTask, SSODTask
 
 _logger = logging.getLogger('train')
@@ -242,9 +245,12 @@ def _loader(dataset, args, data_config, device, is_training: bool, collate_fn=No
                   distributed=args.distributed, pin_memory=args.pin_mem, device=device,
                   # fresh workers every epoch: their seeds then follow seed_epoch(), which makes resumes exact
                   persistent_workers=False)
-    if not is_training:
-        return create_loader(dataset, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
-                             interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
+    if not is_training:  # validation: an unreadable image is left out, not replaced (timm_ssod.data._unreadable)
+        leave_out_unreadable(dataset)
+        return readable_batches(create_loader(
+            dataset, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
+            interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
+            collate_fn=drop_unreadable(fast_collate if args.prefetcher else None), **common))
     interpolation = args.train_interpolation
     if args.no_aug or not interpolation:
         interpolation = data_config['interpolation']
@@ -286,30 +292,6 @@ def _train_loss(args, mixup_active: bool) -> nn.Module:
         return cls_loss
     return SSODLoss(gamma=args.gamma, lam=args.ood_lambda, balance=args.balance, ood_weight=args.ood_weight,
                     cls_loss=cls_loss)
-
-
-def _restore_schedule(args, optimizer, lr_scheduler, resume_state, resumed_lrs, start_epoch, updates_per_epoch):
-    """Put RNG and LR schedule where the resumed run left them.
-
-    Our checkpoints hold the scheduler state and, in the optimizer, the LR of the next epoch
-    (the scheduler is stepped before saving). Creating the scheduler reset the LR, so it is
-    put back: exact for every scheduler, plateau included. Other checkpoints (timm's) get
-    timm's ``step(start_epoch)``."""
-    exact_lr = False
-    if resume_state is not None:
-        if 'rng' in resume_state:
-            set_rng_state(resume_state['rng'])
-        if ('scheduler' in resume_state and lr_scheduler is not None and args.start_epoch is None
-                and not args.no_resume_opt):
-            lr_scheduler.load_state_dict(resume_state['scheduler'])
-            for group, lr in zip(optimizer.param_groups, resumed_lrs):
-                group[lr_scheduler.param_group_field] = lr
-            exact_lr = True
-    if lr_scheduler is not None and start_epoch > 0 and not exact_lr:
-        if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
-        else:
-            lr_scheduler.step(start_epoch)
 
 
 def _validate_epoch(model, model_ema, loader_eval, ood_loaders, detectors, args, device, amp_autocast):
@@ -364,10 +346,13 @@ def _build_data(args):
     given. Returns ``(dataset_train, dataset_eval, num_classes, ood_sets, detectors)``."""
     dataset_train, dataset_eval = build_datasets(args)
     data_classes = dataset_num_classes(dataset_train)
-    if args.num_classes and data_classes and data_classes > args.num_classes:
+    if args.num_classes and data_classes and data_classes != args.num_classes:
+        why = (f'its labels up to {data_classes - 1} do not fit the classifier' if data_classes > args.num_classes else
+               f'{args.num_classes - data_classes} output(s) would never be trained and the class names would be '
+               'lost')
         raise TrainConfigError(f'--num-classes {args.num_classes}, but the training set has {data_classes} classes: '
-                               f'its labels up to {data_classes - 1} do not fit the classifier. Leave --num-classes '
-                               'out (it is read from the data) or map the classes with --class-map.')
+                               f'{why}. Leave --num-classes out (it is read from the data) or map the classes with '
+                               '--class-map.')
     num_classes = args.num_classes or data_classes
     ood_sets = build_ood_sets(args, num_classes)
     detectors = _detectors(args) if ood_sets else []
@@ -475,20 +460,6 @@ def _build_task(args, model, device, mixup_active: bool) -> nn.Module:
     return task
 
 
-def _build_schedule(args, optimizer, loader_train, resume_epoch, resume_state):
-    """The LR scheduler and the epochs of this invocation, the schedule put where a resumed run
-    left it. Returns ``(lr_scheduler, start_epoch, end_epoch, num_epochs)``."""
-    resumed_lrs = [group['lr'] for group in optimizer.param_groups]
-    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=is_decreasing(args.eval_metric)),
-        updates_per_epoch=updates_per_epoch)
-    start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
-    _restore_schedule(args, optimizer, lr_scheduler, resume_state, resumed_lrs, start_epoch, updates_per_epoch)
-    end_epoch = num_epochs if not args.run_epochs else min(num_epochs, start_epoch + args.run_epochs)
-    return lr_scheduler, start_epoch, end_epoch, num_epochs
-
-
 def _prepare_outputs(args, args_text, output_dir, model, optimizer, model_ema, loss_scaler, lr_scheduler,
                      resume_path, start_epoch):
     """Rank 0: the checkpoint saver (its extra state: RNG, scheduler, SSOD config, class names),
@@ -572,7 +543,7 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     loader_train, loader_eval, ood_loaders, mixup_fn, mixup_active = _build_loaders(
         args, data_config, device, dataset_train, dataset_eval, ood_sets)
     task = _build_task(args, model, device, mixup_active)
-    lr_scheduler, start_epoch, end_epoch, num_epochs = _build_schedule(
+    lr_scheduler, start_epoch, end_epoch, num_epochs = build_schedule(
         args, optimizer, loader_train, resume_epoch, resume_state)
     saver, summary_path = _prepare_outputs(args, args_text, output_dir, model, optimizer, model_ema, loss_scaler,
                                            lr_scheduler, resume_path, start_epoch)
