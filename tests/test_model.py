@@ -254,6 +254,22 @@ def test_unknown_model_name_suggests_the_closest_timm_names():
         timm_ssod.create_model('resnet10')
 
 
+@pytest.mark.parametrize('name, close', [('resnt10t', 'resnet10t'), ('convnxt_tiny', 'convnext_tiny'),
+                                         ('xyzzy', None), ('foo_bar', None)])
+def test_unknown_model_hint_never_suggests_an_empty_wildcard(name, close):
+    """Issue 24.11: 'resnt10t' was answered with timm.list_models('*resnt10t*'), which is empty."""
+    import re
+    with pytest.raises(RuntimeError) as e:
+        timm_ssod.create_model(name)
+    message = str(e.value)
+    assert message.startswith(f'Unknown model ({name})') and '\n' not in message
+    if close:
+        assert f'did you mean {close}' in message
+    for pattern in re.findall(r"list_models\('([^']*)'\)", message):
+        assert timm.list_models(pattern), f'{pattern!r} lists no model: {message}'
+    assert 'list_models(' in message
+
+
 def test_pretrained_local_file_loads_backbone_weights(tmp_path):
     from safetensors.torch import save_file
     plain = timm.create_model('resnet18', num_classes=4)

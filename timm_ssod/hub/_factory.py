@@ -1,7 +1,9 @@
 """``create_model``: timm's ``create_model`` with an ``ssod`` switch."""
 import difflib
+import fnmatch
 import logging
 import os
+import re
 from typing import Dict, Optional
 
 import timm
@@ -32,13 +34,27 @@ class PretrainedWeightsError(OSError):
 
 def unknown_model_message(name: str) -> Optional[str]:
     """None when timm can create ``name`` (or it is an ``hf-hub:`` / ``local-dir:`` name);
-    else timm's "Unknown model" with the closest timm names."""
+    else timm's "Unknown model" with the closest timm names (difflib), and a
+    ``timm.list_models`` pattern only when that pattern lists something."""
     if parse_model_name(name)[0] or timm.is_model(name):
         return None
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f'; did you mean {", ".join(close)}?' if close else '.'
-    stem = name.split('.')[0].split('_')[0].rstrip('0123456789') or name
-    return f"Unknown model ({name}){hint} timm.list_models('*{stem}*') lists the names, wildcards allowed."
+    names = timm.list_models()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = f'; did you mean {", ".join(close)}?' if close else '; no timm model has a similar name.'
+    pattern = _family_pattern(name, names)
+    more = (f" timm.list_models('{pattern}') lists that family (wildcards allowed)." if pattern else
+            f' timm.list_models() lists all {len(names)} names (wildcards allowed).')
+    return f'Unknown model ({name}){hint}{more}'
+
+
+def _family_pattern(name: str, names) -> Optional[str]:
+    """``*<stem>*`` for the leading letters of ``name`` (``vit`` of ``vit_tiny_patch16_225``), if
+    it matches a timm name: never a pattern that lists nothing."""
+    stem = re.match(r'[a-z]*', name.split('.')[0].split('_')[0].lower()).group(0)
+    if len(stem) < 2:
+        return None
+    pattern = f'*{stem}*'
+    return pattern if fnmatch.filter(names, pattern) else None
 
 
 def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
