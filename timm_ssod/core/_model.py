@@ -15,7 +15,6 @@ It does so by switching the instance to a subclass of its own class that mixes i
 state_dict is the plain model's plus ``ood_head.*``: timm checkpoints load into it
 (``strict=False``) and its backbone weights load back into the plain timm model.
 """
-import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn as nn
 from ._layout import head_per_location, merge_heads, pool_locations, to_locations
 from ._head import OODHead
 from ._posterior import id_probability, unified_posterior
+from .._util import warn
 
 
 class SSODOutput(NamedTuple):
@@ -85,10 +85,10 @@ class SSODMixin:
                 '(model.num_features); this architecture is not supported by SSOD.')
         if grid[0] * grid[1] == 1 and not getattr(self, '_ssod_warned_1x1', False):
             self._ssod_warned_1x1 = True
-            warnings.warn(
+            warn(
                 f'{type(self).__name__}: the feature map is 1x1 at this input size, so SSOD has a '
                 'single location per image and no background to sample. SSOD needs spatial maps: '
-                'use larger inputs or a smaller output stride.', stacklevel=3)
+                'use larger inputs or a smaller output stride.')
         return locations, grid
 
     def forward_ood_head(self, feats: torch.Tensor, img_size=None) -> torch.Tensor:

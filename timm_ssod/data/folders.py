@@ -1,12 +1,11 @@
 """Image folders on disk: write any dataset as an ImageFolder, read any folder as OOD data."""
 import os
-import warnings
 from typing import Callable, List, Optional, Set
 
 import torch.utils.data
 from PIL import Image
 
-from .._util import atomic_write
+from .._util import atomic_write, warn
 
 OOD_FOLDER = 'ood'
 # PIL opens these formats but cannot decode them by itself (stubs, MPEG, EPS needs Ghostscript)
@@ -140,7 +139,7 @@ class ImageFolderOOD(torch.utils.data.Dataset):
                 if not self.skip_corrupt:
                     raise
                 self._corrupt.add(i)
-                warnings.warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})', stacklevel=2)
+                warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})')
         else:
             raise OSError(f'no image under {self.root!r} could be decoded')
         if self.transform is not None:
