@@ -572,3 +572,36 @@ def test_push_training_run_and_cli(tmp_path, fake_api, args_type):
     assert ('create_repo', 'org/run', True) in fake_api.calls
     assert 'ID accuracy (top-1): **94.17%**' in fake_api.uploads[-1]['README.md'].decode()
     assert main(['push', str(tmp_path / 'nothing'), 'org/run']) == 1
+
+
+def _fake_run(tmp_path, model, **changes):
+    """A training run folder whose model_best.pth.tar records ``args`` as timm-ssod train does."""
+    run = tmp_path / 'run'
+    run.mkdir(exist_ok=True)
+    args = dict(model='resnet18', num_classes=NUM_CLASSES, gp=None, bn_momentum=None, bn_eps=None, in_chans=None,
+                input_size=None, img_size=64, model_kwargs={}, ssod=True, gamma=0.9, ood_lambda=0.5, balance='lw',
+                ood_weight=0.3, ood_hidden=0, dataset='synthetic/id', dataset_kwargs={}, mean=None, std=None,
+                crop_pct=None, interpolation='')
+    args.update(changes)
+    torch.save({'epoch': 1, 'arch': args['model'], 'state_dict': model.state_dict(), 'optimizer': {}, 'args': args,
+                'metric': 0.1}, run / 'model_best.pth.tar')
+    return run
+
+
+def test_push_takes_model_kwargs_as_k_v_like_every_command(tmp_path, capsys):
+    """Issue 24.8: ``--model-kwargs output_stride=16`` failed with "invalid loads value"."""
+    from timm_ssod.cli import main
+    model, x = make()
+    run = _fake_run(tmp_path, model)
+    assert main(['push', str(run), 'org/run', '--save-dir', str(tmp_path / 'out'),
+                 '--model-kwargs', 'output_stride=16']) == 0
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['model_args']['output_stride'] == 16
+    loaded = timm_ssod.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    assert loaded.forward_features(x).shape[-1] == 4  # 64 px at stride 16
+    assert main(['push', str(run), 'org/run', '--save-dir', str(tmp_path / 'json'),
+                 '--model-kwargs', '{"output_stride": 16}']) == 0  # the old JSON form still works
+    assert json.loads((tmp_path / 'json' / 'config.json').read_text())['model_args']['output_stride'] == 16
+    with pytest.raises(SystemExit) as e:
+        main(['push', str(run), 'org/run', '--model-kwargs', 'output_stride'])
+    assert e.value.code == 2 and "'output_stride' is not K=V" in capsys.readouterr().err
