@@ -101,7 +101,8 @@ def test_timm_ssod_entrypoint_builds_new_models_too(saved):
     assert timm_ssod.is_ssod_model(m) and m.num_classes == 3 and 'ssod' in timm.list_models('ssod')
     with pytest.raises(ValueError, match='needs backbone='):
         timm.create_model('ssod')
-    fresh = timm_ssod.create_model(f'local-dir:{saved[2]}', pretrained=False)  # architecture only
+    with pytest.warns(UserWarning, match='NOT loaded'):
+        fresh = timm_ssod.create_model(f'local-dir:{saved[2]}', pretrained=False)  # architecture only
     assert fresh.ssod_cfg == saved[0].ssod_cfg and not torch.equal(fresh.fc.weight, saved[0].fc.weight)
 
 
@@ -308,7 +309,8 @@ def test_unreachable_hub_answers_from_the_cache_or_fails_at_once(monkeypatch, tm
 
 def test_offline_missing_file_names_repo_file_and_way_out(hub, monkeypatch, tmp_path):
     assert huggingface_hub.model_info('org/ssod-r18').sha == hub.commit  # the server's API endpoint
-    timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=False)   # caches config.json only
+    with pytest.warns(UserWarning, match='NOT loaded'):
+        timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=False)   # caches config.json only
     patch_hub_env(monkeypatch, tmp_path / 'hf', offline=True)
     with pytest.raises(HubError) as e:
         timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
@@ -418,6 +420,28 @@ def test_old_folder_with_architecture_ssod_keeps_loading(tmp_path, monkeypatch, 
     resaved = loaded.save_pretrained(tmp_path / 'resaved')
     assert json.loads((resaved / 'config.json').read_text())['architecture'] == 'resnet18'
     assert same_prediction(model, timm_ssod.create_model(f'local-dir:{resaved}', pretrained=True).eval(), x)
+
+
+def test_a_saved_folder_without_pretrained_is_random_and_says_so(calibrated, saved, tmp_path):
+    """Issue 24.6: ``create_model('local-dir:DIR')`` (pretrained=False) gave random weights that carried the saved
+    class names, silently. timm's meaning stays (the saved architecture, random weights), but nothing that
+    describes the saved weights is put on it, and a warning at the user's line says how to load them."""
+    model, x, folder, _ = calibrated
+    legacy = write_legacy_folder(saved[0], tmp_path / 'legacy')
+    for name in (f'local-dir:{folder}', f'local-dir:{legacy}'):
+        with pytest.warns(UserWarning, match=r"pretrained=False: the saved weights were NOT loaded .*random weights.*"
+                                             r"class names, OOD head or calibration\. Pass pretrained=True") as caught:
+            fresh = timm_ssod.create_model(name).eval()
+        assert caught[0].filename == __file__
+        assert timm_ssod.is_ssod_model(fresh) and fresh.num_classes == NUM_CLASSES  # the saved architecture
+        assert 'label_names' not in fresh.pretrained_cfg and fresh.ssod_calibration is None
+        assert not torch.equal(fresh.fc.weight, model.fc.weight)
+        assert set(fresh.predict(x).labels) <= {'0', '1', '2', '3'}  # no saved class names on random weights
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert loaded.pretrained_cfg['label_names'] == ['a', 'b', 'c', 'd'] and loaded.ssod_calibration is not None
 
 
 @pytest.fixture(scope='module')
