@@ -598,7 +598,7 @@ def test_push_training_run_and_cli(tmp_path, fake_api, args_type):
     assert main(['push', str(tmp_path / 'nothing'), 'org/run']) == 1
 
 
-def _fake_run(tmp_path, model, **changes):
+def _fake_run(tmp_path, trained, **changes):
     """A training run folder whose model_best.pth.tar records ``args`` as timm-ssod train does."""
     run = tmp_path / 'run'
     run.mkdir(exist_ok=True)
@@ -607,7 +607,7 @@ def _fake_run(tmp_path, model, **changes):
                 ood_weight=0.3, ood_hidden=0, dataset='synthetic/id', dataset_kwargs={}, mean=None, std=None,
                 crop_pct=None, interpolation='')
     args.update(changes)
-    torch.save({'epoch': 1, 'arch': args['model'], 'state_dict': model.state_dict(), 'optimizer': {}, 'args': args,
+    torch.save({'epoch': 1, 'arch': args['model'], 'state_dict': trained.state_dict(), 'optimizer': {}, 'args': args,
                 'metric': 0.1}, run / 'model_best.pth.tar')
     return run
 
@@ -629,3 +629,28 @@ def test_push_takes_model_kwargs_as_k_v_like_every_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(['push', str(run), 'org/run', '--model-kwargs', 'output_stride'])
     assert e.value.code == 2 and "'output_stride' is not K=V" in capsys.readouterr().err
+
+
+def test_create_model_from_a_training_checkpoint_uses_the_runs_arguments(tmp_path):
+    """Issue 24.7: ``create_model(name, checkpoint_path=run)`` ignored the run's ``--model-kwargs output_stride=16``
+    (a 2x2 map instead of 4x4, silently: output_stride changes no weight shape) and its 64 px input size (the
+    pretrained_cfg said 176). The run's recorded args now fill in what the call leaves out; a conflict is an error."""
+    from timm.data import resolve_model_data_config
+    torch.manual_seed(0)
+    trained = timm_ssod.create_model('resnet10t', num_classes=3, output_stride=16).eval()
+    ckpt = str(_fake_run(tmp_path, trained, model='resnet10t', num_classes=3, img_size=64,
+                         model_kwargs={'output_stride': 16}) / 'model_best.pth.tar')
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model = timm_ssod.create_model('resnet10t', checkpoint_path=ckpt).eval()
+    assert model.num_classes == 3 and model.forward_features(x).shape[-2:] == (4, 4)  # stride 16 at 64 px
+    assert same_prediction(trained, model, x)
+    assert resolve_model_data_config(model)['input_size'] == (3, 64, 64)
+    assert 'test_input_size' not in model.pretrained_cfg  # timm's 224 px test size is not this run's
+    same = timm_ssod.create_model('resnet10t', num_classes=3, output_stride=16, checkpoint_path=ckpt).eval()
+    assert same_prediction(trained, same, x)  # the run's own values, given again: fine
+    with pytest.raises(CheckpointError, match=r"output_stride=32 \(the run: 16\) differs .*Leave the argument out"):
+        timm_ssod.create_model('resnet10t', output_stride=32, checkpoint_path=ckpt)
+    with pytest.raises(CheckpointError, match=r"was trained as 'resnet10t', not 'resnet18'"):
+        timm_ssod.create_model('resnet18', checkpoint_path=ckpt)
+    plain = timm_ssod.create_model('resnet10t', ssod=False, checkpoint_path=ckpt).eval()
+    assert torch.equal(plain(x), trained(x))
