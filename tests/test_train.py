@@ -26,7 +26,7 @@ from timm_ssod.train import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
-OUTPUT_FILES = {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar'}
+OUTPUT_FILES = {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'model_best_timm.safetensors'}
 
 FAMILIES = {  # layout family -> (model, --model-kwargs)
     'NCHW': ('test_resnet', []),
@@ -382,6 +382,36 @@ def test_saver_writes_atomically_and_refuses_nan_weights(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteWeightsError, match='epoch 3'):
         saver.save_checkpoint(3, 3.0)
     assert load(tmp_path / 'last.pth.tar')['epoch'] == 2 and not list(tmp_path.glob('*.partial'))
+
+
+def test_saver_writes_model_best_for_stock_timm_beside_model_best(tmp_path):
+    """Issue 24.14: stock ``timm.create_model(arch, checkpoint_path=model_best.pth.tar)`` refuses the
+    ``ood_head.*`` keys; ``model_best_timm.safetensors`` holds model_best's weights (EMA when kept, as
+    timm's loader chooses) without them, rewritten with model_best only."""
+    import timm
+    from timm.utils import ModelEmaV3
+    import timm_ssod
+    torch.manual_seed(0)
+    model = timm_ssod.create_model('test_resnet', num_classes=3)
+    ema = ModelEmaV3(model, decay=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = AtomicCheckpointSaver(model=model, optimizer=optimizer, model_ema=ema, checkpoint_dir=str(tmp_path))
+    timm_file = tmp_path / 'model_best_timm.safetensors'
+    for epoch, metric in enumerate([1.0, 2.0, 0.5]):  # higher is better: epoch 1 stays the best
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1)
+        ema.update(model)
+        saver.save_checkpoint(epoch, metric)
+        if epoch == 1:
+            best_ema = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    assert load(tmp_path / 'model_best.pth.tar')['epoch'] == 1 and not list(tmp_path.glob('*.partial'))
+    stock = timm.create_model('test_resnet', num_classes=3, checkpoint_path=str(timm_file))  # strict load
+    assert not timm_ssod.is_ssod_model(stock)
+    for k, v in stock.state_dict().items():
+        assert torch.equal(v, best_ema[k]), k
+    with pytest.raises(RuntimeError, match='Unexpected key.*ood_head'):
+        timm.create_model('test_resnet', num_classes=3, checkpoint_path=str(tmp_path / 'model_best.pth.tar'))
 
 
 # -- distributed -----------------------------------------------------------------------------
