@@ -648,6 +648,8 @@ def test_create_model_from_a_training_checkpoint_uses_the_runs_arguments(tmp_pat
     assert 'test_input_size' not in model.pretrained_cfg  # timm's 224 px test size is not this run's
     same = timm_ssod.create_model('resnet10t', num_classes=3, output_stride=16, checkpoint_path=ckpt).eval()
     assert same_prediction(trained, same, x)  # the run's own values, given again: fine
+    unset = timm_ssod.create_model('resnet10t', output_stride=None, checkpoint_path=ckpt).eval()
+    assert unset.forward_features(x).shape[-2:] == (4, 4)  # None is 'not given', as timm reads it
     with pytest.raises(CheckpointError, match=r"output_stride=32 \(the run: 16\) differs .*Leave the argument out"):
         timm_ssod.create_model('resnet10t', output_stride=32, checkpoint_path=ckpt)
     with pytest.raises(CheckpointError, match=r"was trained as 'resnet10t', not 'resnet18'"):

@@ -154,7 +154,7 @@ def _with_run_kwargs(model_name: str, kwargs: Dict, train_args: Dict, state, pat
             '--model-kwargs, --gp, --bn-eps, --in-chans, the classifier); the weights were trained for the run\'s '
             'values, and a shape-neutral argument such as output_stride would load them into another model '
             'silently. Leave the argument out: the run\'s value is used.')
-    return dict(recorded, **kwargs)
+    return {**recorded, **given}  # None means 'not passed' (timm drops None arguments)
 
 
 def _create_timm(model_name: str, pretrained: bool, kwargs: Dict) -> nn.Module:
