@@ -203,15 +203,27 @@ def test_vim_hand_checked():
 
 def test_vim_fitted_on_fewer_images_than_dimensions_warns_what_it_needs():
     """16 images of 64-dim features: the residual on ID data is ~0 and the scores explode
-    (about -1e11 on a real model, issue 15); the fit says so and what it needs."""
+    (about -1e11 on a real model, issue 15); the fit says so and what helps (issue 24.13: not
+    ``--fit-samples 0``, which does not help a small training split), at the user's line."""
     out, labels = _outputs(n=16, d=64)
     with pytest.warns(UserWarning, match=r'vim: fitted on 16 ID images, fewer than the 64 feature dimensions.*'
-                                         r'Fit on at least 64 images'):
+                                         r'Fit on at least 64 images') as caught:
         ViM().fit_outputs([(out, labels)])
+    message = str(caught[0].message)
+    assert 'small training split needs more images' in message and 'ViM(dim=k) with k well below 16' in message
+    assert '--fit-samples 0' not in message
+    assert caught[0].filename == __file__  # not a line of timm_ssod/detectors
+    model = timm.create_model('test_resnet', num_classes=4).eval()  # 96 features
+    loader = DataLoader(TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,))), batch_size=8)
+    with pytest.warns(UserWarning, match='vim: fitted on 16 ID images, fewer than the 96') as caught:
+        ViM().fit(model, loader)  # through Detector.fit and the model's forward
+    assert caught[0].filename == __file__
     enough, labels = _outputs(n=80, d=64)
+    few_dims, few_labels = _outputs(n=16, d=64)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         ViM().fit_outputs([(enough, labels)])
+        ViM(dim=8).fit_outputs([(few_dims, few_labels)])  # 16 images > 8 principal dimensions: a residual
 
 
 def test_vim_default_dim():

@@ -101,7 +101,8 @@ def test_timm_ssod_entrypoint_builds_new_models_too(saved):
     assert timm_ssod.is_ssod_model(m) and m.num_classes == 3 and 'ssod' in timm.list_models('ssod')
     with pytest.raises(ValueError, match='needs backbone='):
         timm.create_model('ssod')
-    fresh = timm_ssod.create_model(f'local-dir:{saved[2]}', pretrained=False)  # architecture only
+    with pytest.warns(UserWarning, match='NOT loaded'):
+        fresh = timm_ssod.create_model(f'local-dir:{saved[2]}', pretrained=False)  # architecture only
     assert fresh.ssod_cfg == saved[0].ssod_cfg and not torch.equal(fresh.fc.weight, saved[0].fc.weight)
 
 
@@ -308,7 +309,8 @@ def test_unreachable_hub_answers_from_the_cache_or_fails_at_once(monkeypatch, tm
 
 def test_offline_missing_file_names_repo_file_and_way_out(hub, monkeypatch, tmp_path):
     assert huggingface_hub.model_info('org/ssod-r18').sha == hub.commit  # the server's API endpoint
-    timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=False)   # caches config.json only
+    with pytest.warns(UserWarning, match='NOT loaded'):
+        timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=False)   # caches config.json only
     patch_hub_env(monkeypatch, tmp_path / 'hf', offline=True)
     with pytest.raises(HubError) as e:
         timm_ssod.create_model('hf-hub:org/ssod-r18', pretrained=True)
@@ -418,6 +420,28 @@ def test_old_folder_with_architecture_ssod_keeps_loading(tmp_path, monkeypatch, 
     resaved = loaded.save_pretrained(tmp_path / 'resaved')
     assert json.loads((resaved / 'config.json').read_text())['architecture'] == 'resnet18'
     assert same_prediction(model, timm_ssod.create_model(f'local-dir:{resaved}', pretrained=True).eval(), x)
+
+
+def test_a_saved_folder_without_pretrained_is_random_and_says_so(calibrated, saved, tmp_path):
+    """Issue 24.6: ``create_model('local-dir:DIR')`` (pretrained=False) gave random weights that carried the saved
+    class names, silently. timm's meaning stays (the saved architecture, random weights), but nothing that
+    describes the saved weights is put on it, and a warning at the user's line says how to load them."""
+    model, x, folder, _ = calibrated
+    legacy = write_legacy_folder(saved[0], tmp_path / 'legacy')
+    for name in (f'local-dir:{folder}', f'local-dir:{legacy}'):
+        with pytest.warns(UserWarning, match=r"pretrained=False: the saved weights were NOT loaded .*random weights.*"
+                                             r"class names, OOD head or calibration\. Pass pretrained=True") as caught:
+            fresh = timm_ssod.create_model(name).eval()
+        assert caught[0].filename == __file__
+        assert timm_ssod.is_ssod_model(fresh) and fresh.num_classes == NUM_CLASSES  # the saved architecture
+        assert 'label_names' not in fresh.pretrained_cfg and fresh.ssod_calibration is None
+        assert not torch.equal(fresh.fc.weight, model.fc.weight)
+        assert set(fresh.predict(x).labels) <= {'0', '1', '2', '3'}  # no saved class names on random weights
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert loaded.pretrained_cfg['label_names'] == ['a', 'b', 'c', 'd'] and loaded.ssod_calibration is not None
 
 
 @pytest.fixture(scope='module')
@@ -572,3 +596,63 @@ def test_push_training_run_and_cli(tmp_path, fake_api, args_type):
     assert ('create_repo', 'org/run', True) in fake_api.calls
     assert 'ID accuracy (top-1): **94.17%**' in fake_api.uploads[-1]['README.md'].decode()
     assert main(['push', str(tmp_path / 'nothing'), 'org/run']) == 1
+
+
+def _fake_run(tmp_path, trained, **changes):
+    """A training run folder whose model_best.pth.tar records ``args`` as timm-ssod train does."""
+    run = tmp_path / 'run'
+    run.mkdir(exist_ok=True)
+    args = dict(model='resnet18', num_classes=NUM_CLASSES, gp=None, bn_momentum=None, bn_eps=None, in_chans=None,
+                input_size=None, img_size=64, model_kwargs={}, ssod=True, gamma=0.9, ood_lambda=0.5, balance='lw',
+                ood_weight=0.3, ood_hidden=0, dataset='synthetic/id', dataset_kwargs={}, mean=None, std=None,
+                crop_pct=None, interpolation='')
+    args.update(changes)
+    torch.save({'epoch': 1, 'arch': args['model'], 'state_dict': trained.state_dict(), 'optimizer': {}, 'args': args,
+                'metric': 0.1}, run / 'model_best.pth.tar')
+    return run
+
+
+def test_push_takes_model_kwargs_as_k_v_like_every_command(tmp_path, capsys):
+    """Issue 24.8: ``--model-kwargs output_stride=16`` failed with "invalid loads value"."""
+    from timm_ssod.cli import main
+    model, x = make()
+    run = _fake_run(tmp_path, model)
+    assert main(['push', str(run), 'org/run', '--save-dir', str(tmp_path / 'out'),
+                 '--model-kwargs', 'output_stride=16']) == 0
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['model_args']['output_stride'] == 16
+    loaded = timm_ssod.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    assert loaded.forward_features(x).shape[-1] == 4  # 64 px at stride 16
+    assert main(['push', str(run), 'org/run', '--save-dir', str(tmp_path / 'json'),
+                 '--model-kwargs', '{"output_stride": 16}']) == 0  # the old JSON form still works
+    assert json.loads((tmp_path / 'json' / 'config.json').read_text())['model_args']['output_stride'] == 16
+    with pytest.raises(SystemExit) as e:
+        main(['push', str(run), 'org/run', '--model-kwargs', 'output_stride'])
+    assert e.value.code == 2 and "'output_stride' is not K=V" in capsys.readouterr().err
+
+
+def test_create_model_from_a_training_checkpoint_uses_the_runs_arguments(tmp_path):
+    """Issue 24.7: ``create_model(name, checkpoint_path=run)`` ignored the run's ``--model-kwargs output_stride=16``
+    (a 2x2 map instead of 4x4, silently: output_stride changes no weight shape) and its 64 px input size (the
+    pretrained_cfg said 176). The run's recorded args now fill in what the call leaves out; a conflict is an error."""
+    from timm.data import resolve_model_data_config
+    torch.manual_seed(0)
+    trained = timm_ssod.create_model('resnet10t', num_classes=3, output_stride=16).eval()
+    ckpt = str(_fake_run(tmp_path, trained, model='resnet10t', num_classes=3, img_size=64,
+                         model_kwargs={'output_stride': 16}) / 'model_best.pth.tar')
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model = timm_ssod.create_model('resnet10t', checkpoint_path=ckpt).eval()
+    assert model.num_classes == 3 and model.forward_features(x).shape[-2:] == (4, 4)  # stride 16 at 64 px
+    assert same_prediction(trained, model, x)
+    assert resolve_model_data_config(model)['input_size'] == (3, 64, 64)
+    assert 'test_input_size' not in model.pretrained_cfg  # timm's 224 px test size is not this run's
+    same = timm_ssod.create_model('resnet10t', num_classes=3, output_stride=16, checkpoint_path=ckpt).eval()
+    assert same_prediction(trained, same, x)  # the run's own values, given again: fine
+    unset = timm_ssod.create_model('resnet10t', output_stride=None, checkpoint_path=ckpt).eval()
+    assert unset.forward_features(x).shape[-2:] == (4, 4)  # None is 'not given', as timm reads it
+    with pytest.raises(CheckpointError, match=r"output_stride=32 \(the run: 16\) differs .*Leave the argument out"):
+        timm_ssod.create_model('resnet10t', output_stride=32, checkpoint_path=ckpt)
+    with pytest.raises(CheckpointError, match=r"was trained as 'resnet10t', not 'resnet18'"):
+        timm_ssod.create_model('resnet18', checkpoint_path=ckpt)
+    plain = timm_ssod.create_model('resnet10t', ssod=False, checkpoint_path=ckpt).eval()
+    assert torch.equal(plain(x), trained(x))

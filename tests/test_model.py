@@ -254,6 +254,51 @@ def test_unknown_model_name_suggests_the_closest_timm_names():
         timm_ssod.create_model('resnet10')
 
 
+@pytest.mark.parametrize('name, close', [('resnt10t', 'resnet10t'), ('convnxt_tiny', 'convnext_tiny'),
+                                         ('xyzzy', None), ('foo_bar', None)])
+def test_unknown_model_hint_never_suggests_an_empty_wildcard(name, close):
+    """Issue 24.11: 'resnt10t' was answered with timm.list_models('*resnt10t*'), which is empty."""
+    import re
+    with pytest.raises(RuntimeError) as e:
+        timm_ssod.create_model(name)
+    message = str(e.value)
+    assert message.startswith(f'Unknown model ({name})') and '\n' not in message
+    if close:
+        assert f'did you mean {close}' in message
+    for pattern in re.findall(r"list_models\('([^']*)'\)", message):
+        assert timm.list_models(pattern), f'{pattern!r} lists no model: {message}'
+    assert 'list_models(' in message
+
+
+def test_warnings_name_the_users_line_not_a_library_line():
+    """Issue 24.13: the 1x1 warning (raised deep in forward) pointed at a line of the library."""
+    model = timm_ssod.create_model('resnet18', num_classes=3).eval()
+    with pytest.warns(UserWarning, match='1x1') as caught:
+        model.predict(torch.randn(1, 3, 32, 32))  # through predict, forward_ssod and timm's forward_features
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_cli_prints_a_warning_as_one_line_without_a_source_line():
+    """Issue 24.13: under ``timm-ssod`` a warning showed a source line (the console script's
+    ``sys.exit(main())``, or a line of the library); now one line naming the command."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = ('import warnings\n'
+              'import timm_ssod.cli._push as push\n'
+              'def fake(args):\n'
+              '    warnings.warn("vim: fitted on too few images")\n'
+              '    return 0\n'
+              'push._push = fake\n'
+              'from timm_ssod.cli import main\n'
+              'raise SystemExit(main(["push", "run", "org/name"]))\n')
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == 'timm-ssod push: warning: vim: fitted on too few images\n'
+
+
 def test_pretrained_local_file_loads_backbone_weights(tmp_path):
     from safetensors.torch import save_file
     plain = timm.create_model('resnet18', num_classes=4)

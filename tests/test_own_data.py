@@ -105,6 +105,24 @@ def test_a_training_checkpoint_loads_from_python_with_its_class_names(run):
     assert not timm_ssod.is_ssod_model(plain) and torch.equal(plain.fc.weight, model.fc.weight)
 
 
+def test_stock_timm_without_the_plugin_loads_the_runs_model_best_timm_file(run):
+    """Issue 24.14: beside model_best.pth.tar (which stock timm refuses: ood_head.* keys) the run writes
+    model_best_timm.safetensors, which timm alone loads with checkpoint_path."""
+    from safetensors.torch import load_file
+    folder, _ = run
+    script = ('import sys, timm\n'
+              'm = timm.create_model("test_resnet", num_classes=3, checkpoint_path=sys.argv[1])\n'
+              'assert "timm_ssod" not in sys.modules\n'
+              'print(type(m).__name__, m.num_classes)\n')
+    proc = subprocess.run([sys.executable, '-c', script, str(folder / 'model_best_timm.safetensors')], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ['ResNet', '3'], proc.stderr
+    best = torch.load(folder / 'model_best.pth.tar', map_location='cpu', weights_only=True)['state_dict']
+    plain = load_file(str(folder / 'model_best_timm.safetensors'))
+    assert set(plain) == {k for k in best if not k.startswith('ood_head.')}
+    assert all(torch.equal(v, best[k]) for k, v in plain.items())
+
+
 def test_push_save_dir_carries_the_class_names_to_config_card_and_predict(run, tmp_path):
     folder, _ = run
     rc, out, err, _ = cli('push', folder, 'me/photos', '--save-dir', tmp_path / 'saved')

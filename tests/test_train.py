@@ -26,7 +26,7 @@ from timm_ssod.train import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
-OUTPUT_FILES = {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar'}
+OUTPUT_FILES = {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'model_best_timm.safetensors'}
 
 FAMILIES = {  # layout family -> (model, --model-kwargs)
     'NCHW': ('test_resnet', []),
@@ -218,6 +218,10 @@ def test_resize_up_is_the_papers_small_image_recipe_in_one_flag(tmp_path):
     ('yaml:gamma: 1.5', 'open interval'),
     ('yaml:balance: xyz', 'unknown balance'),
     ('yaml:lamda: 1.0', 'unknown argument'),
+    (['--train-crop-mode', 'xyz'], 'invalid choice'),
+    ('yaml:train_crop_mode: xyz', '--train-crop-mode must be one of rrc, rkrc, rkrr'),
+    (['--grayscale-prob', '1.5'], 'probability in [0, 1]'),
+    (['--train-num-samples', '0'], '>= 1'),
 ])
 def test_bad_arguments_are_argparse_errors(tmp_path, capsys, flags, message):
     if isinstance(flags, str):
@@ -226,6 +230,86 @@ def test_bad_arguments_are_argparse_errors(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         parse_args(flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    """Raised by a patched step to end main() once what a test checks has been built."""
+
+
+def test_timm_loader_and_compile_flags_reach_the_loader_and_torch_compile(tmp_path, monkeypatch, capsys):
+    """Issue 24.18: timm train.py's --aug-repeats, --train-crop-mode, --color-jitter-prob, --grayscale-prob,
+    --gaussian-blur-prob and --torchcompile-mode reach timm's create_loader / the task's compile."""
+    loaders, compiled = [], []
+
+    def create_loader(dataset, **kwargs):
+        loader = real_create_loader(dataset, **kwargs)
+        loaders.append((kwargs, repr(loader.dataset.transform)))
+        return loader
+
+    def compile(self, backend='inductor', mode=None, **kwargs):
+        compiled.append((backend, mode))
+        raise _Stop
+    real_create_loader = train_mod.create_loader
+    monkeypatch.setattr(train_mod, 'create_loader', create_loader)
+    monkeypatch.setattr(train_mod.SSODTask, 'compile', compile)
+    flags = ['--train-crop-mode', 'rkrc', '--color-jitter-prob', '0.5', '--grayscale-prob',
+             '0.25', '--gaussian-blur-prob', '0.125', '--torchcompile', 'eager', '--torchcompile-mode', 'reduce-overhead']
+    with pytest.raises(_Stop):
+        train(base_argv(tmp_path) + flags)
+    kwargs, transform = loaders[0]
+    assert kwargs['is_training'] and (kwargs['num_aug_repeats'], kwargs['train_crop_mode']) == (0, 'rkrc')
+    assert (kwargs['color_jitter_prob'], kwargs['grayscale_prob'], kwargs['gaussian_blur_prob']) == (0.5, 0.25, 0.125)
+    assert 'RandomResizedCropAndInterpolation' not in transform and 'RandomGrayscale(p=0.25)' in transform
+    assert 'GaussianBlur' in transform and 'p=0.5' in transform  # RandomApply of the color jitter
+    assert compiled == [('eager', 'reduce-overhead')]
+
+    # --aug-repeats: timm's RepeatAugSampler, a distributed sampler: there it reaches the loader, on one process
+    # it is a one-line error (timm's create_loader asserts)
+    args, _ = parse_args([str(a) for a in base_argv(tmp_path)] + ['--aug-repeats', '3'])
+    args.distributed, args.prefetcher, loaders[:] = True, False, []
+    monkeypatch.setattr(train_mod, 'create_loader', lambda dataset, **kwargs: loaders.append(kwargs))
+    train_mod._loader(None, args, dict(input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear',
+                                       crop_pct=1.0), torch.device('cpu'), is_training=True)
+    assert loaders[0]['num_aug_repeats'] == 3
+    assert train_mod.run([str(a) for a in base_argv(tmp_path / 'one')] + ['--aug-repeats', '3']) == 1
+    assert 'error: --aug-repeats 3 needs distributed training' in capsys.readouterr().err
+    assert not (tmp_path / 'one').exists()
+
+
+def test_layer_decay_scale_flags_reach_timms_optimizer_kwargs():
+    """Issue 24.18: timm's --layer-decay-min-scale / --layer-decay-no-opt-scale, read by optimizer_kwargs."""
+    from timm.optim import optimizer_kwargs
+    args, _ = parse_args(['--layer-decay', '0.75', '--layer-decay-min-scale', '0.1', '--layer-decay-no-opt-scale',
+                          '0.01'])
+    assert {'layer_decay': 0.75, 'layer_decay_min_scale': 0.1,
+            'layer_decay_no_opt_scale': 0.01}.items() <= optimizer_kwargs(cfg=args).items()
+
+
+def test_timm_dataset_flags_reach_create_dataset(tmp_path, monkeypatch):
+    """Issue 24.18: --train-num-samples, --val-num-samples and --input-img-mode reach timm's create_dataset
+    (and, without --input-img-mode, 1 input channel reads 'L' as timm's train.py does)."""
+    import timm.data
+    from timm_ssod.data import SyntheticDataset, write_image_folder
+    for split, n in (('train', 4), ('val', 2)):
+        write_image_folder(SyntheticDataset('id', split, num_images=n, img_size=32, num_classes=2), tmp_path / split)
+    calls = []
+
+    def create_dataset(name, root=None, split='validation', **kwargs):
+        calls.append(dict(kwargs, split=split))
+        if len(calls) == 2:
+            raise _Stop
+        return real_create_dataset(name, root=root, split=split, **kwargs)
+    real_create_dataset = timm.data.create_dataset
+    monkeypatch.setattr(timm.data, 'create_dataset', create_dataset)
+    argv = ['--data-dir', tmp_path, '--model', 'test_resnet', '--output', tmp_path / 'out']
+    with pytest.raises(_Stop):
+        train(argv + ['--train-num-samples', '3', '--val-num-samples', '2', '--input-img-mode', 'RGBA'])
+    assert [(c['split'], c['num_samples'], c['input_img_mode']) for c in calls] == [('train', 3, 'RGBA'),
+                                                                                   ('validation', 2, 'RGBA')]
+    calls.clear()
+    with pytest.raises(_Stop):
+        train(argv + ['--in-chans', '1'])
+    assert [(c['num_samples'], c['input_img_mode']) for c in calls] == [(None, 'L'), (None, 'L')]
 
 
 def test_unknown_eval_metric_is_an_error_before_training(tmp_path, capsys):
@@ -382,6 +466,36 @@ def test_saver_writes_atomically_and_refuses_nan_weights(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteWeightsError, match='epoch 3'):
         saver.save_checkpoint(3, 3.0)
     assert load(tmp_path / 'last.pth.tar')['epoch'] == 2 and not list(tmp_path.glob('*.partial'))
+
+
+def test_saver_writes_model_best_for_stock_timm_beside_model_best(tmp_path):
+    """Issue 24.14: stock ``timm.create_model(arch, checkpoint_path=model_best.pth.tar)`` refuses the
+    ``ood_head.*`` keys; ``model_best_timm.safetensors`` holds model_best's weights (EMA when kept, as
+    timm's loader chooses) without them, rewritten with model_best only."""
+    import timm
+    from timm.utils import ModelEmaV3
+    import timm_ssod
+    torch.manual_seed(0)
+    model = timm_ssod.create_model('test_resnet', num_classes=3)
+    ema = ModelEmaV3(model, decay=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = AtomicCheckpointSaver(model=model, optimizer=optimizer, model_ema=ema, checkpoint_dir=str(tmp_path))
+    timm_file = tmp_path / 'model_best_timm.safetensors'
+    for epoch, metric in enumerate([1.0, 2.0, 0.5]):  # higher is better: epoch 1 stays the best
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1)
+        ema.update(model)
+        saver.save_checkpoint(epoch, metric)
+        if epoch == 1:
+            best_ema = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    assert load(tmp_path / 'model_best.pth.tar')['epoch'] == 1 and not list(tmp_path.glob('*.partial'))
+    stock = timm.create_model('test_resnet', num_classes=3, checkpoint_path=str(timm_file))  # strict load
+    assert not timm_ssod.is_ssod_model(stock)
+    for k, v in stock.state_dict().items():
+        assert torch.equal(v, best_ema[k]), k
+    with pytest.raises(RuntimeError, match='Unexpected key.*ood_head'):
+        timm.create_model('test_resnet', num_classes=3, checkpoint_path=str(tmp_path / 'model_best.pth.tar'))
 
 
 # -- distributed -----------------------------------------------------------------------------

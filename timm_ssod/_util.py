@@ -5,12 +5,41 @@
   (written to ``<path>.partial``, fsynced, ``os.replace``d, the folder fsynced).
 * ``fsync_path`` / ``fsync_dir``: make a written file / a rename durable.
 * ``sha256_of(path)``: a file's sha256 (the shipped weights' JSON records it).
+* ``warn(message)``: ``warnings.warn`` attributed to the user's line, the first frame outside
+  this package (and outside torch / timm code that called into it, e.g. ``nn.Module.__call__``
+  or a ``DataLoader``), so the warning never shows an unrelated line of the library.
 """
 import hashlib
 import os
-from typing import Callable
+import sys
+import warnings
+from typing import Callable, Type
 
 PARTIAL_SUFFIX = '.partial'
+
+# frames that are not the user's: this package, and the libraries that call into it
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _library_dirs():
+    dirs = [_PACKAGE_DIR]
+    for name in ('torch', 'timm'):
+        path = getattr(sys.modules.get(name), '__file__', None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(dirs)
+
+
+def warn(message: str, category: Type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message, category)`` with the ``stacklevel`` of the first frame that is
+    neither this package nor torch / timm / Python's own frozen modules: the user's call. When
+    there is none (``python -m timm_ssod.cli``), the warning names no source line at all."""
+    dirs = _library_dirs()
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of warn()
+    while frame is not None and (frame.f_code.co_filename.startswith(dirs)
+                                 or frame.f_code.co_filename.startswith('<frozen ')):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def first_line(e: BaseException) -> str:

@@ -8,6 +8,14 @@ ever appears through ``os.replace`` of a fully written and fsynced temporary fil
 (``<name>.partial``), and the folder is fsynced after the rename. A SIGKILL at any point
 leaves the previous ``last.pth.tar`` / ``model_best.pth.tar`` intact.
 
+Stock timm. ``model_best.pth.tar`` holds the OOD head (``ood_head.*``), which stock
+``timm.create_model(arch, checkpoint_path=...)`` refuses as unexpected keys. So whenever
+``model_best.pth.tar`` is written, ``model_best_timm.safetensors`` is written beside it (also
+atomically): the same weights (the EMA weights when the run keeps them, as timm's loader picks
+them from the checkpoint) without ``ood_head.*``, which stock timm loads with
+``timm.create_model(arch, num_classes=N, checkpoint_path='.../model_best_timm.safetensors')``
+(plus the run's ``--model-kwargs``).
+
 Trust. Training checkpoints (``last.pth.tar``, ``model_best.pth.tar``, ``checkpoint-N.pth.tar``)
 are loaded with ``torch.load(weights_only=True)`` only: tensors and plain containers, never
 arbitrary pickled objects, so ``--resume`` / ``--initial-checkpoint`` run no code from the
@@ -38,6 +46,8 @@ from timm.utils.summary import trim_summary
 _logger = logging.getLogger(__name__)
 
 LAST = 'last.pth.tar'
+BEST = 'model_best.pth.tar'
+TIMM_BEST = 'model_best_timm.safetensors'  # model_best's weights without ood_head.*, for stock timm
 
 
 class CheckpointError(ValueError):
@@ -160,6 +170,19 @@ class AtomicCheckpointSaver(CheckpointSaver):
         fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
     def _duplicate(self, src, dst):
+        self._link_or_copy(src, dst)
+        if os.path.basename(dst) == BEST:  # timm's saver copies last -> model_best on a new best metric
+            self._save_timm_weights(os.path.join(os.path.dirname(dst), TIMM_BEST))
+
+    def _save_timm_weights(self, path: str) -> None:
+        """``model_best``'s weights as stock timm loads them: EMA when kept (timm's choice), no ``ood_head.*``."""
+        from safetensors.torch import save
+        state = get_state_dict(self.model_ema if self.model_ema is not None else self.model, self.unwrap_fn)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith('ood_head.')}
+        data = save(tensors, metadata={'format': 'pt'})
+        atomic_write(path, lambda f: f.write(data))
+
+    def _link_or_copy(self, src, dst):
         tmp = dst + PARTIAL_SUFFIX
         if os.path.lexists(tmp):
             os.remove(tmp)

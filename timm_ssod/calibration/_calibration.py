@@ -25,7 +25,6 @@ rejected against alpha (``timm_ssod.conformal.id_rejection_check``).
 """
 import datetime
 import functools
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
@@ -36,6 +35,7 @@ from ..conformal import (CalibrationError, NotCalibratedError, check_calibration
                         id_rejection_check, min_calibration_size, score_threshold)
 from ..detectors import Detector, ModelOutputs, apply_classifier, collect_outputs, create_detector
 from ..detectors.state import detector_state, load_detector
+from .._util import warn
 
 __all__ = ['Calibration', 'CalibrationError', 'NotCalibratedError', 'calibrate', 'calibrate_scores',
            'id_rejection_rate', 'DEFAULT_ALPHA', 'DEFAULT_DETECTOR']
@@ -187,10 +187,10 @@ def calibrate(model: nn.Module, loader: Iterable, detector: Union[str, Detector]
                                'input size (the model\'s data config)')
     configured = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or ())
     if configured and configured != tuple(input_size):
-        warnings.warn(f'the calibration images are {"x".join(map(str, input_size))} but the model\'s data config '
-                      f'(pretrained_cfg input_size) says {"x".join(map(str, configured))}: predict() refuses inputs of '
-                      'another size than the calibration\'s, so preprocess test images as the calibration images (and '
-                      'save the model with that data_config).', stacklevel=2)
+        warn(f'the calibration images are {"x".join(map(str, input_size))} but the model\'s data config '
+             f'(pretrained_cfg input_size) says {"x".join(map(str, configured))}: predict() refuses inputs of '
+             'another size than the calibration\'s, so preprocess test images as the calibration images (and '
+             'save the model with that data_config).')
     info = dict(info or {}, date=datetime.date.today().isoformat())
     return calibrate_scores(det, torch.cat(parts), model.num_classes, input_size, alpha, info)
 

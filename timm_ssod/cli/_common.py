@@ -1,12 +1,32 @@
 """The one convention of ``timm-ssod`` subcommands (``timm_ssod.cli``): a module with
 ``add_parser(subparsers)`` = ``add_command(subparsers, name, help, __doc__, add_arguments, run)``,
 ``run(args, prog) -> exit code`` that reports bad input through ``report_errors``, and
-``main(argv)`` = ``parse_and_run`` for a parser of its own."""
+``main(argv)`` = ``parse_and_run`` for a parser of its own. While a command runs, Python warnings
+print as one line, ``timm-ssod <command>: warning: <message>`` (``one_line_warnings``), never
+with a source line of the library or of the console script."""
 import argparse
 import sys
+import warnings
+from contextlib import contextmanager
 from typing import List, Optional
 
 BAD_INPUT = (ValueError, OSError, FloatingPointError)  # data / checkpoint errors, non-finite outputs ...
+
+
+@contextmanager
+def one_line_warnings(prog: str):
+    """Python warnings shown as ``prog: warning: message`` (no file, line number or source line)
+    while the block runs; the previous formatting is restored after."""
+    previous = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        kind = '' if category is UserWarning else f' ({category.__name__})'
+        return f'{prog}: warning{kind}: {message}\n'
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def add_command(subparsers, name: str, help_text: str, doc: str, add_args, run) -> argparse.ArgumentParser:
@@ -31,4 +51,6 @@ def parse_and_run(argv: Optional[List[str]], prog: str, doc: str, add_args, run)
     """A command's ``main``: a parser of its own (``add_args``), then ``run(args, prog)``."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(parser)
-    return run(parser.parse_args(argv), prog)
+    args = parser.parse_args(argv)
+    with one_line_warnings(prog):
+        return run(args, prog)

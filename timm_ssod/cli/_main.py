@@ -21,6 +21,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from ._common import one_line_warnings
+
 # name -> (module, function, one-line help)
 # ``train`` stays outside ``add_command`` on purpose: its parsing is timm's train.py, in two
 # stages (``--config`` YAML first, its values become the argparse defaults, then the command
@@ -53,7 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RAW_COMMANDS:
         module, function, _ = RAW_COMMANDS[argv[0]]
-        return getattr(importlib.import_module(module), function)(argv[1:], prog=f'timm-ssod {argv[0]}')
+        with one_line_warnings(f'timm-ssod {argv[0]}'):
+            return getattr(importlib.import_module(module), function)(argv[1:], prog=f'timm-ssod {argv[0]}')
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -63,5 +66,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, 'func', None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    with one_line_warnings(f'timm-ssod {args.command}'):
+        return int(args.func(args) or 0)
 

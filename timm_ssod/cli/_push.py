@@ -9,7 +9,29 @@ import argparse
 import json
 from typing import List, Optional
 
+from timm.utils import ParseKwargs
+
 from ._common import add_command, parse_and_run, report_errors
+
+
+class _ModelKwargs(ParseKwargs):
+    """``K=V ...`` as every other command takes them (timm's ``ParseKwargs``: values read as
+    Python literals, else strings); one JSON object, the old form, is still read."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 1 and values[0].lstrip().startswith('{'):
+            try:
+                kwargs = json.loads(values[0])
+            except json.JSONDecodeError as e:
+                parser.error(f'{option_string}: {values[0]!r} is not a JSON object ({e}); give K=V pairs')
+            if not isinstance(kwargs, dict):
+                parser.error(f'{option_string}: give K=V pairs')
+            setattr(namespace, self.dest, kwargs)
+            return
+        bad = [v for v in values if v and '=' not in v]
+        if bad:
+            parser.error(f'{option_string}: {bad[0]!r} is not K=V (e.g. --model-kwargs output_stride=16)')
+        super().__call__(parser, namespace, values, option_string)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -23,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--revision', metavar='BRANCH', default=None, help='branch to push to (created if missing)')
     p.add_argument('--no-ema', dest='use_ema', action='store_false',
                    help='push the raw weights even if the checkpoint holds EMA weights')
-    p.add_argument('--model-kwargs', metavar='JSON', type=json.loads, default=None,
-                   help='create_model arguments overriding those read from the checkpoint, as JSON')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=_ModelKwargs, metavar='K=V',
+                   help='create_model arguments overriding those read from the checkpoint, e.g. output_stride=16')
     p.add_argument('--save-dir', metavar='DIR', default=None,
                    help='write the folder (model.safetensors, config.json, README.md) here instead of pushing')
     return p

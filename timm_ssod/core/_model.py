@@ -15,6 +15,8 @@ It does so by switching the instance to a subclass of its own class that mixes i
 state_dict is the plain model's plus ``ood_head.*``: timm checkpoints load into it
 (``strict=False``) and its backbone weights load back into the plain timm model.
 """
+import os
+import sys
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 
@@ -24,6 +26,24 @@ import torch.nn as nn
 from ._layout import head_per_location, merge_heads, pool_locations, to_locations
 from ._head import OODHead
 from ._posterior import id_probability, unified_posterior
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _warn(message: str) -> None:
+    """``timm_ssod._util.warn`` for ``core``, which imports nothing else of timm_ssod
+    (tests/test_imports.py): the warning names the first frame outside timm_ssod, torch, timm
+    and Python's frozen modules (the user's ``model.predict(x)``), not a line of the library."""
+    skip = [_PACKAGE_DIR, '<frozen ']
+    for name in ('torch', 'timm'):
+        path = getattr(sys.modules.get(name), '__file__', None)
+        if path:
+            skip.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of _warn()
+    while frame is not None and frame.f_code.co_filename.startswith(tuple(skip)):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 class SSODOutput(NamedTuple):
@@ -85,10 +105,10 @@ class SSODMixin:
                 '(model.num_features); this architecture is not supported by SSOD.')
         if grid[0] * grid[1] == 1 and not getattr(self, '_ssod_warned_1x1', False):
             self._ssod_warned_1x1 = True
-            warnings.warn(
+            _warn(
                 f'{type(self).__name__}: the feature map is 1x1 at this input size, so SSOD has a '
                 'single location per image and no background to sample. SSOD needs spatial maps: '
-                'use larger inputs or a smaller output stride.', stacklevel=3)
+                'use larger inputs or a smaller output stride.')
         return locations, grid
 
     def forward_ood_head(self, feats: torch.Tensor, img_size=None) -> torch.Tensor:

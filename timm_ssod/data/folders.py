@@ -1,12 +1,11 @@
 """Image folders on disk: write any dataset as an ImageFolder, read any folder as OOD data."""
 import os
-import warnings
 from typing import Callable, List, Optional, Set, Tuple
 
 import torch.utils.data
 from PIL import Image
 
-from .._util import atomic_write
+from .._util import atomic_write, warn
 
 OOD_FOLDER = 'ood'
 # PIL opens these formats but cannot decode them by itself (stubs, MPEG, EPS needs Ghostscript)
@@ -153,7 +152,7 @@ class ImageFolderOOD(torch.utils.data.Dataset):
                 if not self.skip_corrupt and not self.leave_out_unreadable:
                     raise
                 self._corrupt.add(i)
-                warnings.warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})', stacklevel=2)
+                warn(f'skipping corrupt image file {self.files[i]!r} ({e.__cause__})')
                 if self.leave_out_unreadable:
                     return None
         else:

@@ -11,12 +11,12 @@ Distances are computed in chunks of queries x bank rows, never an N x N matrix; 
 vectors ||a - b||^2 = 2 - 2 a.b. If the bank has fewer than k points, k = bank size (with a
 warning).
 """
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from .base import Detector, ModelOutputs
+from .._util import warn
 
 
 class KNN(Detector):
@@ -42,8 +42,8 @@ class KNN(Detector):
         self.k_used = self.k
         if self.bank.shape[0] < self.k:
             self.k_used = self.bank.shape[0]
-            warnings.warn(f'knn: the ID bank has {self.bank.shape[0]} features, fewer than k={self.k}; '
-                          f'using k={self.k_used}', stacklevel=4)
+            warn(f'knn: the ID bank has {self.bank.shape[0]} features, fewer than k={self.k}; '
+                 f'using k={self.k_used}')
 
     def kth_distance(self, features: torch.Tensor) -> torch.Tensor:
         """(B,) Euclidean distance of each normalised feature to its k-th nearest bank row."""

@@ -22,12 +22,12 @@ batching). Similarities are computed in chunks of ``query_chunk`` queries x ``ba
 bank rows with a running top-k, never a queries x bank matrix. A bank smaller than k uses
 k = bank size, with a warning.
 """
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from .base import Detector, ModelOutputs
+from .._util import warn
 
 
 class NNGuide(Detector):
@@ -67,8 +67,8 @@ class NNGuide(Detector):
         self.k_used = self.k
         if self.bank.shape[0] < self.k:
             self.k_used = self.bank.shape[0]
-            warnings.warn(f'nnguide: the ID bank has {self.bank.shape[0]} features, fewer than k={self.k}; '
-                          f'using k={self.k_used}', stacklevel=4)
+            warn(f'nnguide: the ID bank has {self.bank.shape[0]} features, fewer than k={self.k}; '
+                 f'using k={self.k_used}')
 
     def guidance(self, features: torch.Tensor) -> torch.Tensor:
         """(B,) mean of the k largest inner products of the unit features with the bank."""

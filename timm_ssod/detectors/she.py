@@ -21,11 +21,11 @@ warning; a class with no fit image at all has no pattern, and the fit refuses wi
 ValueError naming it (an image predicted as that class could not be scored). Needs class
 labels in the fit data.
 """
-import warnings
 
 import torch
 
 from .base import Detector, ModelOutputs
+from .._util import warn
 
 
 class SHE(Detector):
@@ -63,8 +63,8 @@ class SHE(Detector):
                              'and needs fit data of every class')
         fallback = (counts[0] == 0).nonzero().flatten().tolist()
         if fallback:
-            warnings.warn(f'she: no correctly classified fit image of class(es) {fallback[:10]}; their pattern '
-                          'is the mean of all their fit images', stacklevel=4)
+            warn(f'she: no correctly classified fit image of class(es) {fallback[:10]}; their pattern '
+                 'is the mean of all their fit images')
         use_all = counts[0] == 0
         self.patterns = torch.where(use_all[:, None], sums[1] / counts[1, :, None],
                                     sums[0] / counts[0].clamp_min(1)[:, None]).float()

@@ -22,12 +22,12 @@ runs the loader twice; ``fit_outputs`` needs a re-iterable. W and b are read fro
 ``outputs.classifier`` by probing it (b = classifier(0), W = classifier(I) - b), so any
 affine last layer works, including distilled DeiT's pair of heads.
 """
-import warnings
 from typing import Optional
 
 import torch
 
 from .base import Detector, ModelOutputs, NotApplicableError
+from .._util import warn
 
 
 def principal_dim(num_features: int) -> int:
@@ -94,13 +94,15 @@ class ViM(Detector):
             if not 0 < dim < d:
                 raise ValueError(f'vim: the principal dimension must be in (0, {d}), got {dim}')
             self.dim_used = dim
-            if self._n < d:
-                warnings.warn(
-                    f'vim: fitted on {self._n} ID images, fewer than the {d} feature dimensions. The ID features then '
-                    f'span at most {self._n} dimensions, so the residual off the principal space is (nearly) zero on '
-                    f'ID data and alpha explodes: scores become huge negative numbers (e.g. -1e11) that rank images by '
-                    f'noise. Fit on at least {d} images (several times more is better; timm-ssod eval: '
-                    f'--fit-samples 0 uses the whole training split), or leave vim out.', stacklevel=2)
+            if self._n <= dim:  # then the ID features span at most the principal space: no residual
+                warn(
+                    f'vim: fitted on {self._n} ID images, fewer than the {d} feature dimensions and not more than the '
+                    f'principal dimension {dim}. The ID features then lie inside the principal space, so their '
+                    f'residual off it is (nearly) zero and alpha explodes: scores become huge negative numbers (e.g. '
+                    f'-1e11) that rank images by noise. Fit on at least {d} images (several times more is better): '
+                    f'timm-ssod eval / calibrate fit on the --fit-split images, at most --fit-samples of them, so a '
+                    f'small training split needs more images (raising --fit-samples helps only when the split holds '
+                    f'more than that); in Python, ViM(dim=k) with k well below {self._n} also works. Or leave vim out.')
             eigvals, eigvecs = torch.linalg.eigh(self._scatter / self._n)  # ascending
             self.null_space = eigvecs[:, : d - dim]  # all but the top `dim` eigenvectors
             self._residual_sum = 0.0

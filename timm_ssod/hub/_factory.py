@@ -1,18 +1,21 @@
 """``create_model``: timm's ``create_model`` with an ``ssod`` switch."""
+import argparse
 import difflib
+import fnmatch
 import logging
 import os
+import re
 from typing import Dict, Optional
 
 import timm
 import torch
 import torch.nn as nn
-from timm.models import load_state_dict, parse_model_name, register_model
+from timm.models import load_state_dict, parse_model_name, register_model, split_model_name_tag
 
 from ..core import attach_ssod, set_label_names
 from ._hub import _CALLER_ALLOW_PICKLE, SSOD_ARCHITECTURE, _build, create_from_source  # hf-hub: / local-dir: names
 from .._util import first_line
-from ..checkpoints import CheckpointError, torch_load
+from ..checkpoints import CheckpointError, classifier_classes, torch_load
 from ._files import HubError, Source, read_config
 from ._offline import offline_if_unreachable
 from ._weights_file import local_weights_overlay, weights_mismatch
@@ -33,13 +36,27 @@ class PretrainedWeightsError(OSError):
 
 def unknown_model_message(name: str) -> Optional[str]:
     """None when timm can create ``name`` (or it is an ``hf-hub:`` / ``local-dir:`` name);
-    else timm's "Unknown model" with the closest timm names."""
+    else timm's "Unknown model" with the closest timm names (difflib), and a
+    ``timm.list_models`` pattern only when that pattern lists something."""
     if parse_model_name(name)[0] or timm.is_model(name):
         return None
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f'; did you mean {", ".join(close)}?' if close else '.'
-    stem = name.split('.')[0].split('_')[0].rstrip('0123456789') or name
-    return f"Unknown model ({name}){hint} timm.list_models('*{stem}*') lists the names, wildcards allowed."
+    names = timm.list_models()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = f'; did you mean {", ".join(close)}?' if close else '; no timm model has a similar name.'
+    pattern = _family_pattern(name, names)
+    more = (f" timm.list_models('{pattern}') lists that family (wildcards allowed)." if pattern else
+            f' timm.list_models() lists all {len(names)} names (wildcards allowed).')
+    return f'Unknown model ({name}){hint}{more}'
+
+
+def _family_pattern(name: str, names) -> Optional[str]:
+    """``*<stem>*`` for the leading letters of ``name`` (``vit`` of ``vit_tiny_patch16_225``), if
+    it matches a timm name: never a pattern that lists nothing."""
+    stem = re.match(r'[a-z]*', name.split('.')[0].split('_')[0].lower()).group(0)
+    if len(stem) < 2:
+        return None
+    pattern = f'*{stem}*'
+    return pattern if fnmatch.filter(names, pattern) else None
 
 
 def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
@@ -56,7 +73,13 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
     when present, like timm; class names into ``pretrained_cfg['label_names']``), a plain timm
     checkpoint (only ``ood_head.*`` missing: a fresh OOD head, logged), or ``.safetensors``.
     ``ood_hidden`` is read from the checkpoint's OOD head when not given. With ``ssod=False`` an
-    SSOD checkpoint's ``ood_head.*`` are ignored.
+    SSOD checkpoint's ``ood_head.*`` are ignored. A training checkpoint's recorded ``args``
+    (``timm-ssod train``, or timm's train.py) complete the call: the model arguments the run
+    used (``--model-kwargs`` such as ``output_stride``, ``--gp``, ``--bn-eps``, ``--in-chans``,
+    the class count) fill in what the caller did not pass, and one passed with another value is
+    a ``CheckpointError`` (a shape-neutral one would otherwise give another model silently);
+    ``pretrained_cfg`` gets the run's preprocessing (``--img-size`` / ``--input-size``, mean,
+    std, crop, interpolation), so ``resolve_model_data_config(model)`` is what the run used.
 
     ``hf-hub:org/name[@revision]`` and ``local-dir:/path`` load a folder written by
     ``save_pretrained`` (weights and OOD head) or a plain timm one (fresh OOD head); see
@@ -76,6 +99,9 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
         raise RuntimeError(message)
     checkpoint_path = kwargs.pop('checkpoint_path', None)
     state, meta = _read_checkpoint(checkpoint_path) if checkpoint_path else (None, {})
+    train_args = meta.get('args') or {}
+    if train_args:
+        kwargs = _with_run_kwargs(model_name, kwargs, train_args, state, checkpoint_path)
     model = _create_timm(model_name, pretrained, kwargs)
     if ssod:
         if not ood_hidden and state is not None:
@@ -85,7 +111,51 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
         _load_checkpoint(model, state, checkpoint_path, ssod)
         if meta.get('label_names'):
             set_label_names(model, meta['label_names'])
+    if train_args:
+        from ._runs import apply_run_data_config
+        apply_run_data_config(model, train_args, keep=tuple(kwargs.get('pretrained_cfg_overlay') or ()))
     return model
+
+
+# run arguments that only steer training: the caller may change them without a conflict
+_TRAINING_ONLY_KWARGS = ('bn_momentum',)
+
+
+def _plain(value):
+    """Lists for tuples (args are stored as plain lists), for comparing recorded and given values."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _with_run_kwargs(model_name: str, kwargs: Dict, train_args: Dict, state, path: str) -> Dict:
+    """``kwargs`` completed with what the training run of ``checkpoint_path`` recorded
+    (``timm_ssod.hub._runs.recorded_model_kwargs`` and its class count): a value the caller did
+    not pass is filled in; one passed differently is a ``CheckpointError``, since shape-neutral
+    arguments (``output_stride``, ``global_pool``, ``bn_eps`` ...) would load the weights into
+    another model without any error."""
+    from ._runs import recorded_model_kwargs
+    recorded_arch = train_args.get('model')
+    if (isinstance(recorded_arch, str) and not parse_model_name(recorded_arch)[0] and timm.is_model(recorded_arch)
+            and split_model_name_tag(recorded_arch)[0] != split_model_name_tag(model_name)[0]):
+        raise CheckpointError(f'checkpoint_path {path!r} was trained as {recorded_arch!r}, not {model_name!r}: '
+                              f'create_model({split_model_name_tag(recorded_arch)[0]!r}, checkpoint_path=...)')
+    recorded = recorded_model_kwargs(train_args)
+    classes = classifier_classes(model_name, state)[0] if state is not None else None
+    if classes or train_args.get('num_classes'):
+        recorded['num_classes'] = classes or train_args['num_classes']
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    conflicts = [f'{k}={given[k]!r} (the run: {v!r})' for k, v in recorded.items()
+                 if k in given and k not in _TRAINING_ONLY_KWARGS and _plain(given[k]) != _plain(v)]
+    if conflicts:
+        raise CheckpointError(
+            f'checkpoint_path {path!r}: {", ".join(conflicts)} differs from what its training run recorded (args: '
+            '--model-kwargs, --gp, --bn-eps, --in-chans, the classifier); the weights were trained for the run\'s '
+            'values, and a shape-neutral argument such as output_stride would load them into another model '
+            'silently. Leave the argument out: the run\'s value is used.')
+    return {**recorded, **given}  # None means 'not passed' (timm drops None arguments)
 
 
 def _create_timm(model_name: str, pretrained: bool, kwargs: Dict) -> nn.Module:
@@ -130,6 +200,11 @@ def _read_checkpoint(path: str):
             ckpt = torch_load(path, mmap=True)
             if isinstance(ckpt, dict) and isinstance(ckpt.get('label_names'), (list, tuple)):
                 meta['label_names'] = list(ckpt['label_names'])
+            args = ckpt.get('args') if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict) else None
+            if isinstance(args, argparse.Namespace):  # timm's train.py
+                args = vars(args)
+            if isinstance(args, dict):  # a training run's arguments: what create_model needs besides weights
+                meta['args'] = dict(args)
         except Exception:  # a legacy (non-zip) file: its weights loaded above, it has no class names
             pass
     return state, meta

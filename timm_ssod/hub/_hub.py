@@ -70,7 +70,7 @@ from ._files import (CONFIG_NAME, OOD_HEAD_PREFIX, SSOD_WEIGHTS_NAME, WEIGHTS_NA
                         load_safetensors, read_config, read_state_dict, split_ood_head)
 from ..core import attach_ssod, is_ssod_model
 from ..core import label_names as model_label_names
-from .._util import fsync_path
+from .._util import fsync_path, warn
 from ._card import load_eval_results, render_model_card
 
 __all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config',
@@ -264,7 +264,31 @@ def is_legacy_ssod_config(config: Dict) -> bool:
 
 def create_from_source(model_name: str, ssod: bool = True, pretrained: bool = False, ood_hidden: int = 0,
                        allow_pickle: bool = False, **kwargs) -> nn.Module:
-    """``timm_ssod.create_model`` for ``hf-hub:`` / ``local-dir:`` names (see the module doc)."""
+    """``timm_ssod.create_model`` for ``hf-hub:`` / ``local-dir:`` names (see the module doc).
+
+    ``pretrained=False`` keeps timm's meaning: the folder's architecture (config.json's
+    ``model_args``, class count, preprocessing, the ``ssod`` block's OOD head) with random
+    weights. Nothing that describes the saved weights is put on such a model: no class names
+    (timm copies config.json's ``label_names`` even then), no calibration; and a ``UserWarning``
+    says the weights were not loaded and that ``pretrained=True`` loads them."""
+    model = _create_from_source(model_name, ssod, pretrained, ood_hidden, allow_pickle, **kwargs)
+    if not pretrained and not kwargs.get('checkpoint_path'):
+        _forget_saved_weights(model, model_name)
+    return model
+
+
+def _forget_saved_weights(model: nn.Module, model_name: str) -> None:
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if isinstance(cfg, dict):
+        for key in ('label_names', 'label_descriptions'):  # they name the saved classifier's outputs
+            cfg.pop(key, None)
+    warn(f'create_model({model_name!r}) with pretrained=False: the saved weights were NOT loaded (for '
+         f'{parse_model_name(model_name)[0]}: names timm then builds the saved architecture with random weights), nor '
+         'its class names, OOD head or calibration. Pass pretrained=True to load them.')
+
+
+def _create_from_source(model_name: str, ssod: bool, pretrained: bool, ood_hidden: int, allow_pickle: bool,
+                        **kwargs) -> nn.Module:
     kind, name = parse_model_name(model_name)
     source = Source(kind, name, kwargs.get('cache_dir'))
     config = read_config(source)

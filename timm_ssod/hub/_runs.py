@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import timm
 import torch
 import torch.nn as nn
+from timm.data import resolve_data_config
 from timm.models import clean_state_dict
 
 from ..checkpoints import CheckpointError, classifier_classes, torch_load
@@ -48,21 +49,53 @@ def load_training_checkpoint(path) -> Dict[str, Any]:
     return ckpt
 
 
-def rebuild_model(arch: str, state_dict: Dict[str, torch.Tensor], train_args: Dict[str, Any], *, ssod: bool,
-                  ood_hidden: int = 0, num_classes: Optional[int] = None, model_kwargs: Optional[Dict] = None,
-                  label_names=None, mismatch: Callable[[RuntimeError, Dict], Exception]) -> nn.Module:
-    """The one place a model is rebuilt from a training checkpoint (``model_from_checkpoint``
-    here, the model of ``timm-ssod eval``): ``create_model`` with the arguments the run recorded
-    (``--gp``, ``--bn-momentum``, ``--bn-eps``, ``--in-chans`` / ``--input-size``,
-    ``--model-kwargs``), then ``num_classes`` and ``model_kwargs`` over them; the weights loaded
-    strictly; the run's class names (``label_names``) when they match the classifier. Unset
-    arguments are left out (timm leaves them out too). A load that does not fit raises
-    ``mismatch(error, create_model kwargs)``: each caller words it for its own users."""
+def recorded_model_kwargs(train_args: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``create_model`` arguments a training run recorded in its ``args`` (``timm-ssod train``
+    or timm's train.py): ``--gp``, ``--bn-momentum``, ``--bn-eps``, ``--in-chans`` /
+    ``--input-size`` channels and ``--model-kwargs``. Unset ones are left out (timm does too)."""
     input_size = train_args.get('input_size')
     kwargs = dict(global_pool=train_args.get('gp'), bn_momentum=train_args.get('bn_momentum'),
                   bn_eps=train_args.get('bn_eps'),
                   in_chans=train_args.get('in_chans') or (input_size[0] if input_size else None))
     kwargs.update(train_args.get('model_kwargs') or {})
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def apply_run_data_config(model: nn.Module, train_args: Dict[str, Any], keep=()) -> None:
+    """Put the run's preprocessing into ``model.pretrained_cfg``, resolved as ``timm-ssod train``
+    resolved it (``resolve_data_config(args, model=model)``: ``--img-size`` / ``--input-size``,
+    ``--mean``, ``--std``, ``--crop-pct``, ``--interpolation`` over the model's defaults), so
+    ``resolve_model_data_config(model)`` gives what the run trained and validated with. The
+    test-time recommendations of timm's weights are dropped where the run set its own, as timm's
+    ``save_config_for_hf`` does. ``keep``: keys the caller set, left alone. No-op without args."""
+    if not train_args or not isinstance(getattr(model, 'pretrained_cfg', None), dict):
+        return
+    cfg = model.pretrained_cfg
+    old_size = tuple(cfg.get('input_size') or ())
+    resolved = resolve_data_config({k: train_args.get(k) for k in _DATA_ARGS + ('in_chans', 'crop_mode')},
+                                   model=model)
+    for key, value in resolved.items():
+        if key not in keep:
+            cfg[key] = tuple(value) if isinstance(value, list) else value
+    if 'input_size' not in keep and (train_args.get('img_size') or train_args.get('input_size')):
+        cfg.pop('test_input_size', None)
+        cfg.pop('test_pool_size', None)
+        if tuple(cfg['input_size'][1:]) != old_size[1:]:
+            cfg['pool_size'] = None  # timm's, for another input size
+    if 'crop_pct' not in keep and train_args.get('crop_pct'):
+        cfg.pop('test_crop_pct', None)
+
+
+def rebuild_model(arch: str, state_dict: Dict[str, torch.Tensor], train_args: Dict[str, Any], *, ssod: bool,
+                  ood_hidden: int = 0, num_classes: Optional[int] = None, model_kwargs: Optional[Dict] = None,
+                  label_names=None, mismatch: Callable[[RuntimeError, Dict], Exception]) -> nn.Module:
+    """The one place a model is rebuilt from a training checkpoint (``model_from_checkpoint``
+    here, the model of ``timm-ssod eval``): ``create_model`` with the arguments the run recorded
+    (``recorded_model_kwargs``), then ``num_classes`` and ``model_kwargs`` over them; the weights
+    loaded strictly; the run's class names (``label_names``) when they match the classifier; the
+    run's preprocessing in ``pretrained_cfg`` (``apply_run_data_config``). A load that does not
+    fit raises ``mismatch(error, create_model kwargs)``: each caller words it for its own users."""
+    kwargs = recorded_model_kwargs(train_args)
     kwargs.update(model_kwargs or {})
     if num_classes:
         kwargs['num_classes'] = num_classes
@@ -74,6 +107,7 @@ def rebuild_model(arch: str, state_dict: Dict[str, torch.Tensor], train_args: Di
         raise mismatch(e, kwargs) from e
     if isinstance(label_names, (list, tuple)) and len(label_names) == model.num_classes:  # timm-ssod train's
         set_label_names(model, label_names)
+    apply_run_data_config(model, train_args)
     return model
 
 

@@ -9,8 +9,39 @@ written to ``args.yaml`` in the output folder. Differences from timm, on purpose
 * ``--device`` defaults to ``cuda`` when available, else ``cpu``.
 * Unknown keys in a ``--config`` file are an error (timm ignores them), so a typo in a
   recipe does not silently train something else.
-* Flags timm has but this script does not implement (apex, torchscript, aug splits / JSD,
-  BCE loss, recovery checkpoints, wandb) are absent rather than ignored.
+* Flags timm has but this script does not implement are absent rather than ignored:
+
+  - ``--amp-impl`` (apex), ``--torchscript``, ``--fuser``: apex is not supported, and the SSOD
+    forward (``forward_ssod``) is compiled with ``--torchcompile``, not scripted.
+  - ``--aug-splits``, ``--jsd-loss``, ``--split-bn``, ``--resplit``: augmentation splits feed
+    several views of one image through the loss; SSODLoss takes one view per label.
+  - ``--bce-loss``, ``--bce-sum``, ``--bce-target-thresh``, ``--bce-pos-weight``: SSOD's
+    per-location sampler reads softmax class confidences (Eq. 12); a BCE classifier has none.
+  - ``--model-dtype``: the sampler compares per-location confidences with gamma (0.95 and up)
+    and the OOD metrics need float32 scores; low-precision weights are untested with them
+    (use ``--amp --amp-dtype bfloat16`` for lower-precision compute).
+  - ``--use-multi-epochs-loader``: workers live across epochs, but each epoch's augmentation
+    seeds come from fresh workers (``seed_epoch``), which makes resumes bit-identical.
+  - ``--recovery-interval``: checkpoints are written atomically per epoch; resume with
+    ``--resume auto`` (``--run-epochs`` for time-limited jobs).
+  - ``--log-wandb``, ``--wandb-project``, ``--wandb-tags``, ``--wandb-resume-id``: wandb is not
+    a dependency; ``summary.csv`` holds the same per-epoch metrics.
+  - ``--input-key``, ``--target-key``, ``--dataset-trust-remote-code``: pass them to timm's
+    ``create_dataset`` through ``--dataset-kwargs input_key=... target_key=...
+    trust_remote_code=True`` (for image folders ``input_key`` is set to every PIL format).
+  - ``--naflex-loader`` and the other ``--naflex-*``: NaFlex batches mix sequence lengths and
+    patch sizes; the SSOD head's per-location layout is checked on fixed-size inputs only.
+  - ``--kd-model-name`` and the other knowledge-distillation flags (``--kd-*``,
+    ``--distill-loss-weight``, ``--task-loss-weight``): timm's distillation task has its own
+    loss, not combined with SSODLoss.
+  - ``--val-interval``: every epoch is validated, since model_best (by ``--eval-metric``, often
+    the OOD FPR95) and exact resumes are per epoch.
+  - ``--fast-norm``, ``--head-init-scale``, ``--head-init-bias``, ``--save-images``, ``--tta``,
+    ``--device-modules``, ``--drop-connect`` (deprecated in timm): not wired.
+
+  timm's ``--aug-repeats`` is, as in timm, for distributed training only; on one process it
+  is a one-line error (timm's loader asserts). ``--train-num-samples`` / ``--val-num-samples``
+  size iterable datasets as in timm (and ``synthetic/id`` without ``num_images``).
 """
 import argparse
 import os
@@ -24,6 +55,7 @@ from ..core import BALANCE_SCHEMES
 from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 
 OOD_METRICS = ('fpr95', 'auroc')
+TRAIN_CROP_MODES = ('rrc', 'rkrc', 'rkrr')  # timm's create_transform
 
 
 def is_decreasing(metric: str) -> bool:
@@ -62,10 +94,19 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--train-split', metavar='NAME', default=TRAIN_SPLIT, help='dataset train split')
     group.add_argument('--val-split', metavar='NAME', default=HELD_OUT_SPLIT,
                        help=f"dataset validation split (default {HELD_OUT_SPLIT}: an image folder's val/)")
+    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in train split, for IterableDatasets (hfids/, tfds/, wds/; '
+                            'synthetic/id: the image count unless --dataset-kwargs num_images is given; image folders '
+                            'and torch/ datasets ignore it, as in timm)')
+    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in validation split, for IterableDatasets (as above)')
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
                        help='path to class to idx mapping file')
+    group.add_argument('--input-img-mode', default=None, type=str, metavar='MODE',
+                       help="Dataset image conversion mode for input images, e.g. RGB, L (default: as timm, 'L' for "
+                            "1 input channel (--in-chans / --input-size), else 'RGB'; generated data ignores it)")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +163,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='extra timm.create_model arguments, e.g. img_size=32 depth=2')
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                        help='Enable compilation w/ specified backend (default: inductor).')
+    group.add_argument('--torchcompile-mode', type=str, default=None,
+                       help='torch.compile mode (default: None), with --torchcompile')
 
 
 def _add_ssod_args(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +207,10 @@ def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--clip-mode', type=str, default='norm',
                        help='Gradient clipping mode. One of ("norm", "value", "agc")')
     group.add_argument('--layer-decay', type=float, default=None, help='layer-wise learning rate decay')
+    group.add_argument('--layer-decay-min-scale', type=float, default=0,
+                       help='layer-wise lr decay minimum scale clamp')
+    group.add_argument('--layer-decay-no-opt-scale', type=float, default=None,
+                       help='layer-wise lr decay no optimization scale')
     group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE')
 
 
@@ -223,6 +270,8 @@ def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Augmentation and regularization parameters')
     group.add_argument('--no-aug', action='store_true', default=False,
                        help='Disable all training augmentation, override other train aug args')
+    group.add_argument('--train-crop-mode', type=str, default=None, choices=TRAIN_CROP_MODES,
+                       help='Crop-mode in train (default: rrc, RandomResizedCrop)')
     group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
                        help='Random resize scale')
     group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
@@ -230,8 +279,16 @@ def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--hflip', type=float, default=0.5, help='Horizontal flip training aug probability')
     group.add_argument('--vflip', type=float, default=0., help='Vertical flip training aug probability')
     group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT', help='Color jitter factor')
+    group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying any color jitter (default: always)')
+    group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying random grayscale conversion')
+    group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying gaussian blur')
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
                        help='Use AutoAugment policy. "v0" or "original".')
+    group.add_argument('--aug-repeats', type=float, default=0,
+                       help='Number of augmentation repetitions (distributed training only) (default: 0)')
     group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='Random erase prob')
     group.add_argument('--remode', type=str, default='pixel', help='Random erase mode')
     group.add_argument('--recount', type=int, default=1, help='Random erase count')
@@ -377,6 +434,18 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error('--mixup / --cutmix cannot be used with --ssod: the SSOD sampler (Eq. 12) needs one integer '
                      'class label per image to read the per-location confidence, and mixed images have soft '
                      'labels. Train without them, or train the vanilla baseline with --no-ssod.')
+    if args.train_crop_mode not in (None,) + TRAIN_CROP_MODES:
+        parser.error(f'--train-crop-mode must be one of {", ".join(TRAIN_CROP_MODES)}, got {args.train_crop_mode!r}')
+    for flag in ('color_jitter_prob', 'grayscale_prob', 'gaussian_blur_prob'):
+        value = getattr(args, flag)
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            parser.error(f'--{flag.replace("_", "-")} is a probability in [0, 1], got {value!r}')
+    if not (isinstance(args.aug_repeats, (int, float)) and args.aug_repeats >= 0):
+        parser.error(f'--aug-repeats must be >= 0, got {args.aug_repeats!r}')
+    for flag in ('train_num_samples', 'val_num_samples'):
+        value = getattr(args, flag)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            parser.error(f'--{flag.replace("_", "-")} must be an integer >= 1, got {value!r}')
     if args.grad_accum_steps < 1:
         parser.error(f'--grad-accum-steps must be >= 1, got {args.grad_accum_steps}')
     if args.run_epochs is not None and args.run_epochs < 1:

@@ -35,12 +35,22 @@ def _synthetic_kwargs(args, num_classes: Optional[int], val: bool) -> Dict:
     return kw
 
 
+def input_img_mode(args) -> str:
+    """``--input-img-mode``, else timm's train.py choice: ``'L'`` for one input channel, else ``'RGB'``."""
+    if args.input_img_mode:
+        return args.input_img_mode
+    channels = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    return 'L' if channels == 1 else 'RGB'
+
+
 def build_datasets(args) -> Tuple:
-    """(train, validation) datasets, as timm's train.py creates them."""
+    """(train, validation) datasets, as timm's train.py creates them (``--train-num-samples`` /
+    ``--val-num-samples`` and ``--input-img-mode`` reach timm's ``create_dataset``)."""
     if is_synthetic(args.dataset):
-        train = create_dataset(args.dataset, split=args.train_split,
-                               **_synthetic_kwargs(args, args.num_classes, val=False))
-        val = create_dataset(args.dataset, split=args.val_split, **_synthetic_kwargs(args, args.num_classes, val=True))
+        train = create_dataset(args.dataset, split=args.train_split, **{
+            'num_samples': args.train_num_samples, **_synthetic_kwargs(args, args.num_classes, val=False)})
+        val = create_dataset(args.dataset, split=args.val_split, **{
+            'num_samples': args.val_num_samples, **_synthetic_kwargs(args, args.num_classes, val=True)})
         return train, val
     data_dir = args.data_dir or args.data
     if not data_dir and not args.dataset:
@@ -62,10 +72,13 @@ def build_datasets(args) -> Tuple:
                 f'images in {os.path.join(data_dir, "train")} (class sub-folders as in {split_val.folder}).')
     common = dict(class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
                   error=TrainConfigError, download_hint='pass --dataset-download')
-    train = create_id_dataset(args.dataset, data_dir, args.train_split, is_training=True, seed=args.seed,
-                              repeats=args.epoch_repeats, **common, **args.dataset_kwargs)
+    flags = dict(input_img_mode=input_img_mode(args))  # --dataset-kwargs may override these
+    train = create_id_dataset(args.dataset, data_dir, args.train_split, is_training=True, repeats=args.epoch_repeats,
+                              **common, **{**flags, 'seed': args.seed, 'num_samples': args.train_num_samples,
+                                           **args.dataset_kwargs})
     val = create_id_dataset(args.dataset, data_dir, args.val_split, is_training=False, **common,
-                            **{**args.dataset_kwargs, **args.val_dataset_kwargs})
+                            **{**flags, 'num_samples': args.val_num_samples, **args.dataset_kwargs,
+                               **args.val_dataset_kwargs})
     _check_same_classes(train, val, f'the validation data (--val-split {args.val_split!r}' +
                         (f', {split_val.folder})' if split_val else ')'))
     if folder:

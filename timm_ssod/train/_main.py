@@ -258,7 +258,9 @@ def _loader(dataset, args, data_config, device, is_training: bool, collate_fn=No
         dataset, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
         re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
         vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa, interpolation=interpolation,
-        collate_fn=collate_fn, worker_seeding=args.worker_seeding, **common)
+        collate_fn=collate_fn, worker_seeding=args.worker_seeding, train_crop_mode=args.train_crop_mode,
+        color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob or 0.,
+        gaussian_blur_prob=args.gaussian_blur_prob or 0., num_aug_repeats=args.aug_repeats, **common)
 
 
 def _detectors(args) -> List:
@@ -333,6 +335,9 @@ def _setup(argv: Optional[List[str]], prog: Optional[str]):
         torch.backends.cudnn.benchmark = True
     if args.sync_bn and device.type != 'cuda':
         raise TrainConfigError('--sync-bn needs CUDA devices')
+    if args.aug_repeats and not args.distributed:  # timm's RepeatAugSampler is a distributed sampler
+        raise TrainConfigError(f'--aug-repeats {args.aug_repeats:g} needs distributed training (torchrun '
+                               '--nproc_per_node N ...), as in timm; leave it out on one process')
     amp_autocast, loss_scaler = _amp(args, device)
     if args.amp and utils.is_primary(args):
         _logger.info(f'Using native Torch AMP ({args.amp_dtype}). Training in mixed precision.')
@@ -456,7 +461,7 @@ def _build_task(args, model, device, mixup_active: bool) -> nn.Module:
         task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
                                  find_unused_parameters=False, **_ddp_buffer_kwargs(args))
     if args.torchcompile:
-        task.compile(backend=args.torchcompile)
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     return task
 
 
