@@ -466,8 +466,13 @@ def demo_tables(d):
     """The demo's full table (the protocol's own ``table_md``) under a line saying what ran."""
     c, sec = d.get('config', {}), d.get('seconds', {})
     render = c.get('render_size') or c.get('img_size')
-    stage1 = (f"stage 1 {c['stage1_epochs']} epochs on {c.get('num_images')} images at {c.get('stage1_img_size') or render} px, "
-              if c.get('stage1_checkpoint') is None and c.get('stage1_epochs') else '')
+    if c.get('pretrained_path'):
+        stage1 = f"from `{c['pretrained_path']}` (the shipped stand-in for pretrained weights, no stage 1), "
+    elif c.get('stage1_checkpoint') is None and c.get('stage1_epochs'):
+        stage1 = (f"stage 1 {c['stage1_epochs']} epochs on {c.get('num_images')} images at "
+                  f"{c.get('stage1_img_size') or render} px, ")
+    else:
+        stage1 = ''
     timing = ', '.join(f'{k} {v:.0f} s' for k, v in sec.items() if k != 'total')
     return (f"### The demo's table (`benchmarks/demo.json`)\n\n"
             f"Command: `timm-ssod demo` (it writes `output/demo/protocol.json`, copied to `benchmarks/demo.json`). "
@@ -645,6 +650,34 @@ def glance_deploy(quality, fused):
 
 # -- sources, sections, pages ------------------------------------------------------------------------
 
+# -- the stand-ins for pretrained weights (weights/<backbone>.json: benchmarks/standin.py) -----------
+
+def standin_tables(*infos):
+    """What each shipped stand-in is (its JSON) and its learning curve (validation top-1 per epoch)."""
+    infos = [i for i in infos if i]
+    rows = []
+    for i in infos:
+        kwargs = ', '.join(f'{k}={v}' for k, v in (i.get('model_kwargs') or {}).items())
+        hours = (i.get('wall_seconds') or 0) / 3600
+        rows.append([f"`{i['model']}`" + (f' ({kwargs})' if kwargs else ''),
+                     f"{i['render_size']} → {i['input_size']} px, {i['background']}",
+                     f"{i['images']} / {i['val_images']}", f"{i['epochs_done']} ({i['best_epoch'] + 1})",
+                     f"{hours:.1f} h on {i.get('torch_threads') or '?'} thread(s)", pct(i['id_test_accuracy'], 2),
+                     f"{i['bytes'] / 1e6:.1f} MB", f"`{i['sha256'][:12]}…`"])
+    table = md_table(['backbone', 'images (rendered → input)', 'train / val images', 'epochs (best)',
+                      'wall time', f"ID test accuracy ({infos[0]['num_test']} images)", 'fp16 file', 'sha256'], rows)
+    epochs = max(len(i['learning_curve']) for i in infos)
+    curve = md_table(['epoch'] + [f"`{i['model']}` val top-1 / train loss" for i in infos],
+                     [[e + 1] + [(f"{r['eval_top1']:.1f} / {r['train_loss']:.3f}"
+                                  if (r := (i['learning_curve'][e] if e < len(i['learning_curve']) else None)) else '')
+                                 for i in infos] for e in range(epochs)])
+    commands = '; '.join(f"`{i['command']}`" for i in infos)
+    return (f"Trained once each by `python benchmarks/standin.py {' '.join(i['model'] for i in infos)}` "
+            f"(one process per core), which ran {commands} and exported the best-validation checkpoint with "
+            f"`export_standin` (JSON beside each file in `weights/`). In all {sum(i['bytes'] for i in infos) / 1e6:.1f} MB.\n\n"
+            + table + f"\n\nLearning curve (validation split, {infos[0]['val_images']} images):\n\n" + curve)
+
+
 def converged_tables(d):
     """``benchmarks/converged.py``'s tables (its ``table``; imported on use: it loads torch and timm)."""
     import importlib.util
@@ -659,6 +692,7 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'ablations': 'benchmarks/ablations.json', 'regime': 'benchmarks/regime.json',
     'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
     'converged': 'benchmarks/converged.json',
+    'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
 }
 # block name, the sources it reads (all required but those marked optional), the function of their data
@@ -669,6 +703,7 @@ SECTIONS = (
     ('regime', ('regime',), regime_tables),
     ('regime_probe', ('regime_probe',), probe_tables),
     ('converged', ('converged',), converged_tables),
+    ('standin', ('standin_resnet18', 'standin_mobilenetv3_small_075?'), standin_tables),
     ('demo', ('demo',), demo_tables),
     ('fused', ('fused',), fused_measurement_tables),
     ('fused_natural', ('fused_natural',), fused_measurement_tables),
