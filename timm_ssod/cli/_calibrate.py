@@ -129,7 +129,8 @@ def _detector(args):
         kwargs['components'] = args.components
     if args.combine is not None:
         kwargs['method'] = args.combine
-    for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'), ('evidence_sources', 'evidence_sources')):
+    for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'),
+                      ('evidence_sources', 'evidence_sources')):
         if getattr(args, flag) is not None:
             kwargs[key] = getattr(args, flag)
     if kwargs and args.detector != 'ssod_fused':

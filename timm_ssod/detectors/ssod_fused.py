@@ -130,7 +130,8 @@ class SSODFused(Detector):
             evidence_sources = [v.strip() for v in evidence_sources.split(',') if v.strip()]
         bad = [v for v in evidence_sources if v not in SOURCES]
         if bad or not evidence_sources:
-            raise ValueError(f'evidence_sources must name one or more of {", ".join(SOURCES)}; got {list(evidence_sources)}')
+            raise ValueError(f'evidence_sources must name one or more of {", ".join(SOURCES)}; '
+                             f'got {list(evidence_sources)}')
         if weighting not in WEIGHTINGS:
             raise ValueError(f'unknown weighting {weighting!r}; available: {", ".join(WEIGHTINGS)}')
         if weighting != 'none' and method == 'tippett':

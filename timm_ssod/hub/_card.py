@@ -155,8 +155,10 @@ def _choices_rows(choices: Optional[Dict]) -> List[str]:
     def shown(name):
         e = evidence.get(name)
         return f'`{name}` ({"no evidence" if e is None else f"{e:.2f}"})'
-    rows = [f"| components kept (ID-only evidence) | {', '.join(shown(n) for n in choices.get('kept', []))} |",
-            f"| components dropped | {', '.join(shown(n) for n in choices.get('candidates', []) if n not in choices.get('kept', [])) or 'none'} |",
+    kept = choices.get('kept', [])
+    dropped = [n for n in choices.get('candidates', []) if n not in kept]
+    rows = [f"| components kept (ID-only evidence) | {', '.join(shown(n) for n in kept)} |",
+            f"| components dropped | {', '.join(shown(n) for n in dropped) or 'none'} |",
             f"| rule | mean pseudo-AUROC over {', '.join(rule.get('sources', []))} >= {rule.get('threshold')}; weighting "
             f"{rule.get('weighting')}; pseudo-OOD made from ID images only |"]
     if choices.get('fallback'):
