@@ -22,8 +22,10 @@ written here as a score (higher = more ID):
 
     Fisher:   sum_j log p_j            (= -T / 2 with Fisher's T = -2 sum_j log p_j)
     Stouffer: sum_j Phi^-1(p_j) / sqrt(k)
+    Tippett:  min_j log p_j            (the smallest p-value alone)
 
-(``combine_pvalues``). The component scores are correlated, so neither statistic has its
+(``combine_pvalues``; Fisher and Stouffer also with weights w_j: sum_j w_j log p_j and
+sum_j w_j Phi^-1(p_j) / sqrt(sum_j w_j^2)). The component scores are correlated, so neither statistic has its
 textbook null distribution; it is calibrated once more as a score of its own, on ID data not
 used for the p_j (Combine and Conquer, TMLR 2024). This file imports only torch.
 """
@@ -36,7 +38,7 @@ __all__ = ['CalibrationError', 'NotCalibratedError', 'COMBINE_METHODS', 'conform
            'lower_tail_scale', 'min_calibration_size',
            'check_calibration_size', 'score_threshold', 'combine_pvalues', 'id_rejection_check']
 
-COMBINE_METHODS = ('fisher', 'stouffer')
+COMBINE_METHODS = ('fisher', 'stouffer', 'tippett')
 
 
 class CalibrationError(ValueError):
@@ -106,22 +108,33 @@ def score_threshold(reference: torch.Tensor, alpha: float) -> float:
     return float(reference[k - 1])
 
 
-def combine_pvalues(pvalues: torch.Tensor, method: str = 'fisher', n_reference: Optional[Sequence[int]] = None
-                    ) -> torch.Tensor:
+def combine_pvalues(pvalues: torch.Tensor, method: str = 'fisher', n_reference: Optional[Sequence[int]] = None,
+                    weights: Optional[Sequence[float]] = None) -> torch.Tensor:
     """(B, k) p-values -> (B,) combined statistic, higher = more ID (see the module docstring).
 
     Conformal p-values reach 1, where Phi^-1 is infinite: with ``n_reference`` (the n_j of
     each column), Stouffer reads p_j = 1 as 1 - 1 / (2 (n_j + 1)), the mid-point of the last
-    step, which keeps the order of each column. Fisher needs no such care (log 1 = 0)."""
+    step, which keeps the order of each column. Fisher needs no such care (log 1 = 0).
+    ``weights`` (k non-negative numbers, not all 0): weighted Fisher / Stouffer; Tippett takes none."""
+    if method not in COMBINE_METHODS:
+        raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
     p = pvalues.to(torch.float64)
+    w = None
+    if weights is not None:
+        if method == 'tippett':
+            raise ValueError('tippett (the smallest p-value) takes no weights')
+        w = torch.as_tensor(weights, dtype=torch.float64, device=p.device).reshape(-1)
+        if w.numel() != p.shape[-1] or bool((w < 0).any()) or not bool((w > 0).any()):
+            raise ValueError(f'weights must be {p.shape[-1]} non-negative numbers, not all 0; got {list(weights)}')
     if method == 'fisher':
-        return torch.log(p).sum(dim=-1)
-    if method == 'stouffer':
-        if n_reference is not None:
-            top = 1 - 0.5 / (torch.as_tensor(n_reference, dtype=torch.float64, device=p.device) + 1)
-            p = torch.minimum(p, top)
-        return torch.special.ndtri(p).sum(dim=-1) / math.sqrt(p.shape[-1])
-    raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
+        return torch.log(p).sum(dim=-1) if w is None else torch.log(p) @ w
+    if method == 'tippett':
+        return torch.log(p).amin(dim=-1)
+    if n_reference is not None:
+        top = 1 - 0.5 / (torch.as_tensor(n_reference, dtype=torch.float64, device=p.device) + 1)
+        p = torch.minimum(p, top)
+    z = torch.special.ndtri(p)
+    return z.sum(dim=-1) / math.sqrt(p.shape[-1]) if w is None else (z @ w) / float(w.norm())
 
 
 def id_rejection_check(pvalues: torch.Tensor, alpha: float, n_calibration: int, z: float = 3.0) -> Dict:

@@ -17,11 +17,11 @@ Beware when comparing with other libraries: OpenOOD (since 2023) and pytorch-ood
 as the positive class for FPR (the FPR they report is the share of ID samples rejected at
 95% OOD recall), which is not the paper's FPR95. Ours follows the paper.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ['fpr_at_tpr', 'auroc', 'aupr_in', 'aupr_out', 'ood_metrics', 'accuracy']
+__all__ = ['fpr_at_tpr', 'auroc', 'aupr_in', 'aupr_out', 'ood_metrics', 'accuracy', 'spearman']
 
 
 def _as_scores(values, name: str) -> np.ndarray:
@@ -134,3 +134,18 @@ def accuracy(logits_or_preds, targets) -> float:
     if preds.shape != targets.shape:
         raise ValueError(f'{preds.size} predictions but {targets.size} targets')
     return float(np.mean(preds == targets))
+
+
+def spearman(x, y) -> Optional[float]:
+    """Spearman's rank correlation of paired values: the Pearson correlation of their ranks, tied
+    values sharing the mean of their ranks. Pairs with None or NaN on either side are left out;
+    None (never NaN) when fewer than 2 pairs remain or either side is constant (undefined)."""
+    pairs = [(float(a), float(b)) for a, b in zip(x, y)
+             if a is not None and b is not None and np.isfinite(float(a)) and np.isfinite(float(b))]
+    if len(pairs) < 2:
+        return None
+    rx = _average_ranks(np.array([p[0] for p in pairs]))
+    ry = _average_ranks(np.array([p[1] for p in pairs]))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = float(np.sqrt((rx ** 2).sum() * (ry ** 2).sum()))
+    return None if den == 0 else float((rx * ry).sum() / den)

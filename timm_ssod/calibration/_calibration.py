@@ -106,7 +106,16 @@ class Calibration:
         block = {'detector': self.detector.name, 'alpha': self.alpha, 'n': self.n,
                  'threshold': self.threshold(), 'num_classes': self.num_classes,
                  'input_size': list(self.input_size), 'info': dict(self.info), 'state': detector}
+        choices = self.choices()
+        if choices:  # what ssod_fused(select='evidence') kept and why, readable beside the state (model card)
+            block['choices'] = choices
         return block, tensors
+
+    def choices(self) -> Optional[Dict]:
+        """The detector's record of choices made from ID data (``ssod_fused`` with
+        ``select='evidence'``: the components kept and why), or None."""
+        get = getattr(self.detector, 'choices', None)
+        return get() if callable(get) else None
 
     @classmethod
     def from_saved(cls, block: Mapping, tensors: Mapping[str, torch.Tensor]) -> 'Calibration':
@@ -120,7 +129,9 @@ class Calibration:
                                    'calibrate the model again') from e
 
     def summary(self) -> str:
-        return (f'{self.detector.name} score, {self.n} ID calibration images, alpha={self.alpha:g} (reject when '
+        choices = self.choices()
+        kept = f" [{', '.join(choices['kept'])}]" if choices else ''
+        return (f'{self.detector.name}{kept} score, {self.n} ID calibration images, alpha={self.alpha:g} (reject when '
                 f'p <= alpha, i.e. score < {self.threshold():.6g}); made for {self.num_classes} classes, inputs '
                 f'{"x".join(map(str, self.input_size))}')
 

@@ -16,6 +16,11 @@ sorted scores turn any image's score into a conformal p-value, and ``p <= alpha`
 most a share alpha of ID images in expectation. No OOD data is used. Needs n >= 1/alpha - 1
 calibration images (19 for alpha = 0.05); a few hundred give a stable threshold.
 
+Opt-in: ``--select evidence`` lets ``ssod_fused`` keep only the components (from ssod, mahalanobis,
+energy, knn, vim) that ID-only evidence supports: pseudo-OOD made from the fit images (Eq. 12's
+background locations and their crops, patch-shuffled, blurred and pixel-permuted images, left-out
+classes). It prints which components were kept and why, and saves that record with the model.
+
 The model is written with the calibration (``config.json``'s ``ssod`` block, ``ssod.safetensors``,
 the model card) to ``--save-dir`` and/or pushed with ``--push-to-hub``; ``timm-ssod predict``
 and ``model.predict`` then give p-values and decisions. Preprocessing is the model's data
@@ -91,6 +96,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='ssod_fused components (default ssod,mahalanobis,energy)')
     g.add_argument('--combine', choices=('fisher', 'stouffer'), default=None, help='ssod_fused combination '
                                                                                   '(default fisher)')
+    g.add_argument('--select', choices=('all', 'evidence'), default=None,
+                   help="ssod_fused: 'all' components (default) or those the ID-only evidence supports ('evidence', "
+                        'opt-in: pseudo-OOD made from the fit images; default pool ssod,mahalanobis,energy,knn,vim)')
+    g.add_argument('--evidence-threshold', type=float, default=None, metavar='AUROC',
+                   help='--select evidence: the mean pseudo-AUROC a component needs to be kept (default 0.6)')
+    g.add_argument('--evidence-sources', default=None, metavar='A,B,...',
+                   help='--select evidence: the pseudo-OOD sources averaged (default all: background, '
+                        'background_local, background_crop, patch_shuffle, blur, pixel_permutation, leave_classes_out)')
     g.add_argument('--alpha', type=float, default=0.05, help='target share of ID images rejected (default 0.05)')
     g = p.add_argument_group('run')
     g.add_argument('--save-dir', metavar='DIR', default=None, help='write the calibrated model folder here')
@@ -116,8 +129,14 @@ def _detector(args):
         kwargs['components'] = args.components
     if args.combine is not None:
         kwargs['method'] = args.combine
+    for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'),
+                      ('evidence_sources', 'evidence_sources')):
+        if getattr(args, flag) is not None:
+            kwargs[key] = getattr(args, flag)
     if kwargs and args.detector != 'ssod_fused':
-        raise ValueError('--components / --combine are options of --detector ssod_fused')
+        raise ValueError('--components / --combine / --select / --evidence-* are options of --detector ssod_fused')
+    if (args.evidence_threshold is not None or args.evidence_sources is not None) and args.select != 'evidence':
+        raise ValueError('--evidence-threshold / --evidence-sources are options of --select evidence')
     return create_detector(args.detector, **kwargs)
 
 
@@ -182,6 +201,9 @@ def _calibrate(args) -> int:
                           alpha=args.alpha, fit_loader=fit_loader, device=device,
                           info={'data': data, 'fit': f'split {args.fit_split}' if fit_loader else None})
     print(f'Calibrated {args.model}: {cal.summary()}')
+    describe = getattr(cal.detector, 'describe_choices', None)
+    if callable(describe) and describe():
+        print(describe())  # which components were kept, and why (--select evidence)
     model.cpu()
     if args.save_dir:
         from ..hub import save_pretrained

@@ -76,14 +76,16 @@ def pool_locations(locations: torch.Tensor) -> torch.Tensor:
     return locations.mean(dim=1)
 
 
-def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
     """Apply the model's own ``forward_head`` to every location on its own.
 
     Each location is given to the head in the backbone's layout as a 1x1 map (NCHW/NHWC) or
     as a single-token sequence in which the token also fills every prefix slot (NLC), so any
     pooling the head does (avg, max, class token, distillation tokens) returns that location.
     Convolutional heads (MobileNetV3's conv_head), norms (ConvNeXt, ViT fc_norm) and
-    distilled heads are thereby respected. Returns (B, L, M).
+    distilled heads are thereby respected. Returns (B, L, M); with ``pre_logits=True``,
+    ``forward_head(..., pre_logits=True)`` instead: each location's penultimate features (B, L, D),
+    what an image whose whole map were that location would give the feature-space detectors.
 
     The head runs as at inference, whatever mode the model is in: no dropout, and a norm layer in
     the head (MobileNetV4's BatchNorm, RepViT's, LeViT's) uses its running statistics and does not
@@ -91,8 +93,8 @@ def head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> to
     """
     with _eval_mode(model):
         if _has_pointwise_conv_head(model, feats):
-            return _conv_head_per_location(model, feats)
-        return _head_per_location(model, feats, locations)
+            return _conv_head_per_location(model, feats, pre_logits)
+        return _head_per_location(model, feats, locations, pre_logits)
 
 
 @contextmanager
@@ -107,7 +109,7 @@ def _eval_mode(model):
             m.training = training
 
 
-def _head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+def _head_per_location(model, feats: torch.Tensor, locations: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
     b, n, c = locations.shape
     flat = locations.reshape(b * n, c)
     layout = _layout(model, feats)
@@ -118,6 +120,8 @@ def _head_per_location(model, feats: torch.Tensor, locations: torch.Tensor) -> t
     else:
         slots = getattr(model, 'num_prefix_tokens', 0) + 1
         single = flat[:, None, :].expand(b * n, slots, c)
+    if pre_logits:
+        return model.forward_head(single, pre_logits=True).reshape(b, n, -1)
     return merge_heads(model.forward_head(single)).reshape(b, n, -1)
 
 
@@ -135,10 +139,11 @@ def _has_pointwise_conv_head(model, feats: torch.Tensor) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and bool(pool) and not pool.endswith('catavgmax')
 
 
-def _conv_head_per_location(model, feats: torch.Tensor) -> torch.Tensor:
-    """MobileNetV3.forward_head without its pool, on every location of the map: (B, L, M)."""
-    x = model.act2(model.norm_head(model.conv_head(feats)))
-    return model.classifier(x.flatten(2).transpose(1, 2))  # (B, L, M); dropout is off at inference
+def _conv_head_per_location(model, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    """MobileNetV3.forward_head without its pool, on every location of the map: (B, L, M), or
+    (B, L, D) before the classifier with ``pre_logits``."""
+    x = model.act2(model.norm_head(model.conv_head(feats))).flatten(2).transpose(1, 2)
+    return x if pre_logits else model.classifier(x)  # (B, L, M); dropout is off at inference
 
 
 def merge_heads(logits):

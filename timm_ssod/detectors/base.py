@@ -18,7 +18,7 @@ from torch import Tensor
 from ..core import merge_heads
 from ..core import is_ssod_model
 
-__all__ = ['ModelOutputs', 'compute_outputs', 'apply_classifier', 'collect_outputs',
+__all__ = ['ModelOutputs', 'compute_outputs', 'outputs_of_features', 'apply_classifier', 'collect_outputs',
            'Detector', 'NotFittedError', 'NotApplicableError']
 
 
@@ -74,10 +74,14 @@ class ModelOutputs:
 def compute_outputs(model: nn.Module, x: Tensor) -> ModelOutputs:
     """One backbone pass -> ``ModelOutputs``. Runs under the caller's grad mode and the
     model's current train/eval mode (call ``model.eval()`` first, as for any timm model)."""
-    f = model.forward_features(x)
-    features = model.forward_head(f, pre_logits=True)
-    logits = merge_heads(model.forward_head(f))
-    ood_logits = model.forward_ood_head(f, img_size=x.shape[-2:]) if is_ssod_model(model) else None
+    return outputs_of_features(model, model.forward_features(x), x.shape[-2:])
+
+
+def outputs_of_features(model: nn.Module, feats: Tensor, img_size=None) -> ModelOutputs:
+    """``compute_outputs`` from ``forward_features`` output already computed (the heads only)."""
+    features = model.forward_head(feats, pre_logits=True)
+    logits = merge_heads(model.forward_head(feats))
+    ood_logits = model.forward_ood_head(feats, img_size=img_size) if is_ssod_model(model) else None
     return ModelOutputs(features, logits, ood_logits, functools.partial(apply_classifier, model))
 
 

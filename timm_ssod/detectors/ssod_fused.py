@@ -51,16 +51,36 @@ others (73.6): a fused score is no better than its components' ID p-values allow
 The default components are the a-priori choice (SSOD, a feature-space score, a logit score),
 not the best row above: ``ssod+mahalanobis+klm`` measured better on this benchmark (13.6),
 but picking components on OOD test sets would be tuning on OOD data.
+
+Opt-in, not the default: ``select='evidence'`` chooses the components from ID data only
+(``timm_ssod.detectors.evidence``, DESIGN.md "Choosing what to trust without OOD data"). From a
+wider pool (default ``EVIDENCE_POOL``: ssod, mahalanobis, energy, knn, vim), each component's
+pseudo-AUROC is measured on pseudo-OOD made from the fit images (Eq. 12's background locations,
+their crops, transformed images, left-out classes) against its cross-fitted ID references;
+components whose mean pseudo-AUROC over ``evidence_sources`` reaches ``threshold`` are kept
+(``evidence.select_components``: a component without evidence keeps its a-priori place; when none
+is kept, the default components are). Only the kept components are scored at prediction time,
+from the same single backbone pass; the record of the choice (``evidence``: rule, pseudo-AUROCs,
+kept, reasons, fallback) is saved with the model. The image sources need the images:
+``fit(model, loader)`` (what ``calibrate`` calls) or ``fit_evidence(collect_evidence(...))``;
+``fit_outputs`` alone has only ``leave_classes_out``. The threshold and sources are placeholders
+until ``benchmarks/evidence.py`` has measured them on design models (docs/decisions.md).
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
+from .._util import warn
 from ..conformal import COMBINE_METHODS, combine_pvalues, conformal_pvalue, lower_tail_scale, tail_pvalue
 from .base import Detector, ModelOutputs
 from .catalog import single_detector_class
+from .evidence import (EvidenceData, IMAGE_SOURCES, SOURCES, WEIGHTINGS, collect_evidence, describe_selection,
+                       evidence_table, select_components)
 
 DEFAULT_COMPONENTS = ('ssod', 'mahalanobis', 'energy')
+# the candidates of select='evidence': SSOD, two feature-space scores of different kinds, a logit score, ViM (both)
+EVIDENCE_POOL = ('ssod', 'mahalanobis', 'energy', 'knn', 'vim')
+SELECT_MODES = ('all', 'evidence')
 
 
 def select_outputs(outputs: ModelOutputs, index: torch.Tensor) -> ModelOutputs:
@@ -83,16 +103,41 @@ class SSODFused(Detector):
             not stop at 1 / (n + 1); False: plain conformal p-values.
         component_kwargs: constructor arguments by component name, e.g. ``{'knn': {'k': 10}}``.
         name: the name it is reported under (to compare variants in one evaluation).
+        select: ``'all'`` (default: every component) or ``'evidence'`` (keep those the ID-only
+            evidence supports, module docstring; ``components`` then defaults to ``EVIDENCE_POOL``).
+        threshold: the mean pseudo-AUROC a component needs to be kept (``select='evidence'``).
+        evidence_sources: the sources whose pseudo-AUROCs are averaged (``evidence.SOURCES``).
+        weighting: ``'none'`` or ``'informedness'`` (Fisher / Stouffer weights 2 e - 1).
+        evidence_images: how many fit images the image sources are made from.
+        min_samples: a source with fewer pseudo-OOD samples gives no evidence (a warning).
+        gamma: Eq. 12's threshold for the background sources (default: the model's own, or 0.95).
     """
     needs_ood_head = True
     name = 'ssod_fused'
     needs_fit = True
 
-    def __init__(self, components: Sequence[str] = DEFAULT_COMPONENTS, method: str = 'fisher', folds: int = 5,
-                 tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None):
+    def __init__(self, components: Optional[Sequence[str]] = None, method: str = 'fisher', folds: int = 5,
+                 tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None,
+                 select: str = 'all', threshold: float = 0.6, evidence_sources: Sequence[str] = SOURCES,
+                 weighting: str = 'none', evidence_images: int = 500, min_samples: int = 20,
+                 gamma: Optional[float] = None):
         super().__init__()
         if method not in COMBINE_METHODS:
             raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
+        if select not in SELECT_MODES:
+            raise ValueError(f'unknown select {select!r}; available: {", ".join(SELECT_MODES)}')
+        if isinstance(evidence_sources, str):
+            evidence_sources = [v.strip() for v in evidence_sources.split(',') if v.strip()]
+        bad = [v for v in evidence_sources if v not in SOURCES]
+        if bad or not evidence_sources:
+            raise ValueError(f'evidence_sources must name one or more of {", ".join(SOURCES)}; '
+                             f'got {list(evidence_sources)}')
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f'unknown weighting {weighting!r}; available: {", ".join(WEIGHTINGS)}')
+        if weighting != 'none' and method == 'tippett':
+            raise ValueError('tippett (the smallest p-value) takes no weights: weighting must be none')
+        if components is None:
+            components = EVIDENCE_POOL if select == 'evidence' else DEFAULT_COMPONENTS
         if isinstance(components, str):
             components = [c for c in components.split(',') if c.strip()]
         names = [c.strip().lower() for c in components]
@@ -113,12 +158,76 @@ class SSODFused(Detector):
         self.method = method
         self.folds = int(folds)
         self.tail = bool(tail)
+        self.select = select
+        self.threshold = float(threshold)
+        self.evidence_sources = list(evidence_sources)
+        self.weighting = weighting
+        self.evidence_images = int(evidence_images)
+        self.min_samples = int(min_samples)
+        self.gamma = None if gamma is None else float(gamma)
+        self.weights = None    # Fisher / Stouffer weights of the kept components (select='evidence')
+        self.evidence = None   # the record of select='evidence': rule, pseudo-AUROCs, kept, reasons
+        if select == 'evidence':  # the pool, and the arguments to create its components again (JSON, stored)
+            self.candidates = list(names)
+            self.component_kwargs = component_kwargs
         if name:
             self.name = name
 
+    # -- select='evidence': the fit needs the images ---------------------------------------
+    def fit(self, model, loader, device=None) -> 'SSODFused':
+        """Fit on ID images (batches ``(x, y)``); with ``select='evidence'`` the pseudo-OOD samples
+        are made from the same images in the same pass (``evidence.collect_evidence``)."""
+        if getattr(self, 'select', 'all') != 'evidence':
+            return super().fit(model, loader, device)
+        sources = [s for s in self.evidence_sources if s in IMAGE_SOURCES]
+        return self.fit_evidence(collect_evidence(model, loader, sources, self.evidence_images,
+                                                  gamma=self.gamma, device=device))
+
+    def fit_evidence(self, data: EvidenceData) -> 'SSODFused':
+        """Fit every candidate on ``data.outputs``, measure the evidence on ``data`` and keep the
+        components it supports (``select='evidence'``; module docstring)."""
+        if getattr(self, 'select', 'all') != 'evidence':
+            return self._fit_components(data.outputs, data.targets)
+        kwargs = self.component_kwargs or {}
+
+        def factory(n):
+            return single_detector_class(n)(**kwargs.get(n, {}))
+        self.component_names = list(self.candidates)  # a second fit starts from the whole pool again
+        self.components = [factory(n) for n in self.component_names]
+        self._fit_components(data.outputs, data.targets)
+        comps = dict(zip(self.component_names, self.components))
+        refs = dict(zip(self.component_names, self.references))
+        table = evidence_table(comps, refs, data, self.evidence_sources, factory=factory, min_samples=self.min_samples)
+        record = select_components(table['auroc'], self.component_names, self.evidence_sources, self.threshold,
+                                   self.weighting, a_priori=DEFAULT_COMPONENTS)
+        if record['fallback']:
+            warn(f'{self.name}: {record["fallback"]}')
+        self.evidence = dict(record, auroc=table['auroc'], samples=table['samples'], notes=table['notes'])
+        keep = [self.component_names.index(n) for n in record['kept']]
+        self.components = [self.components[i] for i in keep]
+        self.references = [self.references[i] for i in keep]
+        self.tail_scales = [self.tail_scales[i] for i in keep]
+        self.component_names = list(record['kept'])
+        self.weights = record['weights']
+        return self
+
+    def choices(self) -> Optional[Dict]:
+        """What ``select='evidence'`` kept and why (saved with a calibration, shown on the model
+        card); None for ``select='all'``."""
+        evidence = getattr(self, 'evidence', None)
+        if not evidence:
+            return None
+        return {k: evidence[k] for k in ('rule', 'candidates', 'kept', 'weights', 'evidence', 'reasons', 'fallback')}
+
+    def describe_choices(self) -> Optional[str]:
+        """``evidence.describe_selection`` of the choice (what ``timm-ssod calibrate`` prints), or None."""
+        evidence = getattr(self, 'evidence', None)
+        return describe_selection(evidence) if evidence else None
+
     # -- fit: components, then cross-fitted ID references ---------------------------------
     def fit_outputs(self, batches: Iterable) -> 'SSODFused':
-        """Fit on ID data (an iterable of ``(ModelOutputs, targets)``; see the module doc)."""
+        """Fit on ID data (an iterable of ``(ModelOutputs, targets)``; see the module doc). With
+        ``select='evidence'`` only ``leave_classes_out`` can be measured from outputs alone."""
         parts, labels = [], []
         for item in batches:
             outputs, targets = item if isinstance(item, (tuple, list)) else (item, None)
@@ -128,6 +237,15 @@ class SSODFused(Detector):
             raise ValueError(f'{self.name}: fit got no batches')
         outputs = ModelOutputs.cat(parts)
         targets = None if any(t is None for t in labels) else torch.cat([t.to(outputs.logits.device) for t in labels])
+        if getattr(self, 'select', 'all') == 'evidence':
+            missing = [s for s in self.evidence_sources if s in IMAGE_SOURCES]
+            if missing:
+                warn(f'{self.name}: fitted from outputs, without the images: the evidence sources {", ".join(missing)} '
+                     'need fit(model, loader); only the others are measured')
+            return self.fit_evidence(EvidenceData(outputs, targets))
+        return self._fit_components(outputs, targets)
+
+    def _fit_components(self, outputs: ModelOutputs, targets: Optional[torch.Tensor]) -> 'SSODFused':
         n = outputs.logits.shape[0]
         if any(c.needs_fit for c in self.components) and n < self.folds:
             raise ValueError(f'{self.name}: {n} fit images for {self.folds} cross-fitting folds')
@@ -162,4 +280,5 @@ class SSODFused(Detector):
 
     def _score(self, outputs: ModelOutputs):
         p = self.component_pvalues(outputs)
-        return combine_pvalues(p, self.method, [r.numel() for r in self.references]).float()
+        return combine_pvalues(p, self.method, [r.numel() for r in self.references],
+                               getattr(self, 'weights', None)).float()

@@ -2,7 +2,8 @@
 sibling ``ssod.safetensors`` and the ``ssod`` block of ``config.json``) and rebuild it.
 
 What is stored is the detector's instance attributes: tensors go to the tensor dict (under
-``prefix``), numbers, strings, booleans and None (and lists of them) to the JSON dict; a
+``prefix``), numbers, strings, booleans and None (and lists and string-keyed dicts of them, such
+as ``ssod_fused``'s record of the components it kept and why) to the JSON dict; a
 nested detector, or a list of them (``ssod_fused``'s components), is stored the same way
 under its own prefix. Any other attribute (a generator, a callable ...) is refused with an
 error naming it. Rebuilding looks the class up in the detector registry by name (nothing is
@@ -19,6 +20,26 @@ __all__ = ['detector_state', 'load_detector']
 
 _JSON_TYPES = (bool, int, float, str, type(None))
 _SKIP = ('_fitted',)
+
+
+def _is_json(value) -> bool:
+    """A JSON scalar, or a list / tuple / str-keyed dict of such values, at any depth."""
+    if isinstance(value, _JSON_TYPES):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _as_json(value):
+    """Tuples as lists, at any depth (what the JSON round trip gives back)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    return value
 
 
 def _registry_class(kind: str):
@@ -50,13 +71,11 @@ def detector_state(detector: Detector, prefix: str = 'detector.') -> Tuple[Dict,
                 cfg, sub = detector_state(v, f'{prefix}{key}.{i}.')
                 children[key].append(cfg)
                 tensors.update(sub)
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, _JSON_TYPES) for v in value):
-            attrs[key] = list(value)
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
             children[key] = {'tensor_list': len(value)}
             tensors.update({f'{prefix}{key}.{i}': v.detach().cpu().contiguous() for i, v in enumerate(value)})
-        elif isinstance(value, _JSON_TYPES):
-            attrs[key] = value
+        elif _is_json(value):
+            attrs[key] = _as_json(value)
         else:
             raise ValueError(f'detector {detector.name}: attribute {key!r} ({type(value).__name__}) cannot be stored '
                              'with the model (only tensors, numbers, strings and nested detectors can)')

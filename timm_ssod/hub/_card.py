@@ -15,7 +15,7 @@ detector gets an "average" row (the mean over its sets).
 """
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 METRICS = (('fpr95', 'FPR95 ↓'), ('auroc', 'AUROC ↑'), ('aupr_in', 'AUPR-In ↑'), ('aupr_out', 'AUPR-Out ↑'))
 REQUIRED_METRICS = ('fpr95', 'auroc')
@@ -142,7 +142,28 @@ def calibration_section(config: Dict) -> str:
         f"| calibration images n | {cal.get('n')} (the smallest usable alpha is 1/(n+1)) |",
         f"| score threshold at alpha | {cal.get('threshold'):.6g} (OOD when the score is below) |",
         f"| made for | {cal.get('num_classes')} classes, input {size} |",
-    ])
+    ] + _choices_rows(cal.get('choices')))
+
+
+def _choices_rows(choices: Optional[Dict]) -> List[str]:
+    """The card's rows on the components a fused score kept from ID-only evidence, if it chose."""
+    if not choices:
+        return []
+    rule = choices.get('rule') or {}
+    evidence = choices.get('evidence') or {}
+
+    def shown(name):
+        e = evidence.get(name)
+        return f'`{name}` ({"no evidence" if e is None else f"{e:.2f}"})'
+    kept = choices.get('kept', [])
+    dropped = [n for n in choices.get('candidates', []) if n not in kept]
+    rows = [f"| components kept (ID-only evidence) | {', '.join(shown(n) for n in kept)} |",
+            f"| components dropped | {', '.join(shown(n) for n in dropped) or 'none'} |",
+            f"| rule | mean pseudo-AUROC over {', '.join(rule.get('sources', []))} >= {rule.get('threshold')}; weighting "
+            f"{rule.get('weighting')}; pseudo-OOD made from ID images only |"]
+    if choices.get('fallback'):
+        rows.append(f"| fallback | {choices['fallback']} |")
+    return rows
 
 
 def render_model_card(config: Dict, repo_id: str, eval_results: Optional[Dict] = None,

@@ -1,0 +1,175 @@
+"""Issue 22: does ID-only evidence (pseudo-OOD made from ID images) predict which components of the
+fused score work on real OOD data, and does a rule built on it reach the oracle?
+
+For every training checkpoint given (the files ``timm-ssod train`` writes; each is evaluated on the
+built-in benchmark as it was trained), ``timm_ssod.experiments.evidence_checkpoint`` records the
+pseudo-AUROC of every candidate of ``ssod_fused(select='evidence')`` (ssod, mahalanobis, energy,
+knn, vim) on every source (Eq. 12's background locations, their crops, patch-shuffled, blurred and
+pixel-permuted images, left-out classes), every single detector's real AUROC / FPR95 per OOD set,
+and the fused score of every rule of the grid. ``summarize_evidence`` then gives the Spearman rank
+correlation between pseudo-AUROC and real AUROC per source x OOD set, and picks the rule on the
+``--design`` models only; the other models are the held-out report.
+
+    python benchmarks/evidence.py RUN_A/model_best.pth.tar RUN_B/last.pth.tar ... \\
+        --design RUN_A/model_best.pth.tar --out benchmarks/evidence.json
+    python benchmarks/evidence.py --summary benchmarks/evidence.json --design LABEL ...   # re-split, no scoring
+    python benchmarks/evidence.py --quick --out output/evidence_quick.json   # trains two tiny models (tests)
+
+A checkpoint may be given as ``LABEL=PATH``; the label (default: the path) names it in the JSON and
+in ``--design``. The JSON is written atomically after every checkpoint, its paths relative to the
+repository; a rerun with the same sizes skips the checkpoints already in it.
+
+Cost per checkpoint at the default sizes (2000 fit, 500 calibration, 600 test and 600 x 4 OOD
+images; the pseudo-OOD from 500 of the fit images): about 7500 backbone passes for the record
+(4000 of them the fit images, their transforms and crops) and 6000 more for the cost targets
+(today's fit and the option's, end to end), plus the rendering of the synthetic images, the pool's
+cross-fitting (5 folds x 3 fitted components) and leave-classes-out (5 groups x 4 components).
+``--no-timing`` leaves the cost targets out. The timings are of the machine that runs it: measure
+the targets on one quiet machine, not on cores shared with training.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+from collections import OrderedDict
+
+import timm
+import torch
+
+from timm_ssod._util import atomic_write_text
+from timm_ssod.experiments import (command_line, evidence_checkpoint, read_result, results_text, summarize_evidence,
+                                   train_stage)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
+SIZES = dict(num_fit=2000, num_calib=500, num_test=600, num_ood=600, evidence_images=500, min_samples=20,
+             batch_size=128)
+QUICK_SIZES = dict(num_fit=40, num_calib=20, num_test=20, num_ood=20, evidence_images=20, min_samples=10,
+                   batch_size=20)
+# --quick: two tiny SSOD models trained here (a 2x2 map at 32 px), the first one the design model
+QUICK_MODELS = OrderedDict([('tiny_a', dict(seed=0)), ('tiny_b', dict(seed=1))])
+QUICK_TRAIN = dict(backbone='test_resnet', model_kwargs={'output_stride': 16}, img_size=32, num_images=48, num_val=16,
+                   num_classes=3, epochs=1, lr=2e-3, batch_size=16)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('checkpoints', nargs='*', metavar='[LABEL=]PATH', help='training checkpoints to measure')
+    p.add_argument('--design', nargs='*', default=[], metavar='LABEL',
+                   help='the models the rule is chosen on (labels or paths); the others are held out')
+    p.add_argument('--quick', action='store_true', help='train two tiny models and measure them (tests)')
+    p.add_argument('--runs-dir', default='./output/benchmarks/evidence', help='--quick: where the tiny models train')
+    p.add_argument('--out', default=os.path.join(HERE, 'evidence.json'))
+    p.add_argument('--summary', metavar='JSON', default=None,
+                   help='recompute the summary of a finished JSON with this --design (no scoring); writes --out')
+    p.add_argument('--seed', type=int, default=0, help='seed of the transforms and the class groups')
+    p.add_argument('--no-timing', dest='timing', action='store_false',
+                   help="leave out the cost targets (the option's fit against today's, predict against a forward)")
+    return p.parse_args(argv)
+
+
+def environment():
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
+            'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count()}
+
+
+def labelled(items):
+    """[(label, path)] from ``[LABEL=]PATH`` arguments; the label defaults to the path as typed."""
+    out = OrderedDict()
+    for item in items:
+        label, _, path = item.partition('=') if '=' in item and not os.path.exists(item) else (item, '', item)
+        if label in out:
+            sys.exit(f'checkpoint label {label!r} given twice')
+        out[label] = path
+    return out
+
+
+def quick_checkpoints(runs_dir):
+    """Train the two tiny models of --quick (once: a rerun reuses their checkpoints)."""
+    out = OrderedDict()
+    for label, cfg in QUICK_MODELS.items():
+        ckpt = os.path.join(runs_dir, label, 'last.pth.tar')
+        if not os.path.exists(ckpt):
+            # gamma 0.6: a one-epoch model is rarely 95% sure, and the background sources need OOD-labelled cells
+            ckpt = train_stage(label, runs_dir, ssod=True, gamma=0.6, log_interval=1000, **QUICK_TRAIN,
+                               **cfg)['checkpoint']
+        out[label] = ckpt
+    return out
+
+
+def print_summary(summary):
+    rule = summary.get('chosen_rule')
+    print(f"rule chosen on the design models {summary['design']}: {rule} "
+          f"(mean FPR95 gap to the oracle {summary['chosen_rule_design_mean_gap']})" if rule else
+          'no --design models: no rule chosen')
+    for g, by_source in summary['correlations'].items():
+        line = ', '.join(f"{s} {v['average']['pooled']:+.2f}" if v['average']['pooled'] is not None else f'{s} –'
+                         for s, v in by_source.items())
+        print(f'Spearman (pseudo-AUROC vs mean real AUROC, pooled) on {g} models: {line}')
+    for label, row in summary['held_out_report'].get('chosen_rule', {}).items():
+        if row['rule_fpr95'] is not None:
+            print(f"held out {label}: rule FPR95 {100 * row['rule_fpr95']:.1f} (kept {', '.join(row['rule_kept'])}), "
+                  f"Fisher-3 {100 * row['fisher3_fpr95']:.1f}, oracle {row['oracle']} {100 * row['oracle_fpr95']:.1f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    argv_list = sys.argv[1:] if argv is None else argv
+    if args.summary:
+        old = read_result(args.summary)
+        if old is None:
+            sys.exit(f'--summary: {args.summary} does not exist')
+        design = [d for d in args.design]
+        old['summary'] = summarize_evidence(old['models'], design)
+        old['summary_command'] = command_line('python benchmarks/evidence.py', argv_list, ROOT)
+        atomic_write_text(args.out, results_text(old, ROOT))
+        print_summary(old['summary'])
+        return old
+    sizes = QUICK_SIZES if args.quick else SIZES
+    if args.quick:
+        checkpoints = quick_checkpoints(os.path.abspath(args.runs_dir))
+        design = args.design or [next(iter(checkpoints))]
+    else:
+        if not args.checkpoints:
+            sys.exit('give the training checkpoints to measure (or --quick)')
+        checkpoints = labelled(args.checkpoints)
+        by_path = {p: k for k, p in checkpoints.items()}
+        design = [by_path.get(d, d) for d in args.design]
+    unknown = [d for d in design if d not in checkpoints]
+    if unknown:
+        sys.exit(f'--design names {unknown}, which are not among the checkpoints {list(checkpoints)}')
+    previous = read_result(args.out) or {}
+    if previous and previous.get('sizes') != sizes:
+        sys.exit(f'{args.out} was made with other sizes; move it away or use another --out')
+    done = previous.get('models', {})
+    out = {'command': command_line('python benchmarks/evidence.py', argv_list, ROOT), 'environment': environment(),
+           'sizes': sizes, 'seed': args.seed, 'models': OrderedDict()}
+    start = time.time()
+    for i, (label, path) in enumerate(checkpoints.items(), 1):
+        if label in done:
+            print(f'[evidence {i}/{len(checkpoints)}] {label}: in {args.out}, skipped', flush=True)
+            out['models'][label] = done[label]
+            continue
+        t = time.time()
+        print(f'[evidence {i}/{len(checkpoints)}] {label}: {path}', flush=True)
+        record = evidence_checkpoint(os.path.abspath(path), seed=args.seed, timing=args.timing, **sizes)
+        record['seconds']['total'] = round(time.time() - t, 1)
+        out['models'][label] = record
+        out['summary'] = summarize_evidence(out['models'], [d for d in design if d in out['models']])
+        out['seconds'] = round(time.time() - start, 1)
+        atomic_write_text(args.out, results_text(out, ROOT))
+        print(f"[evidence {i}/{len(checkpoints)}] {label}: oracle {record['oracle']['detector']} "
+              f"{100 * record['oracle']['fpr95']:.1f}, Fisher-3 {100 * record['fisher3']['average']['fpr95']:.1f}, "
+              f"default rule kept {', '.join(record['default_rule']['kept'])} "
+              f"({record['seconds']['total']:.0f}s)", flush=True)
+    out['summary'] = summarize_evidence(out['models'], design)
+    out['seconds'] = round(time.time() - start, 1)
+    atomic_write_text(args.out, results_text(out, ROOT))
+    print_summary(out['summary'])
+    print(f'wrote {args.out} ({time.time() - start:.0f}s)')
+    return out
+
+
+if __name__ == '__main__':
+    main()

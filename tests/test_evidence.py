@@ -1,0 +1,316 @@
+"""Issue 22's machinery: pseudo-OOD from ID data only (Eq. 12's background locations and their crops,
+transformed images, left-out classes), each component's pseudo-AUROC, the opt-in evidence-weighted
+``ssod_fused(select='evidence')``, its record through save / load and ``timm-ssod calibrate``, and
+``benchmarks/evidence.py --quick`` end to end. Expectations by hand where possible."""
+import importlib.util
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import timm_ssod
+from timm_ssod.conformal import combine_pvalues
+from timm_ssod.core import head_per_location, to_locations
+from timm_ssod.detectors import ModelOutputs, SSODFused, create_detector
+from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, evidence_table, heavy_blur,
+                                          leave_classes_out, patch_shuffle, permute_pixels, pseudo_auroc,
+                                          restrict_classes, select_components)
+from timm_ssod.detectors.catalog import single_detector_class
+from timm_ssod.detectors.state import detector_state, load_detector
+from timm_ssod.metrics import spearman
+
+CLASSES, IMG = 3, 32
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------- by hand
+def test_spearman_by_hand_with_ties_and_undefined_cases():
+    # ranks x = [1, 2.5, 2.5, 4], y = [1, 3, 2, 4]; centred: [-1.5, 0, 0, 1.5], [-1.5, .5, -.5, 1.5]
+    # rho = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert spearman([1, 2, 2, 3], [10, 30, 20, 40]) == pytest.approx(3 / math.sqrt(10))
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, None, 2, 3, float('nan')], [1, 5, 2, 3, 4]) == pytest.approx(1.0)  # None / NaN pairs left out
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None  # undefined: None, never NaN
+
+
+def test_pseudo_auroc_by_hand():
+    assert pseudo_auroc(torch.tensor([2., 3.]), torch.tensor([0., 1.])) == 1.0    # perfect: 1
+    assert pseudo_auroc([0., 1.], [2., 3.]) == 0.0                                # reversed: 0
+    assert pseudo_auroc([1., 2.], [1., 0.]) == pytest.approx(0.875)               # (1 + .5 + 1 + 1) / 4
+    assert pseudo_auroc([1.], []) is None and pseudo_auroc([float('nan')], [1.]) is None
+
+
+def test_tippett_and_weighted_fisher_by_hand():
+    p = torch.tensor([[0.5, 0.1], [1.0, 0.25]], dtype=torch.float64)
+    assert torch.allclose(combine_pvalues(p, 'tippett'), torch.log(torch.tensor([0.1, 0.25], dtype=torch.float64)))
+    expected = 2 * math.log(0.5) + 0.5 * math.log(0.1)
+    assert combine_pvalues(p, 'fisher', weights=[2, 0.5])[0].item() == pytest.approx(expected)
+    assert torch.equal(combine_pvalues(p, 'fisher', weights=[1, 1]), combine_pvalues(p, 'fisher'))
+    with pytest.raises(ValueError, match='takes no weights'):
+        combine_pvalues(p, 'tippett', weights=[1, 1])
+    with pytest.raises(ValueError, match='non-negative numbers, not all 0'):
+        combine_pvalues(p, 'fisher', weights=[0, 0])
+
+
+def test_select_components_by_hand():
+    table = {'ssod': {'background': 0.9, 'blur': 0.7}, 'mahalanobis': {'background': 0.4, 'blur': 0.6},
+             'energy': {'background': None, 'blur': None}, 'knn': {'background': None, 'blur': None},
+             'vim': {'background': 0.55, 'blur': 0.75}}
+    names = list(table)
+    r = select_components(table, names, ['background', 'blur'], threshold=0.6, weighting='informedness',
+                          a_priori=('ssod', 'mahalanobis', 'energy'))
+    # evidence = mean over the sources with a value: ssod .8, mahalanobis .5, vim .65; energy / knn none
+    assert r['evidence'] == pytest.approx({'ssod': 0.8, 'mahalanobis': 0.5, 'energy': None, 'knn': None, 'vim': 0.65})
+    assert r['kept'] == ['ssod', 'energy', 'vim'] and r['fallback'] is None   # energy: no evidence, a-priori
+    assert r['weights'] == pytest.approx([0.6, 1.0, 0.3])                     # 2 e - 1; 1 without evidence
+    assert r['reasons']['mahalanobis'] == 'dropped: pseudo-AUROC 0.500 < 0.6'
+    assert r['reasons']['knn'].startswith('dropped: no pseudo-AUROC')
+    # nothing clears the bar: the a-priori components, said so
+    low = select_components(table, names, ['background'], threshold=0.95, a_priori=('ssod', 'mahalanobis', 'energy'))
+    assert low['kept'] == ['ssod', 'mahalanobis', 'energy'] and 'no component reached' in low['fallback']
+    none = select_components({n: {} for n in names}, names, ['blur'], a_priori=('ssod', 'energy'))
+    assert none['kept'] == ['ssod', 'energy'] and 'no source gave' in none['fallback']
+    json.dumps(r, allow_nan=False)
+
+
+# ------------------------------------------------------------------------ hand-made outputs
+def hand_outputs(n, kind, gen):
+    """ID: features near class means, an OOD head that says ID. 'far': features 100 away on the
+    dimensions no class uses (Mahalanobis is perfect). 'background': the OOD head says OOD far more
+    than for any ID image (SSOD is perfect)."""
+    means = torch.eye(8)[:CLASSES] * 6
+    y = torch.randint(0, CLASSES, (n,), generator=gen)
+    f = means[y] + 0.5 * torch.randn(n, 8, generator=gen)
+    if kind == 'far':
+        f[:, CLASSES:] += 100
+    logits = f[:, :CLASSES] + 0.1 * torch.randn(n, CLASSES, generator=gen)
+    id_logit = torch.rand(n, generator=gen) + (-20.0 if kind == 'background' else 2.0)
+    return ModelOutputs(f, logits, torch.stack([torch.zeros(n), id_logit], dim=1), lambda z: z[:, :CLASSES]), y
+
+
+def test_a_perfect_component_gets_pseudo_auroc_one_and_leave_classes_out():
+    gen = torch.Generator().manual_seed(0)
+    fit, y = hand_outputs(150, 'id', gen)
+    data = EvidenceData(fit, y, pseudo={'background': hand_outputs(30, 'background', gen)[0],
+                                        'blur': hand_outputs(30, 'far', gen)[0]},
+                        counts={'background': 30, 'blur': 30})
+    fused = SSODFused(components=['ssod', 'mahalanobis']).fit_outputs([(fit, y)])
+    comps = dict(zip(fused.component_names, fused.components))
+    refs = dict(zip(fused.component_names, fused.references))
+    factory = lambda n: single_detector_class(n)()  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        table = evidence_table(comps, refs, data, ['background', 'blur', 'pixel_permutation', 'leave_classes_out'],
+                               factory=factory)
+    assert not caught  # a source never collected (pixel_permutation) is noted, not warned about
+    assert table['notes']['pixel_permutation'].startswith('not collected')
+    a = table['auroc']
+    assert a['ssod']['background'] == 1.0 and a['mahalanobis']['blur'] == 1.0   # each perfect on its own kind
+    assert a['ssod']['pixel_permutation'] is None and table['samples'] == {
+        'background': 30, 'blur': 30, 'pixel_permutation': 0, 'leave_classes_out': 150}
+    # classes 6 apart with noise .5: Mahalanobis fitted without a class finds it far from the others' means
+    assert a['mahalanobis']['leave_classes_out'] > 0.99 and a['ssod']['leave_classes_out'] is None
+    assert 'OOD head' in table['notes']['ssod on leave_classes_out']
+    json.dumps(table, allow_nan=False)
+    # leave-classes-out restricts the logits to the kept classes: energy on them sees the left-out class
+    values, n, note, _ = leave_classes_out(['energy'], factory, fit, y, groups=3)
+    assert note is None and n == 150 and values['energy'] > 0.9
+    r = restrict_classes(fit, torch.tensor([0, 2]))
+    assert r.logits.shape == (150, 2) and torch.equal(r.classifier(fit.features), fit.features[:, [0, 2]])
+    assert leave_classes_out(['energy'], factory, fit, torch.zeros(150, dtype=torch.long))[2].startswith('1 class')
+
+
+# ------------------------------------------------------------------------------- transforms
+def test_transforms_keep_what_they_should():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 16, 18, generator=gen)
+    s = patch_shuffle(x, grid=4, generator=gen)
+    assert s.shape == x.shape and not torch.equal(s, x)
+    assert torch.equal(s[:, :, :, 16:], x[:, :, :, 16:])  # columns beyond 4 x 4 patches of 4 stay
+    for b in range(2):  # the same pixels, moved as whole 4 x 4 patches
+        patches = lambda t: sorted(t[b, :, i:i + 4, j:j + 4].flatten().tolist() for i in range(0, 16, 4)  # noqa: E731
+                                   for j in range(0, 16, 4))
+        assert patches(s) == patches(x)
+    p = permute_pixels(x, generator=gen)
+    colours = lambda t: sorted(map(tuple, t.flatten(2).transpose(1, 2).reshape(-1, 3).tolist()))  # noqa: E731
+    assert colours(p) == colours(x) and not torch.equal(p, x)  # the colours of each pixel stay, not their place
+    assert torch.allclose(heavy_blur(torch.full((1, 3, 16, 16), 0.7)), torch.full((1, 3, 16, 16), 0.7), atol=1e-6)
+    assert heavy_blur(x).var() < 0.2 * x.var()
+
+
+# ----------------------------------------------------------------------------- tiny models
+def tiny(seed=0, size=IMG, **kwargs):
+    torch.manual_seed(seed)
+    return timm_ssod.create_model('test_resnet', num_classes=CLASSES, output_stride=16,
+                                  pretrained_cfg_overlay=dict(input_size=(3, size, size)), **kwargs).eval()
+
+
+def batches(n_batches, seed, size=IMG, batch=12):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, CLASSES, (batch,), generator=gen))
+            for _ in range(n_batches)]
+
+
+@pytest.mark.parametrize('name, size', [('test_resnet', 32), ('mobilenetv3_small_050', 96)])
+def test_location_features_are_the_head_on_each_location(name, size):
+    """pre_logits per location = forward_head(that location as a 1x1 map, pre_logits=True); for a
+    ResNet their mean is the image's pooled feature. mobilenetv3: the conv-head fast path."""
+    model = timm_ssod.create_model(name, num_classes=CLASSES, **({'output_stride': 16} if name == 'test_resnet'
+                                                                  else {})).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        locations, (h, w) = to_locations(model, feats, x.shape[-2:])
+        pre = head_per_location(model, feats, locations, pre_logits=True)
+        for i, j in [(0, 0), (h - 1, w - 1)]:
+            one = model.forward_head(feats[:, :, i:i + 1, j:j + 1], pre_logits=True)
+            assert torch.allclose(pre[:, i * w + j], one, rtol=1e-5, atol=1e-5)
+        if name == 'test_resnet':
+            assert torch.allclose(pre.mean(1), model.forward_head(feats, pre_logits=True), atol=1e-5)
+
+
+def test_collect_evidence_on_a_model_whose_sampler_labels_background():
+    model = tiny(seed=1)
+    data = collect_evidence(model, batches(3, 2), max_images=20, per_image=2, gamma=0.6)  # 3 classes: OOD < 0.4
+    assert data.outputs.logits.shape == (36, CLASSES) and data.images == 20 and data.targets.shape == (36,)
+    assert 0 < data.counts['background'] <= 40 and data.counts['background_crop'] <= 20
+    assert data.counts['patch_shuffle'] == data.counts['blur'] == data.counts['pixel_permutation'] == 20
+    bg = data.pseudo['background']
+    assert bg.features.shape[1] == data.outputs.features.shape[1] and bg.ood_logits.shape[1] == 2
+    with pytest.raises(ValueError, match='unknown evidence source'):
+        collect_evidence(model, batches(1, 2), sources=['mixup'])
+
+
+def test_no_location_labelled_ood_warns_and_falls_back_without_nan():
+    """An untrained 3-class model is never confident: at gamma 0.95 Eq. 12 labels nothing OOD. The
+    background sources warn and give None; with only them, the a-priori components are kept."""
+    model = tiny(seed=3)
+    det = SSODFused(select='evidence', evidence_sources=['background', 'background_crop'], gamma=0.95,
+                    component_kwargs={'knn': {'k': 5}}, evidence_images=24)
+    with pytest.warns(UserWarning) as record:
+        det.fit(model, batches(3, 4))
+    messages = ' | '.join(str(w.message) for w in record)
+    assert 'labelled no location OOD' in messages and 'untrained?' in messages
+    assert 'no source gave any component a pseudo-AUROC' in messages
+    assert det.component_names == ['ssod', 'mahalanobis', 'energy'] and det.evidence['fallback']
+    assert all(v is None for per in det.evidence['auroc'].values() for v in per.values())
+    scores = det.score_outputs(ModelOutputs.cat([o for o, _ in __import__('timm_ssod.detectors', fromlist=['x'])
+                                                 .collect_outputs(model, batches(1, 5))]))
+    assert torch.isfinite(scores).all()
+    json.dumps(det.choices(), allow_nan=False)
+
+
+def test_fit_outputs_measures_leave_classes_out_only_and_says_so():
+    gen = torch.Generator().manual_seed(6)
+    fit = [hand_outputs(80, 'id', gen) for _ in range(2)]
+    det = SSODFused(select='evidence', components=['ssod', 'mahalanobis', 'energy', 'knn'],
+                    component_kwargs={'knn': {'k': 5}})
+    with pytest.warns(UserWarning, match='need fit\\(model, loader\\); only the others are measured'):
+        det.fit_outputs(fit)
+    assert det.evidence['samples']['leave_classes_out'] == 160
+    assert det.evidence['auroc']['mahalanobis']['leave_classes_out'] > 0.9
+    assert 'ssod' in det.component_names  # no evidence on that source, an a-priori component: kept
+    with pytest.warns(UserWarning, match='only the others are measured'):
+        again = det.fit_outputs(fit)  # a second fit starts from the whole pool
+    assert again.evidence['candidates'] == ['ssod', 'mahalanobis', 'energy', 'knn']
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(select='some'), 'unknown select'),
+    (dict(select='evidence', evidence_sources=['mixup']), 'evidence_sources must name'),
+    (dict(select='evidence', weighting='max'), 'unknown weighting'),
+    (dict(method='tippett', weighting='informedness'), 'takes no weights')])
+def test_evidence_option_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_detector('ssod_fused', **kwargs)
+
+
+def test_choices_survive_save_pretrained_and_load(tmp_path):
+    model = tiny(seed=7)
+    det = SSODFused(select='evidence', gamma=0.6, weighting='informedness', component_kwargs={'knn': {'k': 5}},
+                    min_samples=10, evidence_images=24)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # tiny data: ViM / KNN warn about their sizes
+        cal = model.calibrate(batches(2, 8), detector=det, alpha=0.1, fit_loader=batches(3, 9))
+    choices = cal.choices()
+    assert choices['kept'] == det.component_names and set(choices['candidates']) == {'ssod', 'mahalanobis', 'energy',
+                                                                                     'knn', 'vim'}
+    assert f"[{', '.join(choices['kept'])}]" in cal.summary()
+    config, tensors = detector_state(det)
+    again = load_detector(json.loads(json.dumps(config, allow_nan=False)), tensors)
+    assert again.evidence == json.loads(json.dumps(det.evidence)) and again.weights == det.weights
+    folder = model.save_pretrained(tmp_path / 'm', data_config={'input_size': (3, IMG, IMG)})
+    block = json.loads((Path(folder) / 'config.json').read_text())['ssod']['calibration']
+    assert block['choices']['kept'] == choices['kept'] and block['state']['attrs']['evidence']['rule']['threshold'] == 0.6
+    card = (Path(folder) / 'README.md').read_text()
+    assert '| components kept (ID-only evidence) |' in card and '| rule | mean pseudo-AUROC over background' in card
+    loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert loaded.ssod_calibration.choices() == choices
+    x = torch.randn(4, 3, IMG, IMG)
+    assert torch.equal(loaded.predict(x).p_value, model.predict(x).p_value)
+
+
+def test_calibrate_command_prints_the_components_kept_and_why(tmp_path, capsys):
+    from timm_ssod.cli import main
+    folder = tiny(seed=10).save_pretrained(tmp_path / 'model', data_config={'input_size': (3, IMG, IMG)})
+    data = ['--dataset', 'synthetic/id', '--dataset-kwargs', 'num_images=24', f'img_size={IMG}', 'num_classes=3']
+    assert main(['calibrate', f'local-dir:{folder}', *data, '--alpha', '0.1', '--evidence-threshold', '0.7',
+                 '--save-dir', str(tmp_path / 'x')]) == 1
+    assert 'options of --select evidence' in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert main(['calibrate', f'local-dir:{folder}', *data, '--alpha', '0.1', '--select', 'evidence',
+                     '--evidence-sources', 'blur,pixel_permutation', '--quiet', '--save-dir', str(tmp_path / 'out')]) == 0
+    out = capsys.readouterr().out
+    assert 'Components kept from ID-only evidence:' in out and 'of ssod, mahalanobis, energy, knn, vim' in out
+    assert 'mean pseudo-AUROC over blur, pixel_permutation >= 0.6' in out
+    assert json.loads((tmp_path / 'out' / 'config.json').read_text())['ssod']['calibration']['choices']['kept']
+
+
+# ------------------------------------------------------------------------ the benchmark, quick
+def _script():
+    spec = importlib.util.spec_from_file_location('bench_evidence', ROOT / 'benchmarks' / 'evidence.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
+    out, runs = tmp_path / 'evidence.json', tmp_path / 'runs'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        _script().main(['--quick', '--out', str(out), '--runs-dir', str(runs)])
+    text = out.read_text()
+    d = json.loads(text)
+    def strings(v):
+        if isinstance(v, dict):
+            return [x for k, w in v.items() for x in [k] + strings(w)]
+        return [x for w in v for x in strings(w)] if isinstance(v, list) else [v] if isinstance(v, str) else []
+    assert not [v for v in strings(d) if v.startswith('/') or ' /' in v]  # no absolute path
+    assert list(d['models']) == ['tiny_a', 'tiny_b']
+    rec = d['models']['tiny_a']
+    assert rec['pool'] == ['ssod', 'mahalanobis', 'energy', 'knn', 'vim'] and rec['gamma'] == 0.6
+    assert set(rec['evidence']['auroc']['ssod']) == {'background', 'background_local', 'background_crop',
+                                                     'patch_shuffle', 'blur', 'pixel_permutation', 'leave_classes_out'}
+    assert set(rec['components']['energy']['auroc']) == {'backgrounds', 'novel_objects', 'noise', 'textures'}
+    assert rec['oracle']['detector'] in rec['components'] and 'all|t=0.6|none|fisher' in rec['rules']
+    assert set(rec['id_rejection']['fisher3']) == {'0.05', '0.1'}  # 20 calibration images: alpha 1% unreachable
+    # the option itself, fitted end to end for the cost targets, keeps what the benchmark's default rule keeps
+    assert rec['cost']['option_kept'] == rec['default_rule']['kept'] and rec['cost']['fit_seconds']['ratio'] > 0
+    assert set(rec['cost']['predict_ratio']) == {'fisher3', 'evidence'}
+    s = d['summary']
+    assert s['design'] == ['tiny_a'] and s['held_out'] == ['tiny_b'] and s['chosen_rule'] in rec['rules']
+    corr = s['correlations']['all']['pixel_permutation']['average']
+    assert corr['pairs'] == 10 and (corr['pooled'] is None or -1 <= corr['pooled'] <= 1)
+    assert set(s['held_out_report']['chosen_rule']) == {'tiny_b'}
+    # a rerun skips what is there; --summary re-splits without scoring
+    capsys.readouterr()
+    _script().main(['--quick', '--out', str(out), '--runs-dir', str(runs)])
+    assert capsys.readouterr().out.count('skipped') == 2
+    again = _script().main(['--summary', str(out), '--design', 'tiny_b', '--out', str(tmp_path / 'resplit.json')])
+    assert again['summary']['held_out'] == ['tiny_a'] and again['models'] == d['models']
+    with pytest.raises(SystemExit, match='not among the checkpoints'):
+        _script().main(['--quick', '--design', 'tiny_c', '--out', str(out), '--runs-dir', str(runs)])
