@@ -666,11 +666,11 @@ def standin_tables(*infos):
                      f"{i['bytes'] / 1e6:.1f} MB", f"`{i['sha256'][:12]}…`"])
     table = md_table(['backbone', 'images (rendered → input)', 'train / val images', 'epochs (best)',
                       'wall time', f"ID test accuracy ({infos[0]['num_test']} images)", 'fp16 file', 'sha256'], rows)
+    def point(curve, epoch):
+        return f"{curve[epoch]['eval_top1']:.1f} / {curve[epoch]['train_loss']:.3f}" if epoch < len(curve) else ''
     epochs = max(len(i['learning_curve']) for i in infos)
     curve = md_table(['epoch'] + [f"`{i['model']}` val top-1 / train loss" for i in infos],
-                     [[e + 1] + [(f"{r['eval_top1']:.1f} / {r['train_loss']:.3f}"
-                                  if (r := (i['learning_curve'][e] if e < len(i['learning_curve']) else None)) else '')
-                                 for i in infos] for e in range(epochs)])
+                     [[e + 1] + [point(i['learning_curve'], e) for i in infos] for e in range(epochs)])
     commands = '; '.join(f"`{i['command']}`" for i in infos)
     return (f"Trained once each by `python benchmarks/standin.py {' '.join(i['model'] for i in infos)}` "
             f"(one process per core), which ran {commands} and exported the best-validation checkpoint with "

@@ -1,11 +1,12 @@
 """The benchmark scripts' ``--quick`` modes run and write valid JSON, and make_tables turns that
 JSON into markdown. No timing or accuracy assertions (the quick sizes learn nothing)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from bench_scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
 
@@ -21,10 +22,7 @@ def _one_thread():
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 @pytest.fixture(scope='module')

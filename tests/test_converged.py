@@ -2,22 +2,18 @@
 stand-ins, natural and smooth, then every cell), records what the README's two questions need,
 resumes without retraining, and its summary and table read the JSON. No accuracy assertions (the
 quick sizes learn nothing: the quick SSOD fine-tune labels no location, so both arms coincide)."""
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
+from bench_scripts import load_script
+
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 @pytest.fixture(scope='module')

@@ -16,6 +16,7 @@ suite itself, ImageNet under /data, several processes (torchrun). Each of their 
 parsed by the command's own argument parser (flags, choices, ``--config`` files), and the files
 they name in the repository must exist, so a renamed flag or file fails here.
 """
+import csv
 import importlib.util
 import re
 import shlex
@@ -111,8 +112,9 @@ def test_readme_code_blocks_run_as_pasted(tmp_path, monkeypatch, capsys):
     assert re.search(r'-> (disc|square|triangle) P\(in-distribution\) = ', out)
     # calibrate saved a calibrated model; predict decided on every image, ID and OOD folders alike
     assert (tmp_path / 'output/calibrated/my_photos/ssod.safetensors').is_file()
-    predictions = (tmp_path / 'output/predict/my_photos/predictions.csv').read_text().splitlines()
-    assert len(predictions) == 1 + 30 + 30 and all(line.endswith((',ID', ',OOD')) for line in predictions[1:])
+    with open(tmp_path / 'output/predict/my_photos/predictions.csv', newline='') as f:
+        predictions = list(csv.DictReader(f))
+    assert len(predictions) == 30 + 30 and all(row['decision'] in ('ID', 'OOD') for row in predictions)
     assert re.search(r'p-value [0-9.]+ (ID|OOD)', out)  # the calibrated model from Python
     assert server.repos.keys() >= {'your-name/my-photos', 'org/ssod-resnet50'}  # both pushes arrived
     assert len(ran) >= 6
