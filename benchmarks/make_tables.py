@@ -563,9 +563,10 @@ def _fpr(x):
     return pct(x['mean'] if isinstance(x, dict) else x)
 
 
-def glance_help(quality, regime):
+def glance_help(quality, regime, converged=None):
     """Does SSOD help? SSOD's score against the best logit and feature-space baselines (vanilla model)
-    and ``ssod_fused``: each quality backbone, and the regime study's best configuration for SSOD."""
+    and ``ssod_fused``: each quality backbone, the regime study's best configuration for SSOD, and the
+    decisive cell's configurations (fine-tunes of the converged stand-ins)."""
     rows = []
     for name, b in quality['backbones'].items():
         sm = b.get('summary')
@@ -592,6 +593,19 @@ def glance_help(quality, regime):
                      pct(_mean([_avg(c, 'ssod') for c in cells])),
                      f"{pct(_mean([_avg(c, 'best_logit') for c in cells]))} ({logit})",
                      f"{pct(_mean([_avg(c, 'best_feature') for c in cells]))} ({feature})", '–', len(cells)])
+    groups = {}
+    for c in (converged or {}).get('cells', {}).values():
+        groups.setdefault((c['background'], c['backbone']), []).append(c)
+    for (bg, backbone), cells in sorted(groups.items()):
+        logit = '/'.join(sorted({c['best_logit_oracle']['average']['detector'] for c in cells}))
+        feature = '/'.join(sorted({c['best_feature_oracle']['average']['detector'] for c in cells}))
+        rows.append([f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg}, from the converged stand-in",
+                     f"{pct(_mean([c['id_accuracy']['vanilla'] for c in cells]))} / "
+                     f"{pct(_mean([c['id_accuracy']['ssod'] for c in cells]))}",
+                     pct(_mean([_avg(c, 'ssod') for c in cells])),
+                     f"{pct(_mean([c['best_logit_oracle']['average']['fpr95'] for c in cells]))} ({logit})",
+                     f"{pct(_mean([c['best_feature_oracle']['average']['fpr95'] for c in cells]))} ({feature})",
+                     pct(_mean([c['ssod_model']['ssod_fused']['average']['fpr95'] for c in cells])), len(cells)])
     return ('Average FPR95 ↓ in percent over the four built-in OOD sets (backgrounds, novel objects, noise, textures), '
             'mean over seeds; the baselines are the best of their family on the vanilla model, picked on the test '
             'results (a choice that favours them).\n\n'
@@ -708,7 +722,7 @@ SECTIONS = (
     ('fused', ('fused',), fused_measurement_tables),
     ('fused_natural', ('fused_natural',), fused_measurement_tables),
     ('glance_demo', ('demo',), demo_glance),
-    ('glance_help', ('quality', 'regime?'), glance_help),
+    ('glance_help', ('quality', 'regime?', 'converged?'), glance_help),
     ('glance_cost', ('overhead',), glance_cost),
     ('glance_deploy', ('quality', 'fused_natural?'), glance_deploy),
 )
