@@ -651,7 +651,7 @@ def glance_deploy(quality, fused):
         mean = {n: _mean([r['detectors'][n]['average']['fpr95'] for r in runs]) for n in runs[0]['detectors']}
         best = min(singles, key=lambda n: mean[n])
         size = fused.get('img_size')
-        rows.append([f"the demo's resnet10t checkpoint, {size} px (7x7 map), {fused.get('background')}",
+        rows.append([f"the earlier demo's resnet10t (stage 1 from scratch), {size} px (7x7 map), {fused.get('background')}",
                      pct(mean[FUSED_DEFAULT]), f'{pct(mean[best])} ({best})',
                      ', '.join(pct(r['detectors'][FUSED_DEFAULT]['id_rejection']['0.05']['rate']) for r in runs)])
     return ('Average FPR95 ↓ in percent of `ssod_fused` (SSOD + Mahalanobis + Energy through their ID p-values, '
