@@ -137,11 +137,22 @@ def test_demo_uses_the_shipped_weights_and_says_what_it_does_without_them(tmp_pa
     from timm_ssod.experiments import _standin
     args = argparse.Namespace(quick=False, backbone=None, model_kwargs=None, seed=0, output='o', workers=0)
     _, path = _file(tmp_path)
+    info = json.loads((tmp_path / 'resnet18.json').read_text())
+    (tmp_path / 'resnet18.json').write_text(json.dumps(dict(info, input_size=112, render_size=64,
+                                                            model_kwargs={'output_stride': 16})))
+    _file(tmp_path, arch='mobilenetv3_small_075')
+    info = json.loads((tmp_path / 'mobilenetv3_small_075.json').read_text())
+    (tmp_path / 'mobilenetv3_small_075.json').write_text(json.dumps(dict(info, input_size=224, render_size=64,
+                                                                         model_kwargs={})))
     monkeypatch.setattr(_standin, 'WEIGHTS_DIR', str(tmp_path))
     monkeypatch.setattr(_standin.standin_file, '__defaults__', (str(tmp_path),))
     kwargs = settings(args)
     assert kwargs['backbone'] == 'resnet18' and kwargs['pretrained_path'].endswith('resnet18.safetensors')
     assert 'stage1_epochs' not in kwargs and 'why_scratch' not in kwargs
+    assert (kwargs['img_size'], kwargs['model_kwargs']) == (112, {'output_stride': 16})
+    # another shipped backbone fine-tunes at the size its weights were trained at (MobileNetV3: 224 px, no kwargs)
+    kwargs = settings(argparse.Namespace(**dict(vars(args), backbone='mobilenetv3_small_075')))
+    assert (kwargs['img_size'], kwargs['render_size'], kwargs['model_kwargs']) == (224, 64, {})
     path.unlink()
     kwargs = settings(args)
     assert 'pretrained_path' not in kwargs and kwargs['stage1_epochs'] > 0

@@ -2,7 +2,7 @@
 
     timm-ssod demo                      # ResNet-18 from the shipped stand-in weights, 64 px resized to 112 (7x7 map)
     timm-ssod demo --quick              # tiny model and data, every step in seconds (the tests)
-    timm-ssod demo --backbone mobilenetv3_small_075 --model-kwargs --seed 1 --output output/demo-mnv3
+    timm-ssod demo --backbone mobilenetv3_small_075 --seed 1 --output output/demo-mnv3   # 224 px, as its weights
 
 Runs ``timm_ssod.experiments.run_protocol`` as the paper does: from a converged classifier (the
 repository's stand-in for pretrained weights, ``weights/<backbone>.safetensors``, loaded with
@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--backbone', '--model', dest='backbone', default=None, metavar='MODEL',
                         help=f"timm model name (default {DEMO['backbone']}; --quick: {QUICK['backbone']})")
     parser.add_argument('--model-kwargs', nargs='*', default=None, action=ParseKwargs, metavar='KEY=VALUE',
-                        help='timm.create_model arguments (default output_stride=16; give the flag alone for none)')
+                        help="timm.create_model arguments (default: those the backbone's stand-in weights were "
+                             "trained with, resnet18's output_stride=16; give the flag alone for none)")
     parser.add_argument('--seed', type=int, default=0, help='training seed of both fine-tunes (and of a stage 1)')
     parser.add_argument('--output', default='./output/demo', metavar='DIR', help='folder for runs and results')
     parser.add_argument('--workers', type=int, default=0, help='data loader processes (0: render in the main one)')

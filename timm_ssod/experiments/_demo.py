@@ -45,8 +45,8 @@ def settings(args: argparse.Namespace) -> Dict:
     else:
         backbone = args.backbone or DEMO['backbone']
         weights = standin_file(backbone)
-        if weights:
-            kwargs = dict(DEMO, backbone=backbone, pretrained_path=_shown(weights))
+        if weights:  # the fine-tunes run at the input size (and with the model kwargs) the weights were trained at
+            kwargs = dict(DEMO, backbone=backbone, pretrained_path=_shown(weights), **_trained_at(weights))
         else:
             kwargs = dict(DEMO_SCRATCH, backbone=args.backbone or DEMO_SCRATCH['backbone'])
             kwargs['why_scratch'] = (f'no stand-in weights for {backbone} (weights/{backbone}.safetensors is not '
@@ -61,6 +61,15 @@ def settings(args: argparse.Namespace) -> Dict:
 
 
 SHIPPED = ('resnet18', 'mobilenetv3_small_075')
+
+
+def _trained_at(weights: str) -> Dict:
+    """``img_size``, ``render_size`` and ``model_kwargs`` of a stand-in, from the JSON beside it."""
+    import json
+    import os
+    with open(os.path.splitext(weights)[0] + '.json') as f:
+        info = json.load(f)
+    return dict(img_size=info['input_size'], render_size=info['render_size'], model_kwargs=info['model_kwargs'])
 
 
 def _shown(path: str) -> str:
