@@ -84,7 +84,7 @@ def train_standin(backbone: str, output: str = 'output/standin', extra_args: Seq
                   invocations=int(record.get('invocations', 0)) + 1, torch_threads=torch.get_num_threads())
     start, done = time.time(), threading.Event()
 
-    def write(final: bool = False):
+    def write():
         record['wall_seconds'] = round(before + time.time() - start, 1)
         atomic_write_text(record_path, json.dumps(record, indent=2) + '\n')
 
