@@ -563,6 +563,19 @@ def _fpr(x):
     return pct(x['mean'] if isinstance(x, dict) else x)
 
 
+def _help_row(label, cells, logit_key, feature_key, fused):
+    """A row of ``glance_help`` from study cells (regime's or converged's): means over the seeds of ID
+    accuracy, SSOD's score, the best logit and feature-space baselines (``*_key``: the cell's entry
+    of the test-chosen best) and ``fused(cell)`` (None: not measured)."""
+    def best(key):
+        names = '/'.join(sorted({c[key]['average']['detector'] for c in cells}))
+        return f"{pct(_mean([c[key]['average']['fpr95'] for c in cells]))} ({names})"
+    return [label, f"{pct(_mean([c['id_accuracy']['vanilla'] for c in cells]))} / "
+                   f"{pct(_mean([c['id_accuracy']['ssod'] for c in cells]))}",
+            pct(_mean([_avg(c, 'ssod') for c in cells])), best(logit_key), best(feature_key),
+            pct(_mean([fused(c) for c in cells])) if fused else '–', len(cells)]
+
+
 def glance_help(quality, regime, converged=None):
     """Does SSOD help? SSOD's score against the best logit and feature-space baselines (vanilla model)
     and ``ssod_fused``: each quality backbone, the regime study's best configuration for SSOD, and the
@@ -585,27 +598,15 @@ def glance_help(quality, regime, converged=None):
     if regime:
         groups = regime_groups(regime)
         (bg, scale, backbone), cells = min(groups.items(), key=lambda kv: _mean([_avg(c, 'ssod') for c in kv[1]]))
-        logit = '/'.join(sorted({c['best_logit']['average']['detector'] for c in cells}))
-        feature = '/'.join(sorted({c['best_feature']['average']['detector'] for c in cells}))
-        rows.append([f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg} (the study's best case for SSOD)",
-                     f"{pct(_mean([c['id_accuracy']['vanilla'] for c in cells]))} / "
-                     f"{pct(_mean([c['id_accuracy']['ssod'] for c in cells]))}",
-                     pct(_mean([_avg(c, 'ssod') for c in cells])),
-                     f"{pct(_mean([_avg(c, 'best_logit') for c in cells]))} ({logit})",
-                     f"{pct(_mean([_avg(c, 'best_feature') for c in cells]))} ({feature})", '–', len(cells)])
+        rows.append(_help_row(f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg} (the study's best case "
+                              "for SSOD)", cells, 'best_logit', 'best_feature', fused=None))
     groups = {}
     for c in (converged or {}).get('cells', {}).values():
         groups.setdefault((c['background'], c['backbone']), []).append(c)
     for (bg, backbone), cells in sorted(groups.items()):
-        logit = '/'.join(sorted({c['best_logit_oracle']['average']['detector'] for c in cells}))
-        feature = '/'.join(sorted({c['best_feature_oracle']['average']['detector'] for c in cells}))
-        rows.append([f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg}, from the converged stand-in",
-                     f"{pct(_mean([c['id_accuracy']['vanilla'] for c in cells]))} / "
-                     f"{pct(_mean([c['id_accuracy']['ssod'] for c in cells]))}",
-                     pct(_mean([_avg(c, 'ssod') for c in cells])),
-                     f"{pct(_mean([c['best_logit_oracle']['average']['fpr95'] for c in cells]))} ({logit})",
-                     f"{pct(_mean([c['best_feature_oracle']['average']['fpr95'] for c in cells]))} ({feature})",
-                     pct(_mean([c['ssod_model']['ssod_fused']['average']['fpr95'] for c in cells])), len(cells)])
+        rows.append(_help_row(f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg}, from the converged "
+                              "stand-in", cells, 'best_logit_oracle', 'best_feature_oracle',
+                              fused=lambda c: c['ssod_model']['ssod_fused']['average']['fpr95']))
     return ('Average FPR95 ↓ in percent over the four built-in OOD sets (backgrounds, novel objects, noise, textures), '
             'mean over seeds; the baselines are the best of their family on the vanilla model, picked on the test '
             'results (a choice that favours them).\n\n'

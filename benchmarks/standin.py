@@ -49,11 +49,12 @@ def main(argv=None) -> int:
         return max(_run_one(b, args.output, extra) for b in args.backbones)
     # one process per backbone, one thread each: two 1-thread processes do more work than one 2-thread one
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    os.makedirs(os.path.join(ROOT, 'output'), exist_ok=True)
     procs = []
     for b in args.backbones:
-        log = open(os.path.join(ROOT, f'output/standin_{b}.log'), 'a')
-        procs.append(subprocess.Popen([sys.executable, __file__, b, '--in-process', '--output', args.output, *extra],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+        with open(os.path.join(ROOT, f'output/standin_{b}.log'), 'a') as log:  # the child keeps its own handle
+            procs.append(subprocess.Popen([sys.executable, __file__, b, '--in-process', '--output', args.output,
+                                           *extra], env=env, stdout=log, stderr=subprocess.STDOUT))
         time.sleep(1)
     return max(p.wait() for p in procs)
 

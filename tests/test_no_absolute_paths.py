@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # a path under one of these folders of the root (or a Windows user folder); not inside a URL or a
 # longer path (the character before the slash is no letter, digit, dot, slash or colon)
-FOLDERS = ('home', 'Users', 'root', 'tmp', 'var' + '/tmp', 'private' + '/var', 'work')
+FOLDERS = ('home', 'Users', 'root', 'tmp', 'var' + re.escape('/') + 'tmp', 'private' + re.escape('/') + 'var', 'work')
 PATTERN = re.compile(r'(?<![\w./:])/(?:' + '|'.join(FOLDERS) + r')/|\b[A-Za-z]:\\+Users\\+')
 
 
