@@ -306,7 +306,13 @@ def run_cell(args, background, backbone, seed, file, weights, header):
     t_probe = time.time()
     probe = location_probe(record['finetune']['ssod']['checkpoint'], num_images=sizes['num_test'], **common)
     for kind in record['finetune']:
-        remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
+        kept = record['finetune'][kind]['checkpoint']
+        if args.keep_checkpoints:  # the kept epoch only (benchmarks/evidence.py reads it); last/checkpoint-N go
+            for name in os.listdir(os.path.dirname(kept)):
+                if name.endswith('.pth.tar') and name != os.path.basename(kept):
+                    os.remove(os.path.join(os.path.dirname(kept), name))
+        else:
+            remove_checkpoints(os.path.dirname(kept))
     cell = converged_cell(record, val_result, probe, background, backbone, seed, args.backbones, weights)
     cell['seconds'].update(eval_vanilla_val=round(t_probe - t_val, 1), probe=round(time.time() - t_probe, 1),
                            cell=round(time.time() - t, 1))
@@ -536,6 +542,9 @@ def parse_args(argv=None):
     p.add_argument('--only', nargs='*', default=None, metavar='BACKGROUND/BACKBONE',
                    help='run only these configurations (e.g. natural/resnet18), whatever --shard says')
     p.add_argument('--seeds', nargs='*', type=int, default=None, help=f'fine-tuning seeds (default {list(SEEDS)})')
+    p.add_argument('--keep-checkpoints', action='store_true',
+                   help="keep each fine-tune's kept epoch (model_best.pth.tar, about 45 MB for resnet18) under --runs-dir "
+                        '(benchmarks/evidence.py scores them); by default every checkpoint is deleted after its cell')
     p.add_argument('--quick', action='store_true', help='tiny model, stand-ins and data, trained here (tests)')
     p.add_argument('--estimate', action='store_true', help='print the plan and its estimated cost, run nothing')
     args = p.parse_args(argv)
