@@ -306,13 +306,8 @@ def run_cell(args, background, backbone, seed, file, weights, header):
     t_probe = time.time()
     probe = location_probe(record['finetune']['ssod']['checkpoint'], num_images=sizes['num_test'], **common)
     for kind in record['finetune']:
-        kept = record['finetune'][kind]['checkpoint']
-        if args.keep_checkpoints:  # the kept epoch only (benchmarks/evidence.py reads it); last/checkpoint-N go
-            for name in os.listdir(os.path.dirname(kept)):
-                if name.endswith('.pth.tar') and name != os.path.basename(kept):
-                    os.remove(os.path.join(os.path.dirname(kept), name))
-        else:
-            remove_checkpoints(os.path.dirname(kept))
+        kept = record['finetune'][kind]['checkpoint']  # --keep-checkpoints: that one stays (evidence.py reads it)
+        remove_checkpoints(os.path.dirname(kept), keep=kept if args.keep_checkpoints else None)
     cell = converged_cell(record, val_result, probe, background, backbone, seed, args.backbones, weights)
     cell['seconds'].update(eval_vanilla_val=round(t_probe - t_val, 1), probe=round(time.time() - t_probe, 1),
                            cell=round(time.time() - t, 1))

@@ -19,6 +19,14 @@ OOD (``timm_ssod.detectors.registry.EXPERIMENTAL_DETECTORS``), on the SSOD model
     python benchmarks/quality.py                   # 4 backbones x 2 seeds (7 core-hours: about 3.5 h on 2 cores, as below)
     python benchmarks/quality.py --backbones resnet18 --seeds 0 1
     python benchmarks/quality.py --quick           # tiny model and data (tests)
+    python benchmarks/quality.py --from-standins --out benchmarks/quality_converged.json   # from weights/, 7x7
+
+``--from-standins`` is the paper's protocol (issue 21): no stage 1; every fine-tune starts from the
+shipped stand-in for pretrained weights (``weights/<backbone>.safetensors``, the backbones that have
+one) at the size and ``model_kwargs`` it was trained at (read from the JSON beside it: a 7x7 map from
+64-px renders), at the paper's fine-tune lr 1e-4 (the from-scratch stage 1's 5e-4 was sized for a weak
+start). Everything else (sizes, seeds, detectors, decisions) is the from-scratch run's.
+``--keep-checkpoints`` keeps each fine-tune's kept epoch (``benchmarks/evidence.py`` scores them).
 
 On a 2-core machine, one single-thread process per core finishes about twice as fast; merge
 their JSON afterwards (nothing is retrained):
@@ -56,6 +64,8 @@ from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
 from timm_ssod.experiments import (command_line, decisions_checkpoint, evaluate_checkpoint, read_result,
                                    remove_checkpoints, results_text, run_protocol, train_stage, train_stage_once)
+from timm_ssod.experiments._demo import SHIPPED
+from timm_ssod.experiments._standin import WEIGHTS_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
@@ -70,6 +80,8 @@ BACKBONES = OrderedDict([
 ])
 SIZES = dict(num_images=4000, stage1_epochs=8, finetune_epochs=3, num_val=200, num_test=400, num_ood=400, num_fit=800,
              batch_size=64, lr=2e-3, finetune_lr=5e-4)
+# --from-standins: no stage 1, the paper's fine-tune lr (the model_kwargs and sizes are the stand-in's own)
+STANDIN_SIZES = dict(SIZES, stage1_epochs=0, finetune_lr=1e-4)
 QUICK_BACKBONES = OrderedDict([('test_resnet', dict(model_kwargs={'output_stride': 16}, img_size=64))])
 QUICK_SIZES = dict(num_images=64, stage1_epochs=1, finetune_epochs=1, num_val=20, num_test=32, num_ood=32, num_fit=32,
                    batch_size=16, lr=2e-3, finetune_lr=5e-4)
@@ -89,12 +101,20 @@ def parse_args(argv=None):
                    help="the benchmark's backgrounds: natural (default) or smooth (the paper's A.5 failure case)")
     p.add_argument('--runs-dir', default='./output/benchmarks/quality', help='training runs and per-run results')
     p.add_argument('--out', default=os.path.join(HERE, 'quality.json'))
+    p.add_argument('--from-standins', action='store_true',
+                   help='fine-tune from the stand-ins for pretrained weights (<weights-dir>/<backbone>.safetensors) '
+                        'at the size they were trained at, no stage 1 (default backbones: those shipped)')
+    p.add_argument('--weights-dir', default=WEIGHTS_DIR, help='where --from-standins finds the stand-ins')
+    p.add_argument('--keep-checkpoints', action='store_true',
+                   help="keep each fine-tune's kept epoch under --runs-dir (benchmarks/evidence.py scores them)")
     p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
                    help='combine the backbones of runs made in parallel into --out (trains nothing)')
     return p.parse_args(argv)
 
 
-MUST_AGREE = ('sizes', 'seeds', 'ood_sets', 'weights', 'background')
+MUST_AGREE = ('sizes', 'seeds', 'ood_sets', 'weights', 'background', 'start')
+# what a JSON written before a setting existed had: smooth backgrounds, a stage 1 from scratch
+OLD_DEFAULTS = {'background': 'smooth', 'start': 'scratch'}
 
 
 def merge(paths):
@@ -107,13 +127,13 @@ def merge(paths):
         except (OSError, ValueError) as e:
             sys.exit(f'--merge: cannot read {path}: {e}')
     first = parts[0]
-    out = {k: first.get(k, 'smooth') if k == 'background' else first[k] for k in MUST_AGREE}
+    out = {k: first.get(k, OLD_DEFAULTS.get(k)) for k in MUST_AGREE}
     out.update(command='; '.join(p['command'] for p in parts), environment=[p['environment'] for p in parts],
                seconds=max(p['seconds'] for p in parts), merged_from=list(paths), backbones=OrderedDict())
     for path, part in zip(paths, parts):
         for key in MUST_AGREE:
-            if part.get(key, 'smooth') != first.get(key, 'smooth'):  # JSON without it predates the natural default
-                sys.exit(f'--merge: {path} has {key}={part[key]!r}, {paths[0]} has {first[key]!r}; '
+            if part.get(key, OLD_DEFAULTS.get(key)) != first.get(key, OLD_DEFAULTS.get(key)):
+                sys.exit(f'--merge: {path} has {key}={part.get(key)!r}, {paths[0]} has {first.get(key)!r}; '
                          'only runs with the same settings can be merged')
         for name, entry in part['backbones'].items():
             if name in out['backbones']:
@@ -147,7 +167,7 @@ def choose_weight(val_scores):
 def experimental_rows(ckpt, cfg, sizes, background=DEFAULT_BACKGROUND):
     """Choose energy_ssod's w on the val splits, then score the experimental detectors on the test splits."""
     common = dict(img_size=cfg['img_size'], num_classes=6, num_test=sizes['num_test'], num_ood=sizes['num_ood'],
-                  progress=False, return_scores=True, background=background)
+                  progress=False, return_scores=True, background=background, render_size=cfg.get('render_size'))
     _, val_scores = evaluate_checkpoint(ckpt, ['energy', 'ssod'], split='val', num_fit=0, **common)
     w, val_grid = choose_weight(val_scores)
     dets = ['energy', 'ssod', EnergySSOD(weight=w), 'ssod_patch_max', 'ssod_energy_rank']
@@ -185,7 +205,7 @@ def resumable(path, header):
     old = read_result(path)
     if old is None:
         return {}
-    differs = [k for k in MUST_AGREE if old.get(k, 'smooth') != header[k]]
+    differs = [k for k in MUST_AGREE if old.get(k, OLD_DEFAULTS.get(k)) != header[k]]
     if differs:
         sys.exit(f'{path} was made with other settings ({", ".join(differs)}); move it away or use another --out')
     return old.get('backbones', {})
@@ -197,6 +217,24 @@ def shared_stage1(root, name, cfg, sizes, background):
         'stage1_vanilla', root, backbone=name, ssod=False, seed=0, epochs=sizes['stage1_epochs'], lr=sizes['lr'],
         num_images=sizes['num_images'], num_val=sizes['num_val'], num_classes=6, batch_size=sizes['batch_size'],
         background=background, **cfg))
+
+
+def standin_config(name, weights_dir, background):
+    """(config, starting weights record) of ``<weights_dir>/<name>.safetensors``: the fine-tunes use the
+    input size, render size and model_kwargs the stand-in was trained at (the JSON beside it)."""
+    file = os.path.join(weights_dir, f'{name}.safetensors')
+    info = read_result(os.path.splitext(file)[0] + '.json')
+    if not os.path.isfile(file) or info is None:
+        sys.exit(f'--from-standins: no {file} with its JSON beside it; train it with benchmarks/standin.py {name}')
+    if info.get('background', background) != background:
+        sys.exit(f'--from-standins: {file} was trained on {info["background"]} backgrounds, this run uses '
+                 f'{background} (--background)')
+    cfg = dict(model_kwargs=dict(info.get('model_kwargs') or {}), img_size=info['input_size'],
+               render_size=info['render_size'])
+    start = {'file': os.path.relpath(file, ROOT) if not os.path.relpath(file, ROOT).startswith('..')
+             else os.path.basename(file),
+             **{k: info.get(k) for k in ('sha256', 'images', 'epochs', 'best_epoch', 'id_test_accuracy', 'commits')}}
+    return cfg, start
 
 
 def environment():
@@ -213,7 +251,14 @@ def main(argv=None):
         return out
     backbones, sizes = (QUICK_BACKBONES, QUICK_SIZES) if args.quick else (BACKBONES, SIZES)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    if args.backbones:
+    starts = {}
+    if args.from_standins:
+        sizes = dict(sizes, stage1_epochs=0, finetune_lr=STANDIN_SIZES['finetune_lr'])
+        names = args.backbones or (list(QUICK_BACKBONES) if args.quick else list(SHIPPED))
+        backbones = OrderedDict()
+        for name in names:
+            backbones[name], starts[name] = standin_config(name, args.weights_dir, args.background)
+    elif args.backbones:
         unknown = set(args.backbones) - set(BACKBONES) - set(QUICK_BACKBONES)
         if unknown:
             sys.exit(f'unknown backbone(s) {sorted(unknown)}; choose from {", ".join(BACKBONES)}')
@@ -221,7 +266,8 @@ def main(argv=None):
     start = time.time()
     out = {'command': command_line('python benchmarks/quality.py', sys.argv[1:] if argv is None else argv, ROOT),
            'environment': environment(), 'sizes': sizes, 'seeds': seeds, 'ood_sets': list(OOD_SETS),
-           'weights': list(WEIGHTS), 'background': args.background, 'backbones': OrderedDict()}
+           'weights': list(WEIGHTS), 'background': args.background,
+           'start': 'standins' if args.from_standins else 'scratch', 'backbones': OrderedDict()}
     previous = resumable(args.out, out)
     steps, step = len(backbones) * (1 + len(seeds)), 0
     for name, cfg in backbones.items():
@@ -233,9 +279,13 @@ def main(argv=None):
             out['backbones'][name] = previous[name]
             step += len(seeds)
             continue
-        print(f'[quality {step}/{steps}] {name}: stage 1 (vanilla from scratch, {sizes["stage1_epochs"]} epochs)',
-              flush=True)
-        stage1 = shared_stage1(root, name, cfg, sizes, args.background)
+        if args.from_standins:
+            print(f'[quality {step}/{steps}] {name}: starts from {starts[name]["file"]} (no stage 1)', flush=True)
+            stage1 = starts[name]
+        else:
+            print(f'[quality {step}/{steps}] {name}: stage 1 (vanilla from scratch, {sizes["stage1_epochs"]} epochs)',
+                  flush=True)
+            stage1 = shared_stage1(root, name, cfg, sizes, args.background)
         entry = out['backbones'][name] = {'config': cfg, 'stage1': stage1, 'runs': []}
         for seed in seeds:
             step += 1
@@ -245,20 +295,24 @@ def main(argv=None):
                 continue
             t = time.time()
             print(f'[quality {step}/{steps}] {name} seed {seed}: vanilla vs SSOD fine-tune, evaluation', flush=True)
+            start_from = (dict(pretrained_path=os.path.abspath(os.path.join(args.weights_dir, f'{name}.safetensors')))
+                          if args.from_standins else dict(stage1_checkpoint=stage1['checkpoint']))
             record = run_protocol(name, cfg['model_kwargs'], cfg['img_size'], sizes['num_images'],
                                   sizes['stage1_epochs'], sizes['finetune_epochs'], seed, detectors=DEFAULT_DETECTORS,
-                                  out_dir=os.path.join(root, f'seed{seed}'), stage1_checkpoint=stage1['checkpoint'],
-                                  progress=False, background=args.background, **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit',
-                                                                           'batch_size', 'lr', 'finetune_lr')})
+                                  out_dir=os.path.join(root, f'seed{seed}'), progress=False,
+                                  background=args.background, render_size=cfg.get('render_size'), **start_from,
+                                  **{k: sizes[k] for k in ('num_val', 'num_test', 'num_ood', 'num_fit', 'batch_size',
+                                                           'lr', 'finetune_lr')})
             ssod_ckpt = record['finetune']['ssod']['checkpoint']
             extra, weights = experimental_rows(ssod_ckpt, cfg, sizes, args.background)
             decisions = decisions_checkpoint(ssod_ckpt, DECISION_DETECTORS, img_size=cfg['img_size'], num_classes=6,
                                              num_fit=sizes['num_fit'], num_calib=sizes['num_val'],
                                              num_test=sizes['num_test'], num_ood=sizes['num_ood'],
-                                             background=args.background, alphas=[
+                                             background=args.background, render_size=cfg.get('render_size'), alphas=[
                                                  a for a in DECISION_ALPHAS if min_calibration_size(a) <= sizes['num_val']])
             for kind in record['finetune']:
-                remove_checkpoints(os.path.dirname(record['finetune'][kind]['checkpoint']))
+                kept = record['finetune'][kind]['checkpoint']
+                remove_checkpoints(os.path.dirname(kept), keep=kept if args.keep_checkpoints else None)
             run = {'seed': seed, 'id_accuracy': record['table']['id_accuracy'], 'rows': run_rows(record, extra),
                    'epochs_kept': {k: v['best_epoch'] for k, v in record['finetune'].items()},
                    'sampler_alignment': record['sampler_alignment'],

@@ -266,3 +266,40 @@ def test_ablations_call_the_protocol_with_the_demo_settings(quick):
     inspect.signature(run_protocol).bind(**{k: v for k, v in base.items() if k != 'num_fit'}, seed=0, gamma=0.95,
                                          lam=1.0, balance='lwb', detectors=('ssod',), out_dir='x',
                                          stage1_checkpoint='x', vanilla=True, num_fit=0, progress=False)
+
+
+def _tiny_standin(folder, background='natural'):
+    """A stand-in file of the quick backbone (untrained weights, the JSON keys quality.py reads)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from timm_ssod._util import sha256_of
+    folder.mkdir(exist_ok=True)
+    model = timm.create_model('test_resnet', num_classes=6, output_stride=16)
+    file = folder / 'test_resnet.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
+    (folder / 'test_resnet.json').write_text(json.dumps(dict(
+        model='test_resnet', model_kwargs={'output_stride': 16}, input_size=48, render_size=16, background=background,
+        images=32, epochs=1, id_test_accuracy=0.5, sha256=sha256_of(file))))
+    return file
+
+
+def test_quality_from_standins_fine_tunes_the_file_at_its_own_size_and_keeps_the_kept_epochs(tmp_path):
+    _tiny_standin(tmp_path / 'weights')
+    out, runs = tmp_path / 'q.json', tmp_path / 'runs'
+    common = ['--quick', '--from-standins', '--weights-dir', str(tmp_path / 'weights'), '--runs-dir', str(runs)]
+    _script('quality').main(common + ['--keep-checkpoints', '--out', str(out)])
+    d = json.loads(out.read_text())
+    assert d['start'] == 'standins' and d['sizes']['stage1_epochs'] == 0 and d['sizes']['finetune_lr'] == 1e-4
+    b = d['backbones']['test_resnet']
+    assert b['config'] == {'model_kwargs': {'output_stride': 16}, 'img_size': 48, 'render_size': 16}
+    assert b['stage1']['file'] == 'test_resnet.safetensors' and b['stage1']['id_test_accuracy'] == 0.5
+    args = (runs / 'test_resnet' / 'seed0' / 'finetune_ssod' / 'args.yaml').read_text()
+    assert 'test_resnet.safetensors' in args and 'stage1' not in args  # the file, not a stage 1
+    assert sorted(p.name for p in runs.rglob('*.pth.tar')) == ['model_best.pth.tar'] * 2  # one per arm
+    with pytest.raises(SystemExit, match='other settings.*start'):  # the from-scratch run's JSON is another study
+        _script('quality').main(['--quick', '--out', str(out), '--runs-dir', str(tmp_path / 'scratch')])
+    with pytest.raises(SystemExit, match='trained on natural backgrounds'):
+        _script('quality').main(common + ['--background', 'smooth', '--out', str(tmp_path / 's.json')])
+    with pytest.raises(SystemExit, match='no .*resnet18.safetensors'):
+        _script('quality').main(common + ['--backbones', 'resnet18', '--out', str(tmp_path / 'r.json')])

@@ -76,6 +76,24 @@ def test_select_components_by_hand():
     json.dumps(r, allow_nan=False)
 
 
+def test_select_components_top_keeps_the_highest_evidence_with_ties_in_pool_order():
+    table = {'ssod': {'blur': 0.7}, 'mahalanobis': {'blur': 0.9}, 'energy': {'blur': None},
+             'knn': {'blur': 0.7}, 'vim': {'blur': 0.5}}
+    names, prior = list(table), ('ssod', 'mahalanobis', 'energy')
+    one = select_components(table, names, ['blur'], threshold=0.6, a_priori=prior, top=1)
+    # mahalanobis .9 is the highest; energy has no evidence and keeps its a-priori place
+    assert one['kept'] == ['mahalanobis', 'energy'] and one['rule']['top'] == 1
+    assert one['reasons']['ssod'] == 'dropped: pseudo-AUROC 0.700, not among the 1 highest'
+    two = select_components(table, names, ['blur'], threshold=0.6, a_priori=prior, top=2)
+    assert two['kept'] == ['ssod', 'mahalanobis', 'energy']  # ssod and knn tie at .7: the pool's order decides
+    assert 'not among the 2 highest' in two['reasons']['knn']
+    assert select_components(table, names, ['blur'], a_priori=prior, top=9)['kept'] == \
+        select_components(table, names, ['blur'], a_priori=prior)['kept']
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match='top must be'):
+            select_components(table, names, ['blur'], top=bad)
+
+
 # ------------------------------------------------------------------------ hand-made outputs
 def hand_outputs(n, kind, gen):
     """ID: features near class means, an OOD head that says ID. 'far': features 100 away on the

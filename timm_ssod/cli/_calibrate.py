@@ -101,6 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         'opt-in: pseudo-OOD made from the fit images; default pool ssod,mahalanobis,energy,knn,vim)')
     g.add_argument('--evidence-threshold', type=float, default=None, metavar='AUROC',
                    help='--select evidence: the mean pseudo-AUROC a component needs to be kept (default 0.6)')
+    g.add_argument('--evidence-top', type=int, default=None, metavar='K',
+                   help='--select evidence: keep at most the K components with the highest pseudo-AUROC (default: '
+                        'every one that reaches the threshold)')
     g.add_argument('--evidence-sources', default=None, metavar='A,B,...',
                    help='--select evidence: the pseudo-OOD sources averaged (default all: background, '
                         'background_local, background_crop, patch_shuffle, blur, pixel_permutation, leave_classes_out)')
@@ -129,14 +132,15 @@ def _detector(args):
         kwargs['components'] = args.components
     if args.combine is not None:
         kwargs['method'] = args.combine
-    for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'),
+    for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'), ('evidence_top', 'top'),
                       ('evidence_sources', 'evidence_sources')):
         if getattr(args, flag) is not None:
             kwargs[key] = getattr(args, flag)
     if kwargs and args.detector != 'ssod_fused':
         raise ValueError('--components / --combine / --select / --evidence-* are options of --detector ssod_fused')
-    if (args.evidence_threshold is not None or args.evidence_sources is not None) and args.select != 'evidence':
-        raise ValueError('--evidence-threshold / --evidence-sources are options of --select evidence')
+    if any(v is not None for v in (args.evidence_threshold, args.evidence_top, args.evidence_sources)) \
+            and args.select != 'evidence':
+        raise ValueError('--evidence-threshold / --evidence-top / --evidence-sources are options of --select evidence')
     return create_detector(args.detector, **kwargs)
 
 

@@ -414,19 +414,22 @@ def evidence_table(components: Mapping[str, Detector], id_scores: Mapping[str, T
 # ------------------------------------------------------------------------------ the rule
 def select_components(auroc_table: Mapping[str, Mapping[str, Optional[float]]], names: Sequence[str],
                       sources: Sequence[str] = SOURCES, threshold: float = 0.6, weighting: str = 'none',
-                      a_priori: Sequence[str] = ()) -> Dict:
+                      a_priori: Sequence[str] = (), top: Optional[int] = None) -> Dict:
     """Which components to fuse, from their pseudo-AUROCs only (ID data, no OOD data).
 
     A component's evidence e is the mean of its pseudo-AUROCs over ``sources`` (those with a
     value). It is kept when e >= ``threshold``; a component with no value on any of the sources
     is kept when it is one of ``a_priori`` (the default components: no evidence either way, the
-    a-priori choice stands). Fallback when no component is kept: the ``a_priori`` components
+    a-priori choice stands). ``top``: of the components with evidence that reach the threshold, only
+    the ``top`` highest are kept (ties: the pool's order); None keeps them all. Fallback when no component is kept: the ``a_priori`` components
     (those among ``names``; all of ``names`` if none is). ``weighting='informedness'``: Fisher
     weights w = 2 e - 1 (1 for a kept component without evidence). Returns a JSON-ready dict:
     ``rule``, ``candidates``, ``kept``, ``weights`` (or None), ``evidence`` {name: e or None},
     ``reasons`` {name: sentence}, ``fallback`` (None, or why it was used)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f'unknown weighting {weighting!r}; available: {", ".join(WEIGHTINGS)}')
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise ValueError(f'top must be a whole number >= 1 or None, got {top!r}')
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise ValueError(f'unknown evidence source(s) {unknown}; available: {", ".join(SOURCES)}')
@@ -449,6 +452,11 @@ def select_components(auroc_table: Mapping[str, Mapping[str, Optional[float]]], 
             reasons[n] = f'kept: pseudo-AUROC {e:.3f} >= {threshold:g}'
         else:
             reasons[n] = f'dropped: pseudo-AUROC {e:.3f} < {threshold:g}'
+    if top is not None:
+        ranked = sorted((n for n in kept if evidence[n] is not None), key=lambda n: -evidence[n])  # stable: pool order
+        for n in ranked[top:]:
+            kept.remove(n)
+            reasons[n] = f'dropped: pseudo-AUROC {evidence[n]:.3f}, not among the {top} highest'
     fallback = None
     if all(evidence[n] is None for n in names):
         fallback = 'no source gave any component a pseudo-AUROC'
@@ -464,10 +472,14 @@ def select_components(auroc_table: Mapping[str, Mapping[str, Optional[float]]], 
         weights = [1.0 if evidence[n] is None else max(2 * evidence[n] - 1, 0.0) for n in kept]
         if not any(w > 0 for w in weights):
             weights = None
-    return {'rule': {'sources': list(sources), 'aggregate': 'mean', 'threshold': float(threshold),
+    return {'rule': {'sources': list(sources), 'aggregate': 'mean', 'threshold': float(threshold), 'top': top,
                      'weighting': weighting, 'a_priori': [n for n in names if n in a_priori]},
             'candidates': names, 'kept': kept, 'weights': weights, 'evidence': evidence, 'reasons': reasons,
             'fallback': fallback}
+
+
+def _top_text(rule: Mapping) -> str:
+    return f", the {rule['top']} highest" if rule.get('top') else ''
 
 
 def describe_selection(record: Mapping) -> str:
@@ -475,7 +487,7 @@ def describe_selection(record: Mapping) -> str:
     rule = record['rule']
     lines = [f"Components kept from ID-only evidence: {', '.join(record['kept'])} of "
              f"{', '.join(record['candidates'])} (rule: mean pseudo-AUROC over {', '.join(rule['sources'])} >= "
-             f"{rule['threshold']:g}; weighting {rule['weighting']})"]
+             f"{rule['threshold']:g}{_top_text(rule)}; weighting {rule['weighting']})"]
     if record.get('fallback'):
         lines.append(f"  fallback: {record['fallback']}")
     samples = record.get('samples') or {}

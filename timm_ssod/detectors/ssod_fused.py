@@ -108,6 +108,8 @@ class SSODFused(Detector):
         threshold: the mean pseudo-AUROC a component needs to be kept (``select='evidence'``).
         evidence_sources: the sources whose pseudo-AUROCs are averaged (``evidence.SOURCES``).
         weighting: ``'none'`` or ``'informedness'`` (Fisher / Stouffer weights 2 e - 1).
+        top: keep at most this many components, those with the highest pseudo-AUROC (None: every
+            one that reaches ``threshold``).
         evidence_images: how many fit images the image sources are made from.
         min_samples: a source with fewer pseudo-OOD samples gives no evidence (a warning).
         gamma: Eq. 12's threshold for the background sources (default: the model's own, or 0.95).
@@ -120,7 +122,7 @@ class SSODFused(Detector):
                  tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None,
                  select: str = 'all', threshold: float = 0.6, evidence_sources: Sequence[str] = SOURCES,
                  weighting: str = 'none', evidence_images: int = 500, min_samples: int = 20,
-                 gamma: Optional[float] = None):
+                 gamma: Optional[float] = None, top: Optional[int] = None):
         super().__init__()
         if method not in COMBINE_METHODS:
             raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
@@ -162,6 +164,7 @@ class SSODFused(Detector):
         self.threshold = float(threshold)
         self.evidence_sources = list(evidence_sources)
         self.weighting = weighting
+        self.top = None if top is None else int(top)
         self.evidence_images = int(evidence_images)
         self.min_samples = int(min_samples)
         self.gamma = None if gamma is None else float(gamma)
@@ -199,7 +202,7 @@ class SSODFused(Detector):
         refs = dict(zip(self.component_names, self.references))
         table = evidence_table(comps, refs, data, self.evidence_sources, factory=factory, min_samples=self.min_samples)
         record = select_components(table['auroc'], self.component_names, self.evidence_sources, self.threshold,
-                                   self.weighting, a_priori=DEFAULT_COMPONENTS)
+                                   self.weighting, a_priori=DEFAULT_COMPONENTS, top=getattr(self, 'top', None))
         if record['fallback']:
             warn(f'{self.name}: {record["fallback"]}')
         self.evidence = dict(record, auroc=table['auroc'], samples=table['samples'], notes=table['notes'])

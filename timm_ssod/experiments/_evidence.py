@@ -54,21 +54,28 @@ SINGLES = tuple(n for n, c in SINGLE_DETECTORS.items() if not c.needs_inputs)
 SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('transforms', TRANSFORM_SOURCES),
                            *((s, (s,)) for s in SOURCES)])
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+TOPS = (None, 1, 2)  # every component that reaches the threshold, or only the 1 / 2 with the most evidence
 # SSODFused(select='evidence')'s defaults, as a rule of the grid
-DEFAULT_RULE = {'sources': 'all', 'threshold': 0.6, 'weighting': 'none', 'method': 'fisher'}
+DEFAULT_RULE = {'sources': 'all', 'threshold': 0.6, 'top': None, 'weighting': 'none', 'method': 'fisher'}
 
 
 def rule_key(rule: Mapping) -> str:
-    return f"{rule['sources']}|t={rule['threshold']:g}|{rule['weighting']}|{rule['method']}"
+    top = f"|top{rule['top']}" if rule.get('top') else ''
+    return f"{rule['sources']}|t={rule['threshold']:g}{top}|{rule['weighting']}|{rule['method']}"
 
 
-def rule_grid(thresholds: Sequence[float] = THRESHOLDS) -> List[Dict]:
-    """Every rule measured: source set x threshold x (Fisher, informedness-weighted Fisher, Tippett)."""
+def rule_grid(thresholds: Sequence[float] = THRESHOLDS, tops: Sequence[Optional[int]] = TOPS) -> List[Dict]:
+    """Every rule measured: source set x threshold x top x (Fisher, informedness-weighted Fisher,
+    Tippett); with top 1 the three combinations are one score, so only Fisher is listed."""
     rules = []
     for sources in SOURCE_SETS:
         for t in thresholds:
-            for weighting, method in (('none', 'fisher'), ('informedness', 'fisher'), ('none', 'tippett')):
-                rules.append({'sources': sources, 'threshold': float(t), 'weighting': weighting, 'method': method})
+            for top in tops:
+                for weighting, method in (('none', 'fisher'), ('informedness', 'fisher'), ('none', 'tippett')):
+                    if top == 1 and method != 'fisher' or top == 1 and weighting != 'none':
+                        continue
+                    rules.append({'sources': sources, 'threshold': float(t), 'top': top, 'weighting': weighting,
+                                  'method': method})
     return rules
 
 
@@ -159,14 +166,14 @@ def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int 
     rule_results = OrderedDict()
     for rule in rules if rules is not None else rule_grid():
         choice = select_components(table['auroc'], names, SOURCE_SETS[rule['sources']], rule['threshold'],
-                                   rule['weighting'], a_priori=DEFAULT_COMPONENTS)
+                                   rule['weighting'], a_priori=DEFAULT_COMPONENTS, top=rule.get('top'))
         _, t, o = fused(choice['kept'], rule['method'], choice['weights'])
         rule_results[rule_key(rule)] = dict(rule, kept=choice['kept'], weights=choice['weights'],
                                             fallback=choice['fallback'], **_metrics(t, o))
     baseline = fused(DEFAULT_COMPONENTS, 'fisher')
     default_choice = select_components(table['auroc'], names, SOURCE_SETS[DEFAULT_RULE['sources']],
                                        DEFAULT_RULE['threshold'], DEFAULT_RULE['weighting'],
-                                       a_priori=DEFAULT_COMPONENTS)
+                                       a_priori=DEFAULT_COMPONENTS, top=DEFAULT_RULE['top'])
     default = fused(default_choice['kept'], DEFAULT_RULE['method'], default_choice['weights'])
     alphas = [a for a in alphas if min_calibration_size(a) <= calib.logits.shape[0]]
     cost = _costs(model, lambda: data('synthetic/id', 'train', num_fit), data('synthetic/id', 'test', num_test),

@@ -143,10 +143,12 @@ def train_stage_once(root: str, train: Callable[[], Dict]) -> Dict:
         return record
 
 
-def remove_checkpoints(run_dir: str) -> None:
-    """Delete the ``*.pth.tar`` files of a training run (its logs and args.yaml stay)."""
+def remove_checkpoints(run_dir: str, keep: Optional[str] = None) -> None:
+    """Delete the ``*.pth.tar`` files of a training run (its logs and args.yaml stay), except the
+    file named ``keep`` (a name or path inside ``run_dir``) when given."""
+    keep = os.path.basename(keep) if keep else None
     for name in os.listdir(run_dir):
-        if name.endswith('.pth.tar'):
+        if name.endswith('.pth.tar') and name != keep:
             os.remove(os.path.join(run_dir, name))
 
 
