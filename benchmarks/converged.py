@@ -35,7 +35,8 @@ epoch with the best validation FPR95 of its own score, every detector of the har
 plus ``ssod_patch_max`` on the test splits (baselines on both models). Then, on the kept
 checkpoints, the vanilla model's validation scores (for the choices above) and
 ``location_probe`` on the SSOD model (the OOD head's P(ID) location by location: what the
-training did to the head), and the checkpoints are deleted.
+training did to the head), and the checkpoints are deleted (``--keep-checkpoints``: all but each
+fine-tune's kept epoch, which ``benchmarks/evidence.py`` scores).
 
     python benchmarks/standin.py resnet18 mobilenetv3_small_075    # first: the shipped stand-ins (weights/)
     python benchmarks/converged.py --estimate                       # the plan and its cost, nothing run
@@ -44,6 +45,7 @@ training did to the head), and the checkpoints are deleted.
     OMP_NUM_THREADS=1 python benchmarks/converged.py --shard 1/2; wait   # the same, one process per core
     python benchmarks/converged.py --only natural/resnet18 --seeds 0  # one configuration, one seed
     python benchmarks/converged.py --quick --out output/quick.json --runs-dir output/quick   # tiny sizes (tests)
+    python benchmarks/converged.py --only smooth/resnet18 --keep-checkpoints   # keep each fine-tune's kept epoch
 
 Cost (``--estimate``, from ``STEP_MS``: one core's training step per image, resnet18 at 112 px 41 ms,
 MobileNetV3-Small at 224 px 18 ms (measured at width 1.0; 0.75 is cheaper), forward only a third, ODIN a

@@ -303,3 +303,17 @@ def test_quality_from_standins_fine_tunes_the_file_at_its_own_size_and_keeps_the
         _script('quality').main(common + ['--background', 'smooth', '--out', str(tmp_path / 's.json')])
     with pytest.raises(SystemExit, match='no .*resnet18.safetensors'):
         _script('quality').main(common + ['--backbones', 'resnet18', '--out', str(tmp_path / 'r.json')])
+
+
+def test_step_cost_measures_a_step_and_sizes_a_recipe_from_it(tmp_path):
+    out = tmp_path / 'cost.json'
+    d = _script('step_cost').main(['--models', 'test_resnet:32:16', '--steps', '1', '--warmup', '0',
+                                   '--batch-size', '2', '--out', str(out)])
+    assert json.loads(out.read_text()) == d
+    (key, row), = d['models'].items()
+    assert key == 'test_resnet@32/os16/1t' and row['grid'] == [2, 2] and row['ms_per_image'] > 0
+    # 16 epochs x (6000 + 600 / 3) images, and two arms x 3 epochs x 4000 images, at the measured ms per image
+    assert row['standin_min'] == pytest.approx(16 * 6200 * row['ms_per_image'] / 60000, abs=0.06)
+    assert row['quality_seed_finetunes_min'] == pytest.approx(24000 * row['ms_per_image'] / 60000, abs=0.06)
+    with pytest.raises(SystemExit):
+        _script('step_cost').main(['--models', 'resnet18:big', '--out', str(out)])
