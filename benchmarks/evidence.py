@@ -13,6 +13,7 @@ correlation between pseudo-AUROC and real AUROC per source x OOD set, and picks 
     python benchmarks/evidence.py RUN_A/model_best.pth.tar RUN_B/last.pth.tar ... \\
         --design RUN_A/model_best.pth.tar --out benchmarks/evidence.json
     python benchmarks/evidence.py --summary benchmarks/evidence.json --design LABEL ...   # re-split, no scoring
+    python benchmarks/evidence.py --summary a.json b.json --design LABEL ... --out c.json  # one per core, merged
     python benchmarks/evidence.py --quick --out output/evidence_quick.json   # trains two tiny models (tests)
 
 A checkpoint may be given as ``LABEL=PATH``; the label (default: the path) names it in the JSON and
@@ -61,8 +62,9 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='train two tiny models and measure them (tests)')
     p.add_argument('--runs-dir', default='./output/benchmarks/evidence', help='--quick: where the tiny models train')
     p.add_argument('--out', default=os.path.join(HERE, 'evidence.json'))
-    p.add_argument('--summary', metavar='JSON', default=None,
-                   help='recompute the summary of a finished JSON with this --design (no scoring); writes --out')
+    p.add_argument('--summary', metavar='JSON', nargs='+', default=None,
+                   help='recompute the summary of finished JSON with this --design (no scoring): several files '
+                        '(e.g. one per core) are merged, their models combined; writes --out')
     p.add_argument('--seed', type=int, default=0, help='seed of the transforms and the class groups')
     p.add_argument('--no-timing', dest='timing', action='store_false',
                    help="leave out the cost targets (the option's fit against today's, predict against a forward)")
@@ -98,6 +100,31 @@ def quick_checkpoints(runs_dir):
     return out
 
 
+def merged(paths):
+    """One record from finished evidence JSON files (same sizes and seed; a model label in one file only)."""
+    out = None
+    for path in paths:
+        part = read_result(path)
+        if part is None:
+            sys.exit(f'--summary: {path} does not exist')
+        if out is None:
+            out = dict(part, models=OrderedDict(part['models']), commands=[part['command']])
+            continue
+        for key in ('sizes', 'seed'):
+            if part.get(key) != out.get(key):
+                sys.exit(f'--summary: {path} has {key}={part.get(key)!r}, {paths[0]} has {out.get(key)!r}')
+        twice = sorted(set(part['models']) & set(out['models']))
+        if twice:
+            sys.exit(f'--summary: {path} measures {twice} again; each model must be in one file')
+        out['models'].update(part['models'])
+        out['commands'].append(part['command'])
+        out['seconds'] = out.get('seconds', 0) + part.get('seconds', 0)
+    if len(paths) > 1:
+        out['command'] = '; '.join(out['commands'])
+    del out['commands']
+    return out
+
+
 def print_summary(summary):
     rule = summary.get('chosen_rule')
     print(f"rule chosen on the design models {summary['design']}: {rule} "
@@ -117,9 +144,7 @@ def main(argv=None):
     args = parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else argv
     if args.summary:
-        old = read_result(args.summary)
-        if old is None:
-            sys.exit(f'--summary: {args.summary} does not exist')
+        old = merged(args.summary)
         design = [d for d in args.design]
         old['summary'] = summarize_evidence(old['models'], design)
         old['summary_command'] = command_line('python benchmarks/evidence.py', argv_list, ROOT)

@@ -6,7 +6,8 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --quality other.json --out other_tables.md
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
-Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,ablations,regime,regime_probe,converged,demo}.json
+Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
+converged,demo,evidence}.json, weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
 ``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
@@ -71,13 +72,24 @@ def sampler_cells(runs):
     return f"{'x'.join(map(str, diags[0]['grid']))}, {share}, {bg}"
 
 
+def _quality_start(d):
+    """What quality.py's fine-tunes start from: a stage 1 from scratch, or the stand-ins (--from-standins)."""
+    if d.get('start', 'scratch') != 'standins':
+        return 'one vanilla stage 1 from scratch'
+    files = ', '.join(f"`{b['stage1']['file']}` ({pct(b['stage1']['id_test_accuracy'])}% ID test accuracy)"
+                      for b in d['backbones'].values() if b.get('stage1', {}).get('file'))
+    return f"no stage 1, the converged stand-in ({files}) at the size it was trained at, fine-tune lr " \
+           f"{d['sizes']['finetune_lr']:g}"
+
+
 def quality_tables(d):
     sets = d['ood_sets'] + ['average']
     # JSON written before the natural-background default has no 'background': it was the smooth set
-    out = [f"### Detection quality on the built-in benchmark, {d.get('background', 'smooth')} backgrounds "
+    start = ', fine-tuned from the converged stand-ins' if d.get('start') == 'standins' else ''
+    out = [f"### Detection quality on the built-in benchmark, {d.get('background', 'smooth')} backgrounds{start} "
            f"(seeds {', '.join(map(str, d['seeds']))}; mean ± std)\n\n"
-           f"Command: `{d.get('command', '').strip()}`. Each backbone: one vanilla stage 1, then per seed a vanilla and an SSOD "
-           f"fine-tune with the same budget and seed. FPR95 ↓ / AUROC ↑ in percent on the test splits. "
+           f"Command: `{d.get('command', '').strip()}`. Each backbone: {_quality_start(d)}, then per seed a vanilla and an "
+           f"SSOD fine-tune with the same budget and seed. FPR95 ↓ / AUROC ↑ in percent on the test splits. "
            f"`energy_ssod`'s weight is chosen on the validation splits.\n"]
     summary = []
     for name, b in d['backbones'].items():
@@ -576,11 +588,10 @@ def _help_row(label, cells, logit_key, feature_key, fused):
             pct(_mean([fused(c) for c in cells])) if fused else '–', len(cells)]
 
 
-def glance_help(quality, regime, converged=None):
-    """Does SSOD help? SSOD's score against the best logit and feature-space baselines (vanilla model)
-    and ``ssod_fused``: each quality backbone, the regime study's best configuration for SSOD, and the
-    decisive cell's configurations (fine-tunes of the converged stand-ins)."""
+def _quality_help_rows(quality):
+    """``glance_help``'s rows of a quality run (from scratch, or from the stand-ins)."""
     rows = []
+    start = ', from the converged stand-in (quality run)' if quality.get('start') == 'standins' else ''
     for name, b in quality['backbones'].items():
         sm = b.get('summary')
         if not sm:
@@ -590,11 +601,21 @@ def glance_help(quality, regime, converged=None):
         means = {label: v['mean'] for label, v in avg.items()}
         best_l = _best_row(means, 'vanilla', LOGIT_BASELINES)
         best_f = _best_row(means, 'vanilla', FEATURE_BASELINES)
-        rows.append([f"{name}, {'x'.join(map(str, grid)) if grid else '?'} map, {quality.get('background', 'smooth')}",
+        rows.append([f"{name}, {'x'.join(map(str, grid)) if grid else '?'} map, {quality.get('background', 'smooth')}"
+                     f"{start}",
                      f"{_fpr(sm['id_accuracy']['vanilla'])} / {_fpr(sm['id_accuracy']['ssod'])}",
                      _fpr(avg['ssod (SSOD model)']), f"{_fpr(avg[best_l])} ({best_l.split(' ')[0]})",
                      f"{_fpr(avg[best_f])} ({best_f.split(' ')[0]})",
                      _fpr(avg[FUSED_ROW]) if FUSED_ROW in avg else '–', len(b['runs'])])
+    return rows
+
+
+def glance_help(quality, regime, converged=None, quality_converged=None):
+    """Does SSOD help? SSOD's score against the best logit and feature-space baselines (vanilla model)
+    and ``ssod_fused``: each quality backbone, the regime study's best configuration for SSOD, the
+    decisive cell's configurations and the quality run from the stand-ins (fine-tunes of the
+    converged stand-ins)."""
+    rows = _quality_help_rows(quality)
     if regime:
         groups = regime_groups(regime)
         (bg, scale, backbone), cells = min(groups.items(), key=lambda kv: _mean([_avg(c, 'ssod') for c in kv[1]]))
@@ -607,6 +628,8 @@ def glance_help(quality, regime, converged=None):
         rows.append(_help_row(f"{backbone}, {'x'.join(map(str, cells[0]['grid']))} map, {bg}, from the converged "
                               "stand-in", cells, 'best_logit_oracle', 'best_feature_oracle',
                               fused=lambda c: c['ssod_model']['ssod_fused']['average']['fpr95']))
+    if quality_converged:
+        rows += _quality_help_rows(quality_converged)
     return ('Average FPR95 ↓ in percent over the four built-in OOD sets (backgrounds, novel objects, noise, textures), '
             'mean over seeds; the baselines are the best of their family on the vanilla model, picked on the test '
             'results (a choice that favours them).\n\n'
@@ -702,11 +725,59 @@ def converged_tables(d):
     return module.table(d)
 
 
+def _rejection_text(rule):
+    """'0.5/4.8/9.7 ✓': the % of ID test images a calibrated rule rejects at each alpha, ✓ when every
+    one is within expectation + 3 std."""
+    rates = '/'.join(pct(v) for v in (rule.get('id_rejection') or {}).values()) or '–'
+    return f"{rates} {'✓' if rule.get('id_rejection_within') else '✗'}"
+
+
+def evidence_tables(d):
+    """``benchmarks/evidence.py``: per model, the oracle, today's Fisher-3, the rule chosen on the
+    design models and the evidence rule's default; then Spearman of pseudo-AUROC against real AUROC
+    per source and OOD set."""
+    s, models = d['summary'], d['models']
+    chosen, default = s['chosen_rule'], '|'.join(['all', 't=0.6', 'none', 'fisher'])
+    first = next(iter(models.values()))
+    alphas = list(first['rules'][chosen]['id_rejection'])
+    out = [f"Command: `{d['command']}`. Per model: the oracle (the best of {len(first['components'])} "
+           f"single-pass detectors *picked on the test sets*), today's default (`ssod_fused`: Fisher over ssod, "
+           f"mahalanobis, energy), the rule chosen on the design models only (`{chosen}`: the lowest mean FPR95 gap to "
+           f"the oracle on them) and the option's earlier placeholder rule (`{default}`). Mean FPR95 ↓ in % over the "
+           f"OOD sets; the components each rule kept; the % of ID test images rejected at alpha "
+           f"{', '.join(alphas)} once calibrated on ID validation images (✓: within expectation + 3 std).\n"]
+    rows = []
+    for label, r in models.items():
+        rule, old = r['rules'][chosen], r['rules'].get(default)
+        oracle = r['oracle']['fpr95']
+        rows.append([label + (' (design)' if label in s['design'] else ''),
+                     f"{r['oracle']['detector']} {pct(oracle)}", pct(r['fisher3']['average']['fpr95']),
+                     f"{pct(rule['average']['fpr95'])} ({', '.join(rule['kept'])})",
+                     f"{100 * (rule['average']['fpr95'] - oracle):+.1f}",
+                     f"{100 * (rule['average']['fpr95'] - r['fisher3']['average']['fpr95']):+.1f}",
+                     _rejection_text(rule),
+                     '–' if old is None else f"{pct(old['average']['fpr95'])} ({', '.join(old['kept'])})"])
+    out.append(md_table(['Model', 'oracle', 'Fisher-3', 'chosen rule (kept)', 'rule − oracle', 'rule − Fisher-3',
+                         'rule: ID rejected % at alpha', 'placeholder rule (kept)'], rows))
+    sets = list(next(iter(next(iter(s['correlations'].values())).values())))
+    corr = s['correlations']['all']
+    out.append(f"\nSpearman rank correlation between a pool component's pseudo-AUROC on a source (ID data only) and "
+               f"its real AUROC on each OOD set, pooled over every (model, component) pair of all {len(models)} models "
+               f"({corr[next(iter(corr))]['average']['pairs']} pairs); last column: the mean of the per-model "
+               f"correlations (5 components each) against the mean real AUROC.\n")
+    out.append(md_table(['source'] + sets + ['within a model, average'],
+                        [[src] + ['–' if v[t]['pooled'] is None else f"{v[t]['pooled']:+.2f}" for t in sets]
+                         + ['–' if v['average']['within_model_mean'] is None else
+                            f"{v['average']['within_model_mean']:+.2f}"] for src, v in corr.items()]))
+    return '\n'.join(out)
+
+
 SOURCES = {  # flag name -> committed JSON, relative to the repository
     'overhead': 'benchmarks/overhead.json', 'quality': 'benchmarks/quality.json',
     'ablations': 'benchmarks/ablations.json', 'regime': 'benchmarks/regime.json',
     'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
-    'converged': 'benchmarks/converged.json',
+    'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
+    'evidence': 'benchmarks/evidence.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
 }
@@ -714,16 +785,18 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
 SECTIONS = (
     ('overhead', ('overhead',), overhead_tables),
     ('quality', ('quality',), quality_tables),
+    ('quality_converged', ('quality_converged',), quality_tables),
     ('ablations', ('ablations',), ablation_tables),
     ('regime', ('regime',), regime_tables),
     ('regime_probe', ('regime_probe',), probe_tables),
     ('converged', ('converged',), converged_tables),
+    ('evidence', ('evidence',), evidence_tables),
     ('standin', ('standin_resnet18', 'standin_mobilenetv3_small_075?'), standin_tables),
     ('demo', ('demo',), demo_tables),
     ('fused', ('fused',), fused_measurement_tables),
     ('fused_natural', ('fused_natural',), fused_measurement_tables),
     ('glance_demo', ('demo',), demo_glance),
-    ('glance_help', ('quality', 'regime?', 'converged?'), glance_help),
+    ('glance_help', ('quality', 'regime?', 'converged?', 'quality_converged?'), glance_help),
     ('glance_cost', ('overhead',), glance_cost),
     ('glance_deploy', ('quality', 'fused_natural?'), glance_deploy),
 )

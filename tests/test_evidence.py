@@ -236,6 +236,30 @@ def test_fit_outputs_measures_leave_classes_out_only_and_says_so():
     assert again.evidence['candidates'] == ['ssod', 'mahalanobis', 'energy', 'knn']
 
 
+def test_the_harness_and_the_decisions_fit_an_image_sourced_choice_on_the_images():
+    """evaluate() and measure_decisions() cache the fit data's outputs for every other detector; a
+    choice from image-made pseudo-OOD gets its own pass over the images (no 'need fit(model,
+    loader)' warning, the blur evidence measured); one from outputs only keeps the cached path."""
+    import warnings as w
+    from timm_ssod.evaluate import evaluate
+    from timm_ssod.experiments import measure_decisions
+    model = tiny(seed=2)
+    opts = dict(select='evidence', evidence_sources=['blur', 'leave_classes_out'], component_kwargs={'knn': {'k': 5}},
+                evidence_images=24, min_samples=10)
+    assert SSODFused(**opts).fits_on_images and not SSODFused().fits_on_images
+    assert not SSODFused(**dict(opts, evidence_sources=['leave_classes_out'])).fits_on_images
+    for run in (lambda det: evaluate(model, batches(2, 7), {'noise': batches(2, 8)}, [det], fit_loader=batches(4, 9),
+                                     progress=False),
+                lambda det: measure_decisions(model, batches(4, 9), batches(9, 10), batches(2, 7),
+                                              {'noise': batches(2, 8)}, [det], alphas=(0.1,))):
+        det = SSODFused(**opts)
+        with w.catch_warnings(record=True) as caught:
+            w.simplefilter('always')
+            run(det)
+        assert not [c for c in caught if 'need fit(model, loader)' in str(c.message)]
+        assert det.evidence['samples']['blur'] == 24 and det.evidence['auroc']['energy']['blur'] is not None
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(select='some'), 'unknown select'),
     (dict(select='evidence', evidence_sources=['mixup']), 'evidence_sources must name'),
@@ -316,6 +340,10 @@ def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
     assert set(rec['components']['energy']['auroc']) == {'backgrounds', 'novel_objects', 'noise', 'textures'}
     assert rec['oracle']['detector'] in rec['components'] and 'all|t=0.6|none|fisher' in rec['rules']
     assert set(rec['id_rejection']['fisher3']) == {'0.05', '0.1'}  # 20 calibration images: alpha 1% unreachable
+    rule = rec['rules']['all|t=0.6|top1|none|fisher']  # every rule: its ID rejection too; top 1 keeps one with evidence
+    assert set(rule['id_rejection']) == {'0.05', '0.1'} and isinstance(rule['id_rejection_within'], bool)
+    with_evidence = [k for k in rule['kept'] if any(v is not None for v in rec['evidence']['auroc'][k].values())]
+    assert len(with_evidence) <= 1 or rule['fallback']
     # the option itself, fitted end to end for the cost targets, keeps what the benchmark's default rule keeps
     assert rec['cost']['option_kept'] == rec['default_rule']['kept'] and rec['cost']['fit_seconds']['ratio'] > 0
     assert set(rec['cost']['predict_ratio']) == {'fisher3', 'evidence'}
@@ -330,5 +358,13 @@ def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
     assert capsys.readouterr().out.count('skipped') == 2
     again = _script().main(['--summary', str(out), '--design', 'tiny_b', '--out', str(tmp_path / 'resplit.json')])
     assert again['summary']['held_out'] == ['tiny_a'] and again['models'] == d['models']
+    # one file per core, merged: the models of both, one summary; a model in both files is refused
+    for label in ('tiny_a', 'tiny_b'):
+        (tmp_path / f'{label}.json').write_text(json.dumps(dict(d, models={label: d['models'][label]})))
+    both = _script().main(['--summary', str(tmp_path / 'tiny_a.json'), str(tmp_path / 'tiny_b.json'),
+                           '--design', 'tiny_a', '--out', str(tmp_path / 'merged.json')])
+    assert list(both['models']) == ['tiny_a', 'tiny_b'] and both['summary']['chosen_rule'] == s['chosen_rule']
+    with pytest.raises(SystemExit, match="measures \\['tiny_a'\\] again"):
+        _script().main(['--summary', str(tmp_path / 'tiny_a.json'), str(out), '--out', str(tmp_path / 'x.json')])
     with pytest.raises(SystemExit, match='not among the checkpoints'):
         _script().main(['--quick', '--design', 'tiny_c', '--out', str(out), '--runs-dir', str(runs)])

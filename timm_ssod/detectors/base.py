@@ -133,6 +133,9 @@ class Detector:
     name = 'detector'
     needs_fit = False
     needs_inputs = False  # True when only score(model, x) works (input perturbation)
+    # True when the fit reads the images themselves, not only their outputs: fit(model, loader) then,
+    # fit_outputs is not enough (ssod_fused choosing from image-made pseudo-OOD)
+    fits_on_images = False
     needs_ood_head = False  # True when it reads the OOD head (an SSOD model's ood_logits): the one place this is decided
     fit_passes = 1
 

@@ -177,6 +177,12 @@ class SSODFused(Detector):
             self.name = name
 
     # -- select='evidence': the fit needs the images ---------------------------------------
+    @property
+    def fits_on_images(self) -> bool:
+        """True when ``select='evidence'`` has image sources: ``fit(model, loader)`` measures them,
+        ``fit_outputs`` cannot (``Detector.fits_on_images``)."""
+        return getattr(self, 'select', 'all') == 'evidence' and any(s in IMAGE_SOURCES for s in self.evidence_sources)
+
     def fit(self, model, loader, device=None) -> 'SSODFused':
         """Fit on ID images (batches ``(x, y)``); with ``select='evidence'`` the pseudo-OOD samples
         are made from the same images in the same pass (``evidence.collect_evidence``)."""

@@ -221,7 +221,10 @@ def _fit(model, detectors: List[Detector], fit_loader, device, progress: bool) -
         return
     cached = [(outputs, y) for _, y, outputs in _batches(model, fit_loader, device, 'fit data (ID training)', progress)]
     for d in todo:
-        d.fit_outputs(cached)
+        if d.fits_on_images:  # its own pass over the images (ssod_fused's image-made pseudo-OOD)
+            d.fit(model, with_progress(fit_loader, f'fit data (ID training) for {d.name}', progress), device)
+        else:
+            d.fit_outputs(cached)
 
 
 def _score(model, loader, detectors: List[Detector], device, where: str, progress: bool, num_classes: int = 0):

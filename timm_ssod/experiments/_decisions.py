@@ -59,7 +59,7 @@ def measure_decisions(model: nn.Module, fit_loader: Iterable, calib_loader: Iter
     for d in detectors:
         det = create_detector(d, **(detector_kwargs or {}).get(d, {})) if isinstance(d, str) else d
         if det.needs_fit and not det.is_fitted:
-            det.fit_outputs(fit)
+            det.fit(model, fit_loader, device) if det.fits_on_images else det.fit_outputs(fit)
         cal = calibrate_scores(det, det.score_outputs(calib).double().cpu(), model.num_classes, input_size,
                                min(alphas))
         test_scores = det.score_outputs(test).double().cpu()
