@@ -15,6 +15,7 @@ correlation between pseudo-AUROC and real AUROC per source x OOD set, and picks 
     python benchmarks/evidence.py --summary benchmarks/evidence.json --design LABEL ...   # re-split, no scoring
     python benchmarks/evidence.py --summary a.json b.json --design LABEL ... --out c.json  # one per core, merged
     python benchmarks/evidence.py --quick --out output/evidence_quick.json   # trains two tiny models (tests)
+    python benchmarks/evidence.py --cost-only demo=RUN/model_best.pth.tar --out benchmarks/evidence_cost.json
 
 A checkpoint may be given as ``LABEL=PATH``; the label (default: the path) names it in the JSON and
 in ``--design``. The JSON is written atomically after every checkpoint, its paths relative to the
@@ -39,8 +40,8 @@ import timm
 import torch
 
 from timm_ssod._util import atomic_write_text
-from timm_ssod.experiments import (command_line, evidence_checkpoint, read_result, results_text, summarize_evidence,
-                                   train_stage)
+from timm_ssod.experiments import (command_line, cost_checkpoint, evidence_checkpoint, read_result, results_text,
+                                   summarize_evidence, train_stage)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
@@ -66,6 +67,9 @@ def parse_args(argv=None):
                    help='recompute the summary of finished JSON with this --design (no scoring): several files '
                         '(e.g. one per core) are merged, their models combined; writes --out')
     p.add_argument('--seed', type=int, default=0, help='seed of the transforms and the class groups')
+    p.add_argument('--cost-only', action='store_true',
+                   help="measure only the cost targets (the option's fit against today's, predict against a forward) "
+                        'of each checkpoint, on idle cores; writes --out')
     p.add_argument('--no-timing', dest='timing', action='store_false',
                    help="leave out the cost targets (the option's fit against today's, predict against a forward)")
     return p.parse_args(argv)
@@ -152,6 +156,21 @@ def main(argv=None):
         print_summary(old['summary'])
         return old
     sizes = QUICK_SIZES if args.quick else SIZES
+    if args.cost_only:
+        if not args.checkpoints:
+            sys.exit('give the training checkpoints to measure')
+        keep = ('num_fit', 'num_test', 'evidence_images', 'min_samples', 'batch_size')
+        out = {'command': command_line('python benchmarks/evidence.py', argv_list, ROOT), 'environment': environment(),
+               'sizes': {k: sizes[k] for k in keep}, 'models': OrderedDict()}
+        for label, path in labelled(args.checkpoints).items():
+            cost = cost_checkpoint(os.path.abspath(path), seed=args.seed, **{k: sizes[k] for k in keep})
+            out['models'][label] = cost
+            print(f"[evidence cost] {label}: fit select='evidence' / Fisher-3 {cost['fit_seconds']['ratio']:.2f}x "
+                  f"({cost['fit_seconds']['evidence']:.1f}s / {cost['fit_seconds']['fisher3']:.1f}s); predict / plain "
+                  f"forward: Fisher-3 {cost['predict_ratio']['fisher3']:.3f}x, evidence "
+                  f"{cost['predict_ratio']['evidence']:.3f}x (kept {', '.join(cost['option_kept'])})", flush=True)
+        atomic_write_text(args.out, results_text(out, ROOT))
+        return out
     if args.quick:
         checkpoints = quick_checkpoints(os.path.abspath(args.runs_dir))
         design = args.design or [next(iter(checkpoints))]

@@ -267,8 +267,11 @@ def test_calibrate_then_predict_commands(saved_tiny, capsys):
     out = root / 'calibrated'
     assert main(['calibrate', f'local-dir:{folder}', *data, '--split', 'val', '--alpha', '0.1',
                  '--save-dir', str(out)]) == 0
-    assert 'ssod_fused score, 24 ID calibration images, alpha=0.1' in capsys.readouterr().out
+    printed = capsys.readouterr().out  # the default decision: components chosen from ID-only evidence, and why
+    assert re.search(r'ssod_fused \[[a-z, ]+\] score, 24 ID calibration images, alpha=0\.1', printed)
+    assert 'Components kept from ID-only evidence' in printed and 'pseudo-OOD samples: patch_shuffle 24' in printed
     config = json.loads((out / 'config.json').read_text())
+    assert config['ssod']['calibration']['choices']['rule']['sources'] == ['patch_shuffle', 'blur', 'pixel_permutation']
     assert config['architecture'] == MODEL and config['ssod']['calibration']['n'] == 24
     assert config['label_names'] == ['cross', 'disc', 'ring']
 

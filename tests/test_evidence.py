@@ -17,7 +17,7 @@ from timm_ssod.core import head_per_location, to_locations
 from timm_ssod.detectors import ModelOutputs, SSODFused, create_detector
 from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, evidence_table, heavy_blur,
                                           leave_classes_out, patch_shuffle, permute_pixels, pseudo_auroc,
-                                          restrict_classes, select_components)
+                                          SOURCES, restrict_classes, select_components)
 from timm_ssod.detectors.catalog import single_detector_class
 from timm_ssod.detectors.state import detector_state, load_detector
 from timm_ssod.metrics import spearman
@@ -225,7 +225,7 @@ def test_fit_outputs_measures_leave_classes_out_only_and_says_so():
     gen = torch.Generator().manual_seed(6)
     fit = [hand_outputs(80, 'id', gen) for _ in range(2)]
     det = SSODFused(select='evidence', components=['ssod', 'mahalanobis', 'energy', 'knn'],
-                    component_kwargs={'knn': {'k': 5}})
+                    component_kwargs={'knn': {'k': 5}}, evidence_sources=SOURCES)  # every source
     with pytest.warns(UserWarning, match='need fit\\(model, loader\\); only the others are measured'):
         det.fit_outputs(fit)
     assert det.evidence['samples']['leave_classes_out'] == 160
@@ -273,7 +273,7 @@ def test_evidence_option_refuses_bad_settings(kwargs, match):
 def test_choices_survive_save_pretrained_and_load(tmp_path):
     model = tiny(seed=7)
     det = SSODFused(select='evidence', gamma=0.6, weighting='informedness', component_kwargs={'knn': {'k': 5}},
-                    min_samples=10, evidence_images=24)
+                    min_samples=10, evidence_images=24, threshold=0.6, evidence_sources=SOURCES, top=3)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # tiny data: ViM / KNN warn about their sizes
         cal = model.calibrate(batches(2, 8), detector=det, alpha=0.1, fit_loader=batches(3, 9))
@@ -289,6 +289,7 @@ def test_choices_survive_save_pretrained_and_load(tmp_path):
     assert block['choices']['kept'] == choices['kept'] and block['state']['attrs']['evidence']['rule']['threshold'] == 0.6
     card = (Path(folder) / 'README.md').read_text()
     assert '| components kept (ID-only evidence) |' in card and '| rule | mean pseudo-AUROC over background' in card
+    assert '>= 0.6, the 3 highest; weighting informedness' in card
     loaded = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
     assert loaded.ssod_calibration.choices() == choices
     x = torch.randn(4, 3, IMG, IMG)
@@ -299,16 +300,22 @@ def test_calibrate_command_prints_the_components_kept_and_why(tmp_path, capsys):
     from timm_ssod.cli import main
     folder = tiny(seed=10).save_pretrained(tmp_path / 'model', data_config={'input_size': (3, IMG, IMG)})
     data = ['--dataset', 'synthetic/id', '--dataset-kwargs', 'num_images=24', f'img_size={IMG}', 'num_classes=3']
-    assert main(['calibrate', f'local-dir:{folder}', *data, '--alpha', '0.1', '--evidence-threshold', '0.7',
-                 '--save-dir', str(tmp_path / 'x')]) == 1
+    assert main(['calibrate', f'local-dir:{folder}', *data, '--alpha', '0.1', '--select', 'all',
+                 '--evidence-threshold', '0.7', '--save-dir', str(tmp_path / 'x')]) == 1
     assert 'options of --select evidence' in capsys.readouterr().err
+    with warnings.catch_warnings():  # --select all: the earlier default, Fisher over ssod, mahalanobis, energy
+        warnings.simplefilter('ignore')
+        assert main(['calibrate', f'local-dir:{folder}', *data, '--alpha', '0.1', '--select', 'all', '--quiet',
+                     '--save-dir', str(tmp_path / 'all')]) == 0
+    out = capsys.readouterr().out
+    assert 'ssod_fused score, 24 ID calibration images' in out and 'Components kept' not in out
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         assert main(['calibrate', f'local-dir:{folder}', *data, '--alpha', '0.1', '--select', 'evidence',
                      '--evidence-sources', 'blur,pixel_permutation', '--quiet', '--save-dir', str(tmp_path / 'out')]) == 0
     out = capsys.readouterr().out
     assert 'Components kept from ID-only evidence:' in out and 'of ssod, mahalanobis, energy, knn, vim' in out
-    assert 'mean pseudo-AUROC over blur, pixel_permutation >= 0.6' in out
+    assert 'mean pseudo-AUROC over blur, pixel_permutation >= 0.8; weighting informedness' in out  # the rule's
     assert json.loads((tmp_path / 'out' / 'config.json').read_text())['ssod']['calibration']['choices']['kept']
 
 

@@ -34,6 +34,7 @@ import torch.nn as nn
 from ..conformal import (CalibrationError, NotCalibratedError, check_calibration_size, conformal_pvalue,
                         id_rejection_check, min_calibration_size, score_threshold)
 from ..detectors import Detector, ModelOutputs, apply_classifier, collect_outputs, create_detector
+from ..detectors.ssod_fused import DECISION_KWARGS
 from ..detectors.state import detector_state, load_detector
 from .._util import warn
 
@@ -176,9 +177,17 @@ def calibrate(model: nn.Module, loader: Iterable, detector: Union[str, Detector]
     """Calibrate ``detector`` (a name or a ``Detector``) on the held-out ID images of ``loader``
     (batches ``(x, y)`` or ``x``; labels unused); see the module docstring. A detector that
     needs a fit and is not fitted is fitted on ``fit_loader`` (ID training data, with labels
-    for Mahalanobis), which must not share images with ``loader``."""
+    for Mahalanobis), which must not share images with ``loader``. ``'ssod_fused'`` by name is the
+    default decision: ``DECISION_KWARGS`` (``select='evidence'``) under ``detector_kwargs``
+    (``{'select': 'all'}``: Fisher over ssod, mahalanobis, energy)."""
     min_calibration_size(alpha)  # alpha in (0, 1)
-    det = create_detector(detector, **(detector_kwargs or {})) if isinstance(detector, str) else detector
+    if isinstance(detector, str):
+        kwargs = dict(detector_kwargs or {})
+        if detector.strip().lower() == DEFAULT_DETECTOR:
+            kwargs = {**DECISION_KWARGS, **kwargs}
+        det = create_detector(detector, **kwargs)
+    else:
+        det = detector
     if det.needs_inputs:
         raise CalibrationError(f'{det.name} perturbs the input images; calibrate a detector that reads one backbone '
                                'pass (ssod, ssod_fused, energy, mahalanobis ...)')

@@ -7,8 +7,8 @@
     timm-ssod calibrate hf-hub:org/ssod-r50 --data-dir /data/imagenet --push-to-hub org/ssod-r50
 
 MODEL is a training checkpoint (or run folder: its model_best.pth.tar), or a saved model
-``local-dir:PATH`` / ``hf-hub:org/name``. The detector (default ``ssod_fused``: SSOD's P(ID),
-Mahalanobis and Energy combined through ID p-values) is fitted on ``--fit-split`` (ID training
+``local-dir:PATH`` / ``hf-hub:org/name``. The detector (default ``ssod_fused``: the components
+below combined through their ID p-values) is fitted on ``--fit-split`` (ID training
 images) and calibrated on ``--split`` (held-out ID images, default the validation split: an
 image folder's ``val/``; a split whose sub-folder is missing is refused, as timm would read the
 whole folder, training images included): its
@@ -16,10 +16,13 @@ sorted scores turn any image's score into a conformal p-value, and ``p <= alpha`
 most a share alpha of ID images in expectation. No OOD data is used. Needs n >= 1/alpha - 1
 calibration images (19 for alpha = 0.05); a few hundred give a stable threshold.
 
-Opt-in: ``--select evidence`` lets ``ssod_fused`` keep only the components (from ssod, mahalanobis,
-energy, knn, vim) that ID-only evidence supports: pseudo-OOD made from the fit images (Eq. 12's
-background locations and their crops, patch-shuffled, blurred and pixel-permuted images, left-out
-classes). It prints which components were kept and why, and saves that record with the model.
+By default ``ssod_fused`` keeps only the components (from ssod, mahalanobis, energy, knn, vim) that
+ID-only evidence supports (``--select evidence``): pseudo-OOD made from the fit images (by default
+patch-shuffled, blurred and pixel-permuted images; also Eq. 12's background locations and their
+crops, and left-out classes, ``--evidence-sources``), the rule measured in
+``benchmarks/evidence.json`` (docs/decisions.md). It prints which components were kept and why, and
+saves that record with the model. ``--select all``: the earlier default, Fisher over ssod,
+mahalanobis and energy.
 
 The model is written with the calibration (``config.json``'s ``ssod`` block, ``ssod.safetensors``,
 the model card) to ``--save-dir`` and/or pushed with ``--push-to-hub``; ``timm-ssod predict``
@@ -93,20 +96,24 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--detector', default='ssod_fused', help='the score to calibrate (default ssod_fused; ssod, '
                                                            'energy, mahalanobis ... any single-pass detector)')
     g.add_argument('--components', default=None, metavar='A,B,...',
-                   help='ssod_fused components (default ssod,mahalanobis,energy)')
+                   help='ssod_fused components (default: the pool ssod,mahalanobis,energy,knn,vim with --select '
+                        'evidence, ssod,mahalanobis,energy with --select all)')
     g.add_argument('--combine', choices=('fisher', 'stouffer'), default=None, help='ssod_fused combination '
                                                                                   '(default fisher)')
     g.add_argument('--select', choices=('all', 'evidence'), default=None,
-                   help="ssod_fused: 'all' components (default) or those the ID-only evidence supports ('evidence', "
-                        'opt-in: pseudo-OOD made from the fit images; default pool ssod,mahalanobis,energy,knn,vim)')
+                   help="ssod_fused: the components the ID-only evidence supports ('evidence', the default: pseudo-OOD "
+                        "made from the fit images; pool ssod,mahalanobis,energy,knn,vim) or 'all' of them (the "
+                        'earlier default: Fisher over ssod,mahalanobis,energy)')
     g.add_argument('--evidence-threshold', type=float, default=None, metavar='AUROC',
-                   help='--select evidence: the mean pseudo-AUROC a component needs to be kept (default 0.6)')
+                   help='--select evidence: the mean pseudo-AUROC a component needs to be kept (default: the '
+                        'measured rule, timm_ssod.detectors.ssod_fused.EVIDENCE_RULE)')
     g.add_argument('--evidence-top', type=int, default=None, metavar='K',
                    help='--select evidence: keep at most the K components with the highest pseudo-AUROC (default: '
                         'every one that reaches the threshold)')
     g.add_argument('--evidence-sources', default=None, metavar='A,B,...',
-                   help='--select evidence: the pseudo-OOD sources averaged (default all: background, '
-                        'background_local, background_crop, patch_shuffle, blur, pixel_permutation, leave_classes_out)')
+                   help='--select evidence: the pseudo-OOD sources averaged, of background, background_local, '
+                        'background_crop, patch_shuffle, blur, pixel_permutation, leave_classes_out (default: the '
+                        "measured rule's)")
     g.add_argument('--alpha', type=float, default=0.05, help='target share of ID images rejected (default 0.05)')
     g = p.add_argument_group('run')
     g.add_argument('--save-dir', metavar='DIR', default=None, help='write the calibrated model folder here')
@@ -127,6 +134,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _detector(args):
     from ..detectors import create_detector
+    from ..detectors.ssod_fused import DECISION_KWARGS
     kwargs = {}
     if args.components is not None:
         kwargs['components'] = args.components
@@ -138,8 +146,11 @@ def _detector(args):
             kwargs[key] = getattr(args, flag)
     if kwargs and args.detector != 'ssod_fused':
         raise ValueError('--components / --combine / --select / --evidence-* are options of --detector ssod_fused')
+    if args.detector != 'ssod_fused':
+        return create_detector(args.detector)
+    kwargs = {**DECISION_KWARGS, **kwargs}  # the default decision, under what was given
     if any(v is not None for v in (args.evidence_threshold, args.evidence_top, args.evidence_sources)) \
-            and args.select != 'evidence':
+            and kwargs.get('select') != 'evidence':
         raise ValueError('--evidence-threshold / --evidence-top / --evidence-sources are options of --select evidence')
     return create_detector(args.detector, **kwargs)
 

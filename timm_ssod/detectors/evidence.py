@@ -40,6 +40,7 @@ or under-confident classifier, for which Eq. 12 labels no location OOD. The sele
 (``select_components``) then uses the other sources; a component with no evidence at all keeps its
 a-priori place, and with no evidence for any component the a-priori components are kept.
 """
+from collections import OrderedDict
 import functools
 import math
 from dataclasses import dataclass, field
@@ -66,6 +67,15 @@ LOCATION_SOURCES = ('background', 'background_local', 'background_crop')
 TRANSFORM_SOURCES = ('patch_shuffle', 'blur', 'pixel_permutation')
 IMAGE_SOURCES = LOCATION_SOURCES + TRANSFORM_SOURCES
 SOURCES = IMAGE_SOURCES + ('leave_classes_out',)
+# named sets of sources a rule may average (a rule's ``sources``)
+SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('transforms', TRANSFORM_SOURCES),
+                           *((s, (s,)) for s in SOURCES)])
+
+
+def rule_key(rule: Mapping) -> str:
+    """A rule as one string, ``sources|t=threshold[|topK]|weighting|method`` (``benchmarks/evidence.json``'s keys)."""
+    top = f"|top{rule['top']}" if rule.get('top') else ''
+    return f"{rule['sources']}|t={rule['threshold']:g}{top}|{rule['weighting']}|{rule['method']}"
 WEIGHTINGS = ('none', 'informedness')
 
 

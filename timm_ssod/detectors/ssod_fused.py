@@ -74,13 +74,20 @@ from .._util import warn
 from ..conformal import COMBINE_METHODS, combine_pvalues, conformal_pvalue, lower_tail_scale, tail_pvalue
 from .base import Detector, ModelOutputs
 from .catalog import single_detector_class
-from .evidence import (EvidenceData, IMAGE_SOURCES, SOURCES, WEIGHTINGS, collect_evidence, describe_selection,
-                       evidence_table, select_components)
+from .evidence import (EvidenceData, IMAGE_SOURCES, SOURCE_SETS, SOURCES, WEIGHTINGS, collect_evidence,
+                       describe_selection, evidence_table, select_components)
 
 DEFAULT_COMPONENTS = ('ssod', 'mahalanobis', 'energy')
 # the candidates of select='evidence': SSOD, two feature-space scores of different kinds, a logit score, ViM (both)
 EVIDENCE_POOL = ('ssod', 'mahalanobis', 'energy', 'knn', 'vim')
 SELECT_MODES = ('all', 'evidence')
+# select='evidence''s rule: the one chosen on the design models of benchmarks/evidence.json (its key there:
+# sources|t=threshold[|topK]|weighting|method) and reported on the held-out models (docs/decisions.md)
+EVIDENCE_RULE = {'sources': 'transforms', 'threshold': 0.8, 'top': None, 'weighting': 'informedness',
+                 'method': 'fisher'}
+# the default *decision* (timm-ssod calibrate, calibration.calibrate(), model.calibrate()): ssod_fused with
+# select='evidence'; the detector's own default (select='all', Fisher over DEFAULT_COMPONENTS) is the harness's row
+DECISION_KWARGS = {'select': 'evidence'}
 
 
 def select_outputs(outputs: ModelOutputs, index: torch.Tensor) -> ModelOutputs:
@@ -96,7 +103,7 @@ class SSODFused(Detector):
     Args:
         components: detector names (``catalog.SINGLE_DETECTORS`` or ``EXPERIMENTAL_DETECTORS``), default
             ``ssod, mahalanobis, energy``.
-        method: ``fisher`` (default) or ``stouffer``.
+        method: ``fisher`` (default) or ``stouffer`` (``tippett``: the smallest p-value).
         folds: cross-fitting folds for the ID references of fitted components (>= 2).
         tail: continue each p-value below the lowest ID reference score by an exponential
             tail (``timm_ssod.conformal.tail_pvalue``), so that one component's evidence does
@@ -108,8 +115,10 @@ class SSODFused(Detector):
         threshold: the mean pseudo-AUROC a component needs to be kept (``select='evidence'``).
         evidence_sources: the sources whose pseudo-AUROCs are averaged (``evidence.SOURCES``).
         weighting: ``'none'`` or ``'informedness'`` (Fisher / Stouffer weights 2 e - 1).
-        top: keep at most this many components, those with the highest pseudo-AUROC (None: every
-            one that reaches ``threshold``).
+        top: keep at most this many components, those with the highest pseudo-AUROC (None: the
+            rule's, else every one that reaches ``threshold``).
+            With ``select='evidence'``, ``method``, ``threshold``, ``evidence_sources``, ``weighting``
+            and ``top`` default to ``EVIDENCE_RULE`` (measured, ``benchmarks/evidence.py``).
         evidence_images: how many fit images the image sources are made from.
         min_samples: a source with fewer pseudo-OOD samples gives no evidence (a warning).
         gamma: Eq. 12's threshold for the background sources (default: the model's own, or 0.95).
@@ -118,11 +127,19 @@ class SSODFused(Detector):
     name = 'ssod_fused'
     needs_fit = True
 
-    def __init__(self, components: Optional[Sequence[str]] = None, method: str = 'fisher', folds: int = 5,
+    def __init__(self, components: Optional[Sequence[str]] = None, method: Optional[str] = None, folds: int = 5,
                  tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None,
-                 select: str = 'all', threshold: float = 0.6, evidence_sources: Sequence[str] = SOURCES,
-                 weighting: str = 'none', evidence_images: int = 500, min_samples: int = 20,
-                 gamma: Optional[float] = None, top: Optional[int] = None):
+                 select: str = 'all', threshold: Optional[float] = None,
+                 evidence_sources: Optional[Sequence[str]] = None, weighting: Optional[str] = None,
+                 evidence_images: int = 500, min_samples: int = 20, gamma: Optional[float] = None,
+                 top: Optional[int] = None):
+        rule = EVIDENCE_RULE if select == 'evidence' else {}  # select='evidence''s measured defaults
+        method = method or rule.get('method', 'fisher')
+        threshold = rule.get('threshold', 0.6) if threshold is None else threshold
+        if evidence_sources is None:
+            evidence_sources = SOURCE_SETS[rule['sources']] if rule else SOURCES
+        weighting = weighting or ('none' if method == 'tippett' else rule.get('weighting', 'none'))
+        top = rule.get('top') if top is None else top
         super().__init__()
         if method not in COMBINE_METHODS:
             raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')

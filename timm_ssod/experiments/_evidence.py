@@ -43,30 +43,24 @@ from ..conformal import combine_pvalues, conformal_pvalue, id_rejection_check, m
 from ..data import DEFAULT_BACKGROUND, OOD_SETS, create_dataset
 from ..detectors import ModelOutputs, NotApplicableError, SSODFused, collect_outputs, compute_outputs
 from ..detectors.catalog import SINGLE_DETECTORS, single_detector_class
-from ..detectors.evidence import (IMAGE_SOURCES, LOCATION_SOURCES, SOURCES, TRANSFORM_SOURCES, collect_evidence,
-                                  evidence_table, select_components)
-from ..detectors.ssod_fused import DEFAULT_COMPONENTS, EVIDENCE_POOL
+from ..detectors.evidence import (IMAGE_SOURCES, SOURCE_SETS, SOURCES, collect_evidence, evidence_table, rule_key,
+                                  select_components)
+from ..detectors.ssod_fused import DEFAULT_COMPONENTS, EVIDENCE_POOL, EVIDENCE_RULE
 from ..evaluate import load_eval_model
 from ..metrics import ood_metrics, spearman
 from ._protocol import _loader, trained_benchmark
 
-__all__ = ['evidence_checkpoint', 'summarize_evidence', 'rule_grid', 'rule_key', 'SINGLES', 'SOURCE_SETS',
+__all__ = ['evidence_checkpoint', 'cost_checkpoint', 'summarize_evidence', 'rule_grid', 'rule_key', 'SINGLES', 'SOURCE_SETS',
            'DEFAULT_RULE']
 
 # the single detectors the oracle picks from: every single-pass one (ODIN perturbs the inputs)
 SINGLES = tuple(n for n, c in SINGLE_DETECTORS.items() if not c.needs_inputs)
-# the sets of sources a rule may average
-SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('transforms', TRANSFORM_SOURCES),
-                           *((s, (s,)) for s in SOURCES)])
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 TOPS = (None, 1, 2)  # every component that reaches the threshold, or only the 1 / 2 with the most evidence
-# SSODFused(select='evidence')'s defaults, as a rule of the grid
-DEFAULT_RULE = {'sources': 'all', 'threshold': 0.6, 'top': None, 'weighting': 'none', 'method': 'fisher'}
-
-
-def rule_key(rule: Mapping) -> str:
-    top = f"|top{rule['top']}" if rule.get('top') else ''
-    return f"{rule['sources']}|t={rule['threshold']:g}{top}|{rule['weighting']}|{rule['method']}"
+# SSODFused(select='evidence')'s defaults, as a rule of the grid (what _costs fits end to end)
+DEFAULT_RULE = dict(EVIDENCE_RULE)
+# the option's rule before it was measured (all sources, 0.6, Fisher), kept in the reports for comparison
+PLACEHOLDER_RULE = {'sources': 'all', 'threshold': 0.6, 'top': None, 'weighting': 'none', 'method': 'fisher'}
 
 
 def rule_grid(thresholds: Sequence[float] = THRESHOLDS, tops: Sequence[Optional[int]] = TOPS) -> List[Dict]:
@@ -209,6 +203,25 @@ def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int 
     }
 
 
+def cost_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_test: int = 600, evidence_images: int = 500,
+                    min_samples: int = 20, batch_size: int = 128, seed: int = 0) -> Dict:
+    """Only the issue's cost targets (``_costs``) on one checkpoint, on the built-in benchmark as it was
+    trained: the fit of ``ssod_fused`` today (Fisher-3) against ``select='evidence'``, and prediction
+    against a plain forward. Measure on idle cores."""
+    torch.manual_seed(seed)
+    model, info = load_eval_model(checkpoint=checkpoint)
+    trained = trained_benchmark(info['train_args'], checkpoint)
+
+    def data(split, n):
+        ds = create_dataset('synthetic/id', split=split, img_size=trained['render_size'], num_images=n,
+                            num_classes=model.num_classes, background=trained.get('background', DEFAULT_BACKGROUND))
+        return _loader(model, ds, trained['img_size'], batch_size, 0)
+    gamma = (info.get('train_args') or {}).get('gamma') or None
+    return {'checkpoint': checkpoint, 'benchmark': trained, 'threads': torch.get_num_threads(),
+            **_costs(model, lambda: data('train', num_fit), data('test', num_test), gamma, evidence_images,
+                     min_samples)}
+
+
 def _median_seconds(fn, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
@@ -300,7 +313,7 @@ def summarize_evidence(records: Mapping[str, Dict], design: Sequence[str] = ()) 
                            'rule_minus_fisher3': None if rule is None else
                            rule['average']['fpr95'] - r['fisher3']['average']['fpr95']}
         return rows
-    default_key = rule_key(DEFAULT_RULE)
+    default_key = rule_key(PLACEHOLDER_RULE)
     return {'design': list(design), 'held_out': list(groups['held_out']), 'correlations': correlations,
             'chosen_rule': chosen,
             'chosen_rule_design_mean_gap': float(np.mean(gaps(groups['design'], chosen))) if chosen else None,

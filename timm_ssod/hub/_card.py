@@ -156,11 +156,12 @@ def _choices_rows(choices: Optional[Dict]) -> List[str]:
         e = evidence.get(name)
         return f'`{name}` ({"no evidence" if e is None else f"{e:.2f}"})'
     kept = choices.get('kept', [])
+    top = f", the {rule['top']} highest" if rule.get('top') else ''
     dropped = [n for n in choices.get('candidates', []) if n not in kept]
     rows = [f"| components kept (ID-only evidence) | {', '.join(shown(n) for n in kept)} |",
             f"| components dropped | {', '.join(shown(n) for n in dropped) or 'none'} |",
-            f"| rule | mean pseudo-AUROC over {', '.join(rule.get('sources', []))} >= {rule.get('threshold')}; weighting "
-            f"{rule.get('weighting')}; pseudo-OOD made from ID images only |"]
+            f"| rule | mean pseudo-AUROC over {', '.join(rule.get('sources', []))} >= {rule.get('threshold')}{top}; "
+            f"weighting {rule.get('weighting')}; pseudo-OOD made from ID images only |"]
     if choices.get('fallback'):
         rows.append(f"| fallback | {choices['fallback']} |")
     return rows
