@@ -19,6 +19,7 @@ from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, eviden
                                           leave_classes_out, patch_shuffle, permute_pixels, pseudo_auroc,
                                           SOURCES, restrict_classes, select_components)
 from timm_ssod.detectors.catalog import single_detector_class
+from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
 from timm_ssod.detectors.state import detector_state, load_detector
 from timm_ssod.metrics import spearman
 
@@ -315,7 +316,8 @@ def test_calibrate_command_prints_the_components_kept_and_why(tmp_path, capsys):
                      '--evidence-sources', 'blur,pixel_permutation', '--quiet', '--save-dir', str(tmp_path / 'out')]) == 0
     out = capsys.readouterr().out
     assert 'Components kept from ID-only evidence:' in out and 'of ssod, mahalanobis, energy, knn, vim' in out
-    assert 'mean pseudo-AUROC over blur, pixel_permutation >= 0.8; weighting informedness' in out  # the rule's
+    rule = f">= {EVIDENCE_RULE['threshold']:g}, the {EVIDENCE_RULE['top']} highest; weighting {EVIDENCE_RULE['weighting']}"
+    assert f'mean pseudo-AUROC over blur, pixel_permutation {rule}' in out  # the measured rule's settings
     assert json.loads((tmp_path / 'out' / 'config.json').read_text())['ssod']['calibration']['choices']['kept']
 
 

@@ -83,8 +83,7 @@ EVIDENCE_POOL = ('ssod', 'mahalanobis', 'energy', 'knn', 'vim')
 SELECT_MODES = ('all', 'evidence')
 # select='evidence''s rule: the one chosen on the design models of benchmarks/evidence.json (its key there:
 # sources|t=threshold[|topK]|weighting|method) and reported on the held-out models (docs/decisions.md)
-EVIDENCE_RULE = {'sources': 'transforms', 'threshold': 0.8, 'top': None, 'weighting': 'informedness',
-                 'method': 'fisher'}
+EVIDENCE_RULE = {'sources': 'all', 'threshold': 0.5, 'top': 2, 'weighting': 'informedness', 'method': 'fisher'}
 # the default *decision* (timm-ssod calibrate, calibration.calibrate(), model.calibrate()): ssod_fused with
 # select='evidence'; the detector's own default (select='all', Fisher over DEFAULT_COMPONENTS) is the harness's row
 DECISION_KWARGS = {'select': 'evidence'}
