@@ -82,10 +82,13 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--out', default=os.path.join(HERE, 'step_cost.json'))
     args = p.parse_args(argv)
-    rows = {}
+    rows, before = {}, torch.get_num_threads()
     for name, size, stride in args.models:
         for threads in args.threads:
-            ms, grid = step_ms(name, size, stride, threads, args.batch_size, args.steps, args.warmup)
+            try:
+                ms, grid = step_ms(name, size, stride, threads, args.batch_size, args.steps, args.warmup)
+            finally:
+                torch.set_num_threads(before)
             key = f'{name}@{size}' + (f'/os{stride}' if stride else '') + f'/{threads}t'
             rows[key] = {'model': name, 'input_size': size, 'output_stride': stride, 'threads': threads,
                          'grid': grid, 'ms_per_image': round(ms, 2), **estimate(ms)}
