@@ -52,19 +52,22 @@ The default components are the a-priori choice (SSOD, a feature-space score, a l
 not the best row above: ``ssod+mahalanobis+klm`` measured better on this benchmark (13.6),
 but picking components on OOD test sets would be tuning on OOD data.
 
-Opt-in, not the default: ``select='evidence'`` chooses the components from ID data only
-(``timm_ssod.detectors.evidence``, DESIGN.md "Choosing what to trust without OOD data"). From a
-wider pool (default ``EVIDENCE_POOL``: ssod, mahalanobis, energy, knn, vim), each component's
-pseudo-AUROC is measured on pseudo-OOD made from the fit images (Eq. 12's background locations,
-their crops, transformed images, left-out classes) against its cross-fitted ID references;
-components whose mean pseudo-AUROC over ``evidence_sources`` reaches ``threshold`` are kept
+The default *decision* (``calibrate``; ``DECISION_KWARGS``) is ``select='evidence'``: the components
+are chosen from ID data only (``timm_ssod.detectors.evidence``, DESIGN.md "Choosing what to trust
+without OOD data"). From a wider pool (default ``EVIDENCE_POOL``: ssod, mahalanobis, energy, knn,
+vim), each component's pseudo-AUROC is measured on pseudo-OOD made from the fit images (Eq. 12's
+background locations, their crops, transformed images, left-out classes) against its
+cross-fitted ID references. ``EVIDENCE_RULE`` (measured with ``benchmarks/evidence.py`` on design
+models and reported on held-out ones, docs/decisions.md) keeps the two components with the
+highest mean pseudo-AUROC over all seven sources, Fisher-weighted by 2 e - 1
 (``evidence.select_components``: a component without evidence keeps its a-priori place; when none
-is kept, the default components are). Only the kept components are scored at prediction time,
-from the same single backbone pass; the record of the choice (``evidence``: rule, pseudo-AUROCs,
-kept, reasons, fallback) is saved with the model. The image sources need the images:
-``fit(model, loader)`` (what ``calibrate`` calls) or ``fit_evidence(collect_evidence(...))``;
-``fit_outputs`` alone has only ``leave_classes_out``. The threshold and sources are placeholders
-until ``benchmarks/evidence.py`` has measured them on design models (docs/decisions.md).
+has any, the default components are kept). Only the kept components are scored at prediction
+time, from the same single backbone pass; the record of the choice (``evidence``: rule,
+pseudo-AUROCs, kept, reasons, fallback) is saved with the model. The image sources need the
+images: ``fit(model, loader)`` (what ``calibrate`` and the harness call, ``fits_on_images``) or
+``fit_evidence(collect_evidence(...))``; ``fit_outputs`` alone has only ``leave_classes_out``.
+The detector's own default stays ``select='all'`` (the Fisher-3 measured above and in the
+harness's ``ssod_fused`` row).
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
