@@ -16,12 +16,12 @@ sorted scores turn any image's score into a conformal p-value, and ``p <= alpha`
 most a share alpha of ID images in expectation. No OOD data is used. Needs n >= 1/alpha - 1
 calibration images (19 for alpha = 0.05); a few hundred give a stable threshold.
 
-By default ``ssod_fused`` keeps only the components (from ssod, mahalanobis, energy, knn, vim) that
-ID-only evidence supports (``--select evidence``): pseudo-OOD made from the fit images (by default
-patch-shuffled, blurred and pixel-permuted images; also Eq. 12's background locations and their
-crops, and left-out classes, ``--evidence-sources``), the rule measured in
-``benchmarks/evidence.json`` (docs/decisions.md). It prints which components were kept and why, and
-saves that record with the model. ``--select all``: the earlier default, Fisher over ssod,
+By default ``ssod_fused`` keeps the components (of ssod, mahalanobis, energy, knn, vim) that ID-only
+evidence supports (``--select evidence``): pseudo-OOD made from the fit images (Eq. 12's background
+locations and their crops, patch-shuffled, blurred and pixel-permuted images, left-out classes).
+The rule measured in ``benchmarks/evidence.json`` (docs/decisions.md) keeps the two with the
+highest mean pseudo-AUROC, Fisher-weighted by it. It prints which components were kept and why,
+and saves that record with the model. ``--select all``: the earlier default, Fisher over ssod,
 mahalanobis and energy.
 
 The model is written with the calibration (``config.json``'s ``ssod`` block, ``ssod.safetensors``,
@@ -108,8 +108,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='--select evidence: the mean pseudo-AUROC a component needs to be kept (default: the '
                         'measured rule, timm_ssod.detectors.ssod_fused.EVIDENCE_RULE)')
     g.add_argument('--evidence-top', type=int, default=None, metavar='K',
-                   help='--select evidence: keep at most the K components with the highest pseudo-AUROC (default: '
-                        'every one that reaches the threshold)')
+                   help="--select evidence: keep at most the K components with the highest pseudo-AUROC (default: "
+                        "the measured rule's)")
     g.add_argument('--evidence-sources', default=None, metavar='A,B,...',
                    help='--select evidence: the pseudo-OOD sources averaged, of background, background_local, '
                         'background_crop, patch_shuffle, blur, pixel_permutation, leave_classes_out (default: the '
