@@ -18,18 +18,18 @@ fitted on ID training images exactly as that option fits them (cross-fitted ID r
   FPR95 per OOD set, mean FPR95 / AUROC (rounded to 5 digits), the share of ID test images it
   rejects at each alpha once calibrated on the ID validation images and whether every one is
   within expectation + 3 std (``id_rejection_check``); ``fisher3``
-  is today's default (ssod, mahalanobis, energy; Fisher);
-* ``id_rejection``: today's default and the option's default rule calibrated on ID validation
+  is the earlier default (select='all': ssod, mahalanobis, energy; Fisher);
+* ``id_rejection``: the earlier default and the option's default rule at measurement time, calibrated on ID validation
   images, the share of ID test images rejected at each alpha (``id_rejection_check``);
 * ``seconds``: the cost of collecting the evidence and of the pool's fit; ``cost``: the issue's cost
-  targets (the fit of ``select='evidence'`` against today's, prediction against a plain forward).
+  targets (the fit of ``select='evidence'`` against the earlier Fisher-3's, prediction against a plain forward).
 
 ``summarize_evidence`` then gives, per source and OOD set, the Spearman rank correlation between a
 component's pseudo-AUROC and its real AUROC: pooled over every (model, component) pair and within
 each model (mean over models), separately on the design models, the held-out models and all; and
 the rule chosen on the *design* models (among those whose ID rejection is within expectation + 3 std
 on every design model: the smallest largest gap to the oracle, then the smallest mean gap, then the
-key), reported on the held-out models against the oracle and today's default. No OOD test set makes
+key), reported on the held-out models against the oracle and the earlier default. No OOD test set makes
 a choice on a held-out model.
 """
 import time
@@ -206,7 +206,7 @@ def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int 
 def cost_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_test: int = 600, evidence_images: int = 500,
                     min_samples: int = 20, batch_size: int = 128, seed: int = 0) -> Dict:
     """Only the issue's cost targets (``_costs``) on one checkpoint, on the built-in benchmark as it was
-    trained: the fit of ``ssod_fused`` today (Fisher-3) against ``select='evidence'``, and prediction
+    trained: the fit of ``ssod_fused`` with ``select='all'`` (Fisher-3, the earlier default) against ``select='evidence'``, and prediction
     against a plain forward. Measure on idle cores."""
     torch.manual_seed(seed)
     model, info = load_eval_model(checkpoint=checkpoint)
@@ -232,7 +232,7 @@ def _median_seconds(fn, repeats: int = 5) -> float:
 
 
 def _costs(model, fit_loader, test_loader, gamma, evidence_images, min_samples) -> Dict:
-    """The issue's cost targets, on this machine: the fit of ``ssod_fused`` today (Fisher over ssod,
+    """The issue's cost targets, on this machine: the fit of ``ssod_fused`` with ``select='all'`` (Fisher over ssod,
     mahalanobis, energy) against ``select='evidence'`` end to end from the same ID training images
     (``calibrate`` adds one pass over the calibration images to both, so the ratio of the whole
     command is lower), and what prediction costs on one test batch: a plain forward ``model(x)``
