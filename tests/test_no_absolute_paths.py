@@ -51,7 +51,7 @@ def test_the_pattern():
     slash = '/'  # (split from the folder names, so that this file holds no such path)
     bad = [f'{slash}home{slash}me/x.json', f'--out {slash}tmp{slash}t.md', f'"{slash}work{slash}main/output/demo"',
            f'{slash}Users{slash}me/x', 'C:' + '\\Users\\me\\x', f'{slash}root{slash}.cache']
-    good = ['output/demo/x.json', '/data/imagenet', '/path/to/photos', 'https://huggingface.co/home/x',
-            'docs/work/notes.md', 'benchmarks/tmp/x', '~/x']
+    good = ['output/demo/x.json', '/data/imagenet', '/path/to/photos', f'https://huggingface.co{slash}home{slash}x',
+            f'docs{slash}work{slash}notes.md', f'benchmarks{slash}tmp{slash}x', '~/x']
     assert all(absolute_paths(t) for t in bad), [t for t in bad if not absolute_paths(t)]
     assert not any(absolute_paths(t) for t in good), [t for t in good if absolute_paths(t)]

@@ -99,6 +99,19 @@ def _rejection(calib: torch.Tensor, test: torch.Tensor, alphas: Sequence[float])
     return {f'{a:g}': id_rejection_check(p, a, reference.numel()) for a in alphas}
 
 
+def _as_trained(checkpoint: str, batch_size: int):
+    """The checkpoint's model, its info, the built-in benchmark as it was trained, and
+    ``data(name, split, n)``: a loader of that benchmark's images as the model was trained on them."""
+    model, info = load_eval_model(checkpoint=checkpoint)
+    trained = trained_benchmark(info['train_args'], checkpoint)
+
+    def data(name, split, n):
+        ds = create_dataset(name, split=split, img_size=trained['render_size'], num_images=n,
+                            num_classes=model.num_classes, background=trained.get('background', DEFAULT_BACKGROUND))
+        return _loader(model, ds, trained['img_size'], batch_size, 0)
+    return model, info, trained, data
+
+
 def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int = 500, num_test: int = 600,
                         num_ood: int = 600, evidence_images: int = 500, min_samples: int = 20,
                         ood_sets: Iterable[str] = OOD_SETS, alphas: Sequence[float] = (0.01, 0.05, 0.1),
@@ -110,14 +123,8 @@ def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int 
     split measure. ``timing``: also measure the cost targets (``_costs``: two more passes over the fit
     images). JSON-ready (None where a value is undefined, never NaN)."""
     torch.manual_seed(seed)
-    model, info = load_eval_model(checkpoint=checkpoint)
-    trained = trained_benchmark(info['train_args'], checkpoint)
+    model, info, trained, data = _as_trained(checkpoint, batch_size)
     classes = model.num_classes
-
-    def data(name, split, n):
-        ds = create_dataset(name, split=split, img_size=trained['render_size'], num_images=n, num_classes=classes,
-                            background=trained.get('background', DEFAULT_BACKGROUND))
-        return _loader(model, ds, trained['img_size'], batch_size, 0)
 
     start = time.time()
     # Eq. 12's gamma: the training run's (what `timm-ssod calibrate` reads from a checkpoint), else the model's
@@ -209,17 +216,11 @@ def cost_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_test: int = 600
     trained: the fit of ``ssod_fused`` with ``select='all'`` (Fisher-3, the earlier default) against ``select='evidence'``, and prediction
     against a plain forward. Measure on idle cores."""
     torch.manual_seed(seed)
-    model, info = load_eval_model(checkpoint=checkpoint)
-    trained = trained_benchmark(info['train_args'], checkpoint)
-
-    def data(split, n):
-        ds = create_dataset('synthetic/id', split=split, img_size=trained['render_size'], num_images=n,
-                            num_classes=model.num_classes, background=trained.get('background', DEFAULT_BACKGROUND))
-        return _loader(model, ds, trained['img_size'], batch_size, 0)
+    model, info, trained, data = _as_trained(checkpoint, batch_size)
     gamma = (info.get('train_args') or {}).get('gamma') or None
     return {'checkpoint': checkpoint, 'benchmark': trained, 'threads': torch.get_num_threads(),
-            **_costs(model, lambda: data('train', num_fit), data('test', num_test), gamma, evidence_images,
-                     min_samples)}
+            **_costs(model, lambda: data('synthetic/id', 'train', num_fit), data('synthetic/id', 'test', num_test),
+                     gamma, evidence_images, min_samples)}
 
 
 def _median_seconds(fn, repeats: int = 5) -> float:
