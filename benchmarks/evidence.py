@@ -22,10 +22,11 @@ in ``--design``. The JSON is written atomically after every checkpoint, its path
 repository; a rerun with the same sizes skips the checkpoints already in it.
 
 Cost per checkpoint at the default sizes (2000 fit, 500 calibration, 600 test and 600 x 4 OOD
-images; the pseudo-OOD from 500 of the fit images): about 7500 backbone passes for the record
-(4000 of them the fit images, their transforms and crops) and 6000 more for the cost targets
-(today's fit and the option's, end to end), plus the rendering of the synthetic images, the pool's
-cross-fitting (5 folds x 3 fitted components) and leave-classes-out (5 groups x 4 components).
+images; the pseudo-OOD from 250 of the fit images, the default budget ``evidence_budget(2000)``):
+about 6500 backbone passes for the record (3000 of them the fit images, their transforms and crops)
+and 5000 more for the cost targets (today's fit and the option's, end to end), plus the rendering of
+the synthetic images, the pool's cross-fitting (5 folds x 3 fitted components) and
+leave-classes-out (5 groups x 4 components).
 ``--no-timing`` leaves the cost targets out. The timings are of the machine that runs it: measure
 the targets on one quiet machine, not on cores shared with training.
 """
@@ -40,13 +41,15 @@ import timm
 import torch
 
 from timm_ssod._util import atomic_write_text
+from timm_ssod.detectors.evidence import evidence_budget
 from timm_ssod.experiments import (command_line, cost_checkpoint, evidence_checkpoint, read_result, results_text,
                                    summarize_evidence, train_stage)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository
-SIZES = dict(num_fit=2000, num_calib=500, num_test=600, num_ood=600, evidence_images=500, min_samples=20,
-             batch_size=128)
+# evidence_images: the default budget of 2000 fit images (one in 8), what `calibrate` would make them from
+SIZES = dict(num_fit=2000, num_calib=500, num_test=600, num_ood=600, evidence_images=evidence_budget(2000),
+             min_samples=20, batch_size=128)
 QUICK_SIZES = dict(num_fit=40, num_calib=20, num_test=20, num_ood=20, evidence_images=20, min_samples=10,
                    batch_size=20)
 # --quick: two tiny SSOD models trained here (a 2x2 map at 32 px), the first one the design model
@@ -66,10 +69,17 @@ def parse_args(argv=None):
     p.add_argument('--summary', metavar='JSON', nargs='+', default=None,
                    help='recompute the summary of finished JSON with this --design (no scoring): several files '
                         '(e.g. one per core) are merged, their models combined; writes --out')
+    p.add_argument('--images-sensitivity', metavar='JSON', nargs='+', default=None,
+                   help='compare finished JSON made with different --evidence-images (same models): the deployed '
+                        "rule's FPR95 and kept components per model and size, and the rule each file's design "
+                        'models choose; writes --out')
     p.add_argument('--seed', type=int, default=0, help='seed of the transforms and the class groups')
     p.add_argument('--cost-only', action='store_true',
                    help="measure only the cost targets (the option's fit against today's, predict against a forward) "
                         'of each checkpoint, on idle cores; writes --out')
+    p.add_argument('--evidence-images', type=int, default=None, metavar='N',
+                   help='make the pseudo-OOD from N of the fit images (default 500; --quick 20): the trade of '
+                        "calibrate's time against the evidence's noise")
     p.add_argument('--no-timing', dest='timing', action='store_false',
                    help="leave out the cost targets (the option's fit against today's, predict against a forward)")
     return p.parse_args(argv)
@@ -144,9 +154,49 @@ def print_summary(summary):
                   f"Fisher-3 {100 * row['fisher3_fpr95']:.1f}, oracle {row['oracle']} {100 * row['oracle_fpr95']:.1f}")
 
 
+def images_sensitivity(paths):
+    """``--images-sensitivity``: the deployed rule (``EVIDENCE_RULE``) on every model of finished evidence
+    JSON files made with different ``evidence_images``, and the rule each file's design models choose."""
+    from timm_ssod.detectors.evidence import rule_key
+    from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
+    key = rule_key(EVIDENCE_RULE)
+    out = {'rule': key, 'files': {}, 'chosen_on_design': {}, 'design': None, 'models': OrderedDict()}
+    for path in paths:
+        part = read_result(path)
+        if part is None:
+            sys.exit(f'--images-sensitivity: {path} does not exist')
+        images = str(part['sizes']['evidence_images'])
+        if images in out['files']:
+            sys.exit(f'--images-sensitivity: {path} and {out["files"][images]} both use {images} evidence images')
+        out['files'][images] = os.path.relpath(os.path.abspath(path), ROOT)
+        out['chosen_on_design'][images] = part['summary'].get('chosen_rule')
+        design = sorted(part['summary']['design'])
+        if out['design'] is not None and design != out['design']:
+            sys.exit(f'--images-sensitivity: {path} has design models {design}, the first file {out["design"]}')
+        out['design'] = design
+        for label, rec in part['models'].items():
+            row = out['models'].setdefault(label, {'oracle': {'detector': rec['oracle']['detector'],
+                                                              'fpr95': rec['oracle']['fpr95']},
+                                                   'fisher3_fpr95': rec['fisher3']['average']['fpr95'],
+                                                   'by_images': OrderedDict()})
+            rule = rec['rules'][key]
+            row['by_images'][images] = {'fpr95': rule['average']['fpr95'], 'kept': rule['kept'],
+                                        'id_rejection_within': rule['id_rejection_within']}
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else argv
+    if args.images_sensitivity:
+        out = dict(command=command_line('python benchmarks/evidence.py', argv_list, ROOT),
+                   **images_sensitivity(args.images_sensitivity))
+        atomic_write_text(args.out, results_text(out, ROOT))
+        for label, row in out['models'].items():
+            print(f"{label}: oracle {100 * row['oracle']['fpr95']:.1f}; rule " + ', '.join(
+                f"{n} images {100 * v['fpr95']:.1f} ({', '.join(v['kept'])})" for n, v in row['by_images'].items()))
+        print('chosen on the design models: ' + ', '.join(f'{n}: {k}' for n, k in out['chosen_on_design'].items()))
+        return out
     if args.summary:
         old = merged(args.summary)
         design = [d for d in args.design]
@@ -155,7 +205,11 @@ def main(argv=None):
         atomic_write_text(args.out, results_text(old, ROOT))
         print_summary(old['summary'])
         return old
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = dict(QUICK_SIZES if args.quick else SIZES)
+    if args.evidence_images is not None:
+        if args.evidence_images < 1:
+            sys.exit(f'--evidence-images must be >= 1, got {args.evidence_images}')
+        sizes['evidence_images'] = args.evidence_images
     if args.cost_only:
         if not args.checkpoints:
             sys.exit('give the training checkpoints to measure')

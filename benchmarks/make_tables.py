@@ -7,7 +7,7 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence}.json, weights/*.json
+converged,demo,evidence,evidence_images,calibrate_cost,calibrate_cost_small}.json, weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
 ``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
@@ -807,12 +807,46 @@ def evidence_tables(d):
     return '\n'.join(out)
 
 
+def evidence_images_tables(d):
+    """``benchmarks/evidence.py --images-sensitivity``: the deployed rule with the pseudo-OOD made from
+    fewer fit images, per model, and the rule each size's design models choose."""
+    sizes = list(d['files'])
+    out = [f"Command: `{d['command']}`. The deployed rule `{d['rule']}` with the pseudo-OOD made from "
+           f"{', '.join(sizes)} of the 2000 fit images (everything else the same); mean FPR95 ↓ in % over the OOD "
+           f"sets, the components kept, ✗ where its ID rejection leaves expectation + 3 std.\n"]
+    rows = []
+    for label, r in d['models'].items():
+        oracle = r['oracle']['fpr95']
+        rows.append([label + (' (design)' if label in d['design'] else ''), f"{r['oracle']['detector']} {pct(oracle)}"]
+                    + ['–' if n not in r['by_images'] else
+                       f"{pct(r['by_images'][n]['fpr95'])} ({', '.join(r['by_images'][n]['kept'])})"
+                       + ('' if r['by_images'][n]['id_rejection_within'] else ' ✗') for n in sizes])
+    out.append(md_table(['Model', 'oracle'] + [f'{n} images' for n in sizes], rows))
+    out.append('\nThe rule the design models choose: ' + '; '.join(
+        f"{n} images: `{k}`" for n, k in d['chosen_on_design'].items()) + '.')
+    return '\n'.join(out)
+
+
+def calibrate_cost_tables(d):
+    """``benchmarks/calibrate_cost.py``: the whole ``timm-ssod calibrate`` command per decision."""
+    variants = list(d['variants'])
+    env = d['environment']
+    out = [f"Command: `{d['command']}` ({d['fit_samples']} fit and {d['calib_samples']} calibration images, "
+           f"`{d['data']}`; {env['cpu_count']} cores, load average {env['load_average_before'][0]:.2f} before). "
+           f"Wall time of the whole command, median of {len(d['variants'][variants[0]]['seconds'])} run(s).\n"]
+    rows = [[f"`{v}`" if v else '(the defaults)', f"{r['median_seconds']:.0f} s", f"{r['ratio']:.2f}×"]
+            for v, r in d['variants'].items()]
+    out.append(md_table(['flags', 'wall time', f"/ `{variants[0]}`"], rows))
+    return '\n'.join(out)
+
+
 SOURCES = {  # flag name -> committed JSON, relative to the repository
     'overhead': 'benchmarks/overhead.json', 'quality': 'benchmarks/quality.json',
     'ablations': 'benchmarks/ablations.json', 'regime': 'benchmarks/regime.json',
     'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
     'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
-    'evidence': 'benchmarks/evidence.json',
+    'evidence': 'benchmarks/evidence.json', 'evidence_images': 'benchmarks/evidence_images.json',
+    'calibrate_cost': 'benchmarks/calibrate_cost.json', 'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
 }
@@ -826,6 +860,9 @@ SECTIONS = (
     ('regime_probe', ('regime_probe',), probe_tables),
     ('converged', ('converged',), converged_tables),
     ('evidence', ('evidence',), evidence_tables),
+    ('evidence_images', ('evidence_images',), evidence_images_tables),
+    ('calibrate_cost', ('calibrate_cost',), calibrate_cost_tables),
+    ('calibrate_cost_small', ('calibrate_cost_small',), calibrate_cost_tables),
     ('standin', ('standin_resnet18', 'standin_mobilenetv3_small_075?'), standin_tables),
     ('demo', ('demo',), demo_tables),
     ('fused', ('fused',), fused_measurement_tables),

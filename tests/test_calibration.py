@@ -155,7 +155,8 @@ def test_ssod_fused_cross_fitted_references_are_out_of_sample():
     (dict(components=['ssod', 'ssod']), 'two or more different components'),
     (dict(components=['ssod', 'odin']), 'odin cannot be a component'),
     (dict(method='mean'), 'unknown combination'),
-    (dict(folds=1), 'folds must be >= 2')])
+    (dict(folds=1), 'folds must be >= 2'),
+    (dict(select='evidence', evidence_images=0), 'evidence_images must be >= 1')])
 def test_ssod_fused_refuses_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_detector('ssod_fused', **kwargs)
@@ -268,10 +269,11 @@ def test_calibrate_then_predict_commands(saved_tiny, capsys):
 
     out = root / 'calibrated'
     assert main(['calibrate', f'local-dir:{folder}', *data, '--split', 'val', '--alpha', '0.1',
-                 '--save-dir', str(out)]) == 0
+                 '--evidence-images', '21', '--save-dir', str(out)]) == 0
     printed = capsys.readouterr().out  # the default decision: components chosen from ID-only evidence, and why
     assert re.search(r'ssod_fused \[[a-z, ]+\] score, 24 ID calibration images, alpha=0\.1', printed)
     assert 'Components kept from ID-only evidence' in printed and 'pseudo-OOD samples: ' in printed
+    assert 'patch_shuffle 21, blur 21, pixel_permutation 21' in printed  # made from 21 of the 24 fit images
     config = json.loads((out / 'config.json').read_text())
     rule = config['ssod']['calibration']['choices']['rule']  # the measured rule (EVIDENCE_RULE)
     assert rule['sources'] == list(SOURCE_SETS[EVIDENCE_RULE['sources']]) and rule['top'] == EVIDENCE_RULE['top']
@@ -303,6 +305,9 @@ def test_calibrate_command_errors(saved_tiny, capsys):
     assert main(['calibrate', f'local-dir:{folder}', *few, '--detector', 'ssod', '--alpha', '0.2',
                  '--components', 'ssod,knn', '--save-dir', str(root / 'x')]) == 1
     assert 'options of --detector ssod_fused' in capsys.readouterr().err
+    assert main(['calibrate', f'local-dir:{folder}', *few, '--select', 'all', '--evidence-images', '100', '--alpha',
+                 '0.2', '--save-dir', str(root / 'x')]) == 1
+    assert 'options of --select evidence' in capsys.readouterr().err
     assert main(['calibrate', f'local-dir:{folder}', *few]) == 1
     assert '--save-dir DIR and/or --push-to-hub' in capsys.readouterr().err
     assert not (root / 'x').exists()

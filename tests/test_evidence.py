@@ -15,8 +15,8 @@ import timm_ssod
 from timm_ssod.conformal import combine_pvalues
 from timm_ssod.core import head_per_location, to_locations
 from timm_ssod.detectors import ModelOutputs, SSODFused, create_detector
-from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, evidence_table, heavy_blur,
-                                          leave_classes_out, patch_shuffle, permute_pixels, pseudo_auroc,
+from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, evidence_budget, evidence_table,
+                                          heavy_blur, leave_classes_out, patch_shuffle, permute_pixels, pseudo_auroc,
                                           SOURCES, restrict_classes, select_components)
 from timm_ssod.detectors.catalog import single_detector_class
 from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
@@ -203,6 +203,25 @@ def test_collect_evidence_on_a_model_whose_sampler_labels_background():
         collect_evidence(model, batches(1, 2), sources=['mixup'])
 
 
+@pytest.mark.parametrize('num_fit, expected', [(None, 500), (10, 10), (100, 40), (320, 40), (400, 50), (2000, 250),
+                                               (4000, 500), (10 ** 6, 500)])
+def test_evidence_budget_by_hand(num_fit, expected):
+    """One in 8 fit images (four more passes each: half a pass over the fit set), 40 to 500, never more than
+    there are; an unknown size gets the cap."""
+    assert evidence_budget(num_fit) == expected
+
+
+def test_collect_evidence_default_budget_reads_the_loader_size():
+    from torch.utils.data import DataLoader, TensorDataset
+    model = tiny(seed=1)
+    x, y = torch.randn(400, 3, IMG, IMG), torch.randint(0, CLASSES, (400,))
+    data = collect_evidence(model, DataLoader(TensorDataset(x, y), batch_size=64), gamma=0.6)
+    assert data.images == 50 and data.outputs.logits.shape[0] == 400  # 400 // 8, every image still scored
+    assert data.counts['patch_shuffle'] == 50
+    unsized = (b for b in batches(10, 2))  # no len: the cap (500), so all 120 images
+    assert collect_evidence(model, unsized, sources=['blur']).images == 120
+
+
 def test_no_location_labelled_ood_warns_and_falls_back_without_nan():
     """An untrained 3-class model is never confident: at gamma 0.95 Eq. 12 labels nothing OOD. The
     background sources warn and give None; with only them, the a-priori components are kept."""
@@ -377,3 +396,20 @@ def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
         _script().main(['--summary', str(tmp_path / 'tiny_a.json'), str(out), '--out', str(tmp_path / 'x.json')])
     with pytest.raises(SystemExit, match='not among the checkpoints'):
         _script().main(['--quick', '--design', 'tiny_c', '--out', str(out), '--runs-dir', str(runs)])
+    # the same models with fewer evidence images (another file: other sizes), compared rule by rule
+    fewer = tmp_path / 'fewer.json'
+    with pytest.raises(SystemExit, match='other sizes'):
+        _script().main(['--quick', '--evidence-images', '12', '--out', str(out), '--runs-dir', str(runs)])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        _script().main(['--quick', '--evidence-images', '12', '--no-timing', '--out', str(fewer), '--runs-dir',
+                        str(runs)])
+    assert json.loads(fewer.read_text())['models']['tiny_a']['evidence']['samples']['patch_shuffle'] == 12
+    cmp = _script().main(['--images-sensitivity', str(out), str(fewer), '--out', str(tmp_path / 'images.json')])
+    assert list(cmp['files']) == ['20', '12'] and list(cmp['models']) == ['tiny_a', 'tiny_b']
+    row = cmp['models']['tiny_a']['by_images']
+    assert row['20'] == {k: rec['rules'][cmp['rule']][k] for k in ('kept', 'id_rejection_within')} | {
+        'fpr95': rec['rules'][cmp['rule']]['average']['fpr95']}
+    assert set(cmp['chosen_on_design']) == {'20', '12'} and cmp['design'] == ['tiny_a']
+    with pytest.raises(SystemExit, match='both use 20 evidence images'):
+        _script().main(['--images-sensitivity', str(out), str(out), '--out', str(tmp_path / 'x.json')])

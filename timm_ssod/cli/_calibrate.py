@@ -114,6 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='--select evidence: the pseudo-OOD sources averaged, of background, background_local, '
                         'background_crop, patch_shuffle, blur, pixel_permutation, leave_classes_out (default: the '
                         "measured rule's)")
+    g.add_argument('--evidence-images', type=int, default=None, metavar='N',
+                   help='--select evidence: make the pseudo-OOD from N of the fit images (default: one in 8 of '
+                        'them, 40 to 500; timm_ssod.detectors.evidence.evidence_budget): fewer is faster, and noisier')
     g.add_argument('--alpha', type=float, default=0.05, help='target share of ID images rejected (default 0.05)')
     g = p.add_argument_group('run')
     g.add_argument('--save-dir', metavar='DIR', default=None, help='write the calibrated model folder here')
@@ -141,7 +144,7 @@ def _detector(args):
     if args.combine is not None:
         kwargs['method'] = args.combine
     for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'), ('evidence_top', 'top'),
-                      ('evidence_sources', 'evidence_sources')):
+                      ('evidence_sources', 'evidence_sources'), ('evidence_images', 'evidence_images')):
         if getattr(args, flag) is not None:
             kwargs[key] = getattr(args, flag)
     if kwargs and args.detector != 'ssod_fused':
@@ -149,9 +152,10 @@ def _detector(args):
     if args.detector != 'ssod_fused':
         return create_detector(args.detector)
     kwargs = {**DECISION_KWARGS, **kwargs}  # the default decision, under what was given
-    if any(v is not None for v in (args.evidence_threshold, args.evidence_top, args.evidence_sources)) \
-            and kwargs.get('select') != 'evidence':
-        raise ValueError('--evidence-threshold / --evidence-top / --evidence-sources are options of --select evidence')
+    if any(v is not None for v in (args.evidence_threshold, args.evidence_top, args.evidence_sources,
+                                   args.evidence_images)) and kwargs.get('select') != 'evidence':
+        raise ValueError('--evidence-threshold / --evidence-top / --evidence-sources / --evidence-images are options '
+                         'of --select evidence')
     return create_detector(args.detector, **kwargs)
 
 

@@ -59,7 +59,8 @@ from .._util import warn
 from .base import Detector, ModelOutputs, _model_device, _split_batch, apply_classifier, compute_outputs, \
     outputs_of_features
 
-__all__ = ['SOURCES', 'IMAGE_SOURCES', 'TRANSFORMS', 'EvidenceData', 'collect_evidence', 'evidence_table',
+__all__ = ['SOURCES', 'IMAGE_SOURCES', 'TRANSFORMS', 'EvidenceData', 'collect_evidence', 'evidence_budget',
+           'evidence_table',
            'leave_classes_out', 'select_components', 'describe_selection', 'patch_shuffle', 'heavy_blur',
            'permute_pixels', 'pseudo_auroc', 'restrict_classes']
 
@@ -70,6 +71,36 @@ SOURCES = IMAGE_SOURCES + ('leave_classes_out',)
 # named sets of sources a rule may average (a rule's ``sources``)
 SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('transforms', TRANSFORM_SOURCES),
                            *((s, (s,)) for s in SOURCES)])
+
+
+# How many fit images the image sources are made from by default (``evidence_budget``). Each costs up to four
+# more backbone passes (three transforms, one crop), so one in EVIDENCE_SHARE of the fit images keeps the extra
+# passes at half a pass over the fit images; capped at EVIDENCE_IMAGES, and at least MIN_EVIDENCE_IMAGES (or every
+# fit image) so that a small fit set still gets twice the default min_samples. Measured against the rule's quality
+# at 500, 250 and 125 images (benchmarks/evidence_images.json, docs/decisions.md).
+EVIDENCE_IMAGES = 500
+EVIDENCE_SHARE = 8
+MIN_EVIDENCE_IMAGES = 40
+
+
+def evidence_budget(num_fit: Optional[int]) -> int:
+    """The default number of evidence images for ``num_fit`` fit images (None: not known, the cap)."""
+    if num_fit is None:
+        return EVIDENCE_IMAGES
+    return max(0, min(num_fit, max(MIN_EVIDENCE_IMAGES, min(EVIDENCE_IMAGES, num_fit // EVIDENCE_SHARE))))
+
+
+def _loader_images(loader, batch_size: int) -> Optional[int]:
+    """How many images ``loader`` gives: its dataset's length (a DataLoader, or a wrapper's ``.loader``), else
+    its number of batches times the first batch's size, else None."""
+    for obj in (loader, getattr(loader, 'loader', None)):
+        dataset = getattr(obj, 'dataset', None)
+        if dataset is not None and hasattr(dataset, '__len__'):
+            return len(dataset)
+    try:
+        return len(loader) * batch_size
+    except TypeError:
+        return None
 
 
 def rule_key(rule: Mapping) -> str:
@@ -187,17 +218,20 @@ def _model_gamma(model: nn.Module) -> float:
 
 
 def collect_evidence(model: nn.Module, loader: Iterable, sources: Sequence[str] = IMAGE_SOURCES,
-                     max_images: int = 500, per_image: int = 2, gamma: Optional[float] = None, seed: int = 0,
-                     device=None) -> EvidenceData:
+                     max_images: Optional[int] = None, per_image: int = 2, gamma: Optional[float] = None,
+                     seed: int = 0, device=None) -> EvidenceData:
     """One pass over ``loader`` (ID images, batches ``(x, y)``): every image's outputs, and the
     pseudo-OOD samples of the image ``sources`` made from the first ``max_images`` images (see the
-    module docstring). ``gamma``: Eq. 12's threshold, default the model's own (``ssod_cfg``) or 0.95.
-    The transforms use a generator seeded with ``seed``. Eval mode and no_grad; the mode is restored."""
+    module docstring; None: ``evidence_budget`` of the loader's size). ``gamma``: Eq. 12's threshold,
+    default the model's own (``ssod_cfg``) or 0.95. The transforms use a generator seeded with ``seed``.
+    Eval mode and no_grad; the mode is restored."""
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise ValueError(f'unknown evidence source(s) {unknown}; available: {", ".join(SOURCES)}')
     if per_image < 1:
         raise ValueError(f'per_image must be >= 1, got {per_image}')
+    if max_images is not None and max_images < 1:
+        raise ValueError(f'max_images must be >= 1, got {max_images}')
     sources = [s for s in sources if s in IMAGE_SOURCES]
     gamma = _model_gamma(model) if gamma is None else float(gamma)
     device = torch.device(device) if device is not None else _model_device(model)
@@ -215,6 +249,8 @@ def collect_evidence(model: nn.Module, loader: Iterable, sources: Sequence[str] 
                 feats = model.forward_features(x)
                 parts.append(outputs_of_features(model, feats, x.shape[-2:]))
                 labels.append(None if y is None else torch.as_tensor(y).reshape(-1).long().to(device))
+                if max_images is None:  # the default budget, from the loader's size (known at the first batch)
+                    max_images = evidence_budget(_loader_images(loader, x.shape[0]))
                 take = min(x.shape[0], max_images - used)
                 if take <= 0:
                     continue
@@ -507,7 +543,8 @@ def describe_selection(record: Mapping) -> str:
         shown = ' '.join(f'{s}={per[s]:.2f}' for s in rule['sources'] if per.get(s) is not None)
         lines.append(f"  {n:<{width}}  {record['reasons'][n]}" + (f'  [{shown}]' if shown else ''))
     if samples:
-        lines.append('  pseudo-OOD samples: ' + ', '.join(f'{s} {n}' for s, n in samples.items()))
+        made = f" (made from {record['images']} of the fit images)" if record.get('images') else ''
+        lines.append('  pseudo-OOD samples: ' + ', '.join(f'{s} {n}' for s, n in samples.items()) + made)
     for s, note in (record.get('notes') or {}).items():
         if s in rule['sources']:
             lines.append(f'  no evidence from {s}: {note}')

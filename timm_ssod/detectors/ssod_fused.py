@@ -121,7 +121,8 @@ class SSODFused(Detector):
             rule's, else every one that reaches ``threshold``).
             With ``select='evidence'``, ``method``, ``threshold``, ``evidence_sources``, ``weighting``
             and ``top`` default to ``EVIDENCE_RULE`` (measured, ``benchmarks/evidence.py``).
-        evidence_images: how many fit images the image sources are made from.
+        evidence_images: how many fit images the image sources are made from (None: ``evidence.evidence_budget``
+            of the fit set's size, one in 8 of them, 40 to 500).
         min_samples: a source with fewer pseudo-OOD samples gives no evidence (a warning).
         gamma: Eq. 12's threshold for the background sources (default: the model's own, or 0.95).
     """
@@ -133,7 +134,7 @@ class SSODFused(Detector):
                  tail: bool = True, component_kwargs: Optional[Dict[str, Dict]] = None, name: Optional[str] = None,
                  select: str = 'all', threshold: Optional[float] = None,
                  evidence_sources: Optional[Sequence[str]] = None, weighting: Optional[str] = None,
-                 evidence_images: int = 500, min_samples: int = 20, gamma: Optional[float] = None,
+                 evidence_images: Optional[int] = None, min_samples: int = 20, gamma: Optional[float] = None,
                  top: Optional[int] = None):
         rule = EVIDENCE_RULE if select == 'evidence' else {}  # select='evidence''s measured defaults
         method = method or rule.get('method', 'fisher')
@@ -184,7 +185,9 @@ class SSODFused(Detector):
         self.evidence_sources = list(evidence_sources)
         self.weighting = weighting
         self.top = None if top is None else int(top)
-        self.evidence_images = int(evidence_images)
+        if evidence_images is not None and int(evidence_images) < 1:
+            raise ValueError(f'evidence_images must be >= 1, got {evidence_images}')
+        self.evidence_images = None if evidence_images is None else int(evidence_images)
         self.min_samples = int(min_samples)
         self.gamma = None if gamma is None else float(gamma)
         self.weights = None    # Fisher / Stouffer weights of the kept components (select='evidence')
@@ -230,7 +233,8 @@ class SSODFused(Detector):
                                    self.weighting, a_priori=DEFAULT_COMPONENTS, top=getattr(self, 'top', None))
         if record['fallback']:
             warn(f'{self.name}: {record["fallback"]}')
-        self.evidence = dict(record, auroc=table['auroc'], samples=table['samples'], notes=table['notes'])
+        self.evidence = dict(record, auroc=table['auroc'], samples=table['samples'], notes=table['notes'],
+                             images=data.images)
         keep = [self.component_names.index(n) for n in record['kept']]
         self.components = [self.components[i] for i in keep]
         self.references = [self.references[i] for i in keep]

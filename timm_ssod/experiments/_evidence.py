@@ -113,7 +113,7 @@ def _as_trained(checkpoint: str, batch_size: int):
 
 
 def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int = 500, num_test: int = 600,
-                        num_ood: int = 600, evidence_images: int = 500, min_samples: int = 20,
+                        num_ood: int = 600, evidence_images: Optional[int] = None, min_samples: int = 20,
                         ood_sets: Iterable[str] = OOD_SETS, alphas: Sequence[float] = (0.01, 0.05, 0.1),
                         batch_size: int = 128, singles: Sequence[str] = SINGLES, rules: Optional[List[Dict]] = None,
                         seed: int = 0, timing: bool = True) -> Dict:
@@ -210,7 +210,8 @@ def evidence_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_calib: int 
     }
 
 
-def cost_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_test: int = 600, evidence_images: int = 500,
+def cost_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_test: int = 600,
+                    evidence_images: Optional[int] = None,
                     min_samples: int = 20, batch_size: int = 128, seed: int = 0) -> Dict:
     """Only the issue's cost targets (``_costs``) on one checkpoint, on the built-in benchmark as it was
     trained: the fit of ``ssod_fused`` with ``select='all'`` (Fisher-3, the earlier default) against ``select='evidence'``, and prediction
