@@ -34,6 +34,7 @@ their JSON afterwards (nothing is retrained):
     OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones densenet121 mobilenetv3_large_100 --out a.json &
     OMP_NUM_THREADS=1 python benchmarks/quality.py --backbones resnet18 regnety_008 --out b.json; wait
     python benchmarks/quality.py --merge a.json b.json
+    # or one seed per core: --seeds 0 --out s0.json & --seeds 1 --out s1.json, then --merge s0.json s1.json
 
 Per SSOD run it also measures calibrated decisions (``timm_ssod.experiments.decisions_checkpoint``):
 ``ssod_fused`` and its components calibrated on the ID validation split, the share of ID *test*
@@ -118,7 +119,8 @@ OLD_DEFAULTS = {'background': 'smooth', 'start': 'scratch'}
 
 
 def merge(paths):
-    """One result from the JSON of runs of disjoint backbone subsets with the same settings."""
+    """One result from the JSON of runs with the same settings on disjoint backbones, or on disjoint seeds of
+    one backbone (one process per seed and core): every backbone must end with every seed of the files."""
     parts = []
     for path in paths:
         try:
@@ -132,13 +134,27 @@ def merge(paths):
                seconds=max(p['seconds'] for p in parts), merged_from=list(paths), backbones=OrderedDict())
     for path, part in zip(paths, parts):
         for key in MUST_AGREE:
-            if part.get(key, OLD_DEFAULTS.get(key)) != first.get(key, OLD_DEFAULTS.get(key)):
+            if key != 'seeds' and part.get(key, OLD_DEFAULTS.get(key)) != first.get(key, OLD_DEFAULTS.get(key)):
                 sys.exit(f'--merge: {path} has {key}={part.get(key)!r}, {paths[0]} has {first.get(key)!r}; '
                          'only runs with the same settings can be merged')
         for name, entry in part['backbones'].items():
-            if name in out['backbones']:
-                sys.exit(f'--merge: backbone {name!r} appears in more than one file ({path})')
-            out['backbones'][name] = entry
+            have = out['backbones'].get(name)
+            if have is None:
+                out['backbones'][name] = entry
+                continue
+            twice = sorted({r['seed'] for r in have['runs']} & {r['seed'] for r in entry['runs']})
+            if twice:
+                sys.exit(f'--merge: backbone {name!r} seed(s) {twice} appear in more than one file ({path})')
+            if (have['config'], have['stage1']) != (entry['config'], entry['stage1']):
+                sys.exit(f'--merge: backbone {name!r} has another configuration or start in {path}')
+            runs = sorted(have['runs'] + entry['runs'], key=lambda r: r['seed'])
+            out['backbones'][name] = dict(have, runs=runs, summary=summarize(runs))
+    out['seeds'] = sorted({seed for p in parts for seed in p['seeds']})
+    for name, entry in out['backbones'].items():
+        seeds = sorted(r['seed'] for r in entry['runs'])
+        if seeds != out['seeds']:
+            sys.exit(f'--merge: backbone {name!r} has seeds {seeds}, the merged files {out["seeds"]}: every backbone '
+                     'needs every seed')
     return out
 
 

@@ -134,6 +134,14 @@ def test_quality_merge_combines_parallel_runs_and_refuses_mismatched_settings(ou
         _script('quality').main(['--merge', str(outputs['quality']), str(tmp_path / 'c.json'), '--out', str(out)])
     with pytest.raises(SystemExit, match='more than one file'):
         _script('quality').main(['--merge', str(outputs['quality']), str(outputs['quality']), '--out', str(out)])
+    # one seed per process: the same backbone's other seed in another file joins its runs, summary recomputed
+    (seed0,) = entry['runs']
+    seed7 = dict(seed0, seed=7, seconds=1.0)
+    (tmp_path / 'd.json').write_text(json.dumps(dict(part, seeds=[7], backbones={name: dict(entry, runs=[seed7])})))
+    both = _script('quality').main(['--merge', str(outputs['quality']), str(tmp_path / 'd.json'), '--out', str(out)])
+    assert both['seeds'] == sorted([seed0['seed'], 7]) and [r['seed'] for r in both['backbones'][name]['runs']] == \
+        both['seeds']
+    assert both['backbones'][name]['summary'] == _script('quality').summarize([seed0, seed7])
 
 
 def test_regime_quick_runs_the_grid_and_from_scratch_then_resumes_without_retraining(tmp_path, capsys):
