@@ -7,7 +7,7 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence,evidence_images,calibrate_cost,calibrate_cost_small}.json, weights/*.json
+converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small}.json, weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
 ``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
@@ -827,6 +827,23 @@ def evidence_images_tables(d):
     return '\n'.join(out)
 
 
+def evidence_cost_tables(d):
+    """``benchmarks/evidence.py --cost-only``: the fit of the default decision against Fisher-3's, and a
+    prediction against a plain forward, per checkpoint."""
+    out = [f"Command: `{d['command']}` ({d['sizes']['num_fit']} fit images, the pseudo-OOD from "
+           f"{d['sizes']['evidence_images'] or 'the default budget of'} of them; {d['environment']['threads']} threads)."
+           f"\n"]
+    rows = []
+    for label, r in d['models'].items():
+        f, p = r['fit_seconds'], r['predict_ratio']
+        rows.append([f"{label} ({r['benchmark']['img_size']} px)",
+                     f"{f['ratio']:.2f}× ({f['evidence']:.1f} s / {f['fisher3']:.1f} s)",
+                     f"{p['evidence']:.3f}× (Fisher-3: {p['fisher3']:.3f}×)", ', '.join(r['option_kept'])])
+    out.append(md_table(['checkpoint', "fit: `select='evidence'` / Fisher-3", 'prediction / a plain forward',
+                         'kept'], rows))
+    return '\n'.join(out)
+
+
 def calibrate_cost_tables(d):
     """``benchmarks/calibrate_cost.py``: the whole ``timm-ssod calibrate`` command per decision."""
     variants = list(d['variants'])
@@ -846,7 +863,7 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
     'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
     'evidence': 'benchmarks/evidence.json', 'evidence_images': 'benchmarks/evidence_images.json',
-    'calibrate_cost': 'benchmarks/calibrate_cost.json', 'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
+    'evidence_cost': 'benchmarks/evidence_cost.json', 'calibrate_cost': 'benchmarks/calibrate_cost.json', 'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
 }
@@ -861,6 +878,7 @@ SECTIONS = (
     ('converged', ('converged',), converged_tables),
     ('evidence', ('evidence',), evidence_tables),
     ('evidence_images', ('evidence_images',), evidence_images_tables),
+    ('evidence_cost', ('evidence_cost',), evidence_cost_tables),
     ('calibrate_cost', ('calibrate_cost',), calibrate_cost_tables),
     ('calibrate_cost_small', ('calibrate_cost_small',), calibrate_cost_tables),
     ('standin', ('standin_resnet18', 'standin_mobilenetv3_small_075?'), standin_tables),

@@ -60,9 +60,8 @@ from .base import Detector, ModelOutputs, _model_device, _split_batch, apply_cla
     outputs_of_features
 
 __all__ = ['SOURCES', 'IMAGE_SOURCES', 'TRANSFORMS', 'EvidenceData', 'collect_evidence', 'evidence_budget',
-           'evidence_table',
-           'leave_classes_out', 'select_components', 'describe_selection', 'patch_shuffle', 'heavy_blur',
-           'permute_pixels', 'pseudo_auroc', 'restrict_classes']
+           'evidence_table', 'leave_classes_out', 'select_components', 'describe_selection', 'patch_shuffle',
+           'heavy_blur', 'permute_pixels', 'pseudo_auroc', 'restrict_classes']
 
 LOCATION_SOURCES = ('background', 'background_local', 'background_crop')
 TRANSFORM_SOURCES = ('patch_shuffle', 'blur', 'pixel_permutation')
