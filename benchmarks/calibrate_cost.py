@@ -61,8 +61,8 @@ def main(argv=None):
         sys.exit(f'--repeats must be >= 1, got {args.repeats}')
     if not os.path.isfile(args.checkpoint):
         sys.exit(f'no checkpoint {args.checkpoint}')
-    out = {'command': command_line('python benchmarks/calibrate_cost.py', sys.argv[1:] if argv is None else argv,
-                                   ROOT),
+    given = sys.argv[1:] if argv is None else argv  # quoted: a variant is several words, or none
+    out = {'command': command_line('python benchmarks/calibrate_cost.py', [shlex.quote(a) for a in given], ROOT),
            'environment': {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
                            'cpu_count': os.cpu_count(), 'load_average_before': list(os.getloadavg())},
            'checkpoint': args.checkpoint, 'data': args.data, 'fit_samples': args.fit_samples,

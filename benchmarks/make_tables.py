@@ -849,7 +849,7 @@ def calibrate_cost_tables(d):
     variants = list(d['variants'])
     env = d['environment']
     out = [f"Command: `{d['command']}` ({d['fit_samples']} fit and {d['calib_samples']} calibration images, "
-           f"`{d['data']}`; {env['cpu_count']} cores, load average {env['load_average_before'][0]:.2f} before). "
+           f"`{d['data']}`; {env['cpu_count']} cores). "
            f"Wall time of the whole command, median of {len(d['variants'][variants[0]]['seconds'])} run(s).\n"]
     rows = [[f"`{v}`" if v else '(the defaults)', f"{r['median_seconds']:.0f} s", f"{r['ratio']:.2f}×"]
             for v, r in d['variants'].items()]

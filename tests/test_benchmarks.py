@@ -325,3 +325,28 @@ def test_step_cost_measures_a_step_and_sizes_a_recipe_from_it(tmp_path):
     assert row['quality_seed_finetunes_min'] == pytest.approx(24000 * row['ms_per_image'] / 60000, abs=0.06)
     with pytest.raises(SystemExit):
         _script('step_cost').main(['--models', 'resnet18:big', '--out', str(out)])
+
+
+def test_calibrate_cost_times_each_decision_as_its_own_command(tmp_path):
+    """benchmarks/calibrate_cost.py: one process per variant of ``timm-ssod calibrate``, the ratio to the first,
+    the components the default kept, a pasteable command; a failing variant or a missing checkpoint stops it."""
+    import timm_ssod
+    torch.manual_seed(0)
+    model = timm_ssod.create_model('test_resnet', num_classes=3, output_stride=16)
+    args = dict(model='test_resnet', num_classes=None, gp=None, in_chans=None, input_size=None, img_size=64,
+                model_kwargs={'output_stride': 16}, ssod=True, gamma=0.6, ood_lambda=1.0, balance='lwb',
+                dataset='synthetic/id', mean=None, std=None, crop_pct=None, interpolation='')
+    ckpt = tmp_path / 'model_best.pth.tar'
+    torch.save({'epoch': 1, 'arch': 'test_resnet', 'state_dict': model.state_dict(), 'args': args}, ckpt)
+    common = [str(ckpt), '--data', '--dataset synthetic/id --dataset-kwargs num_images=48 img_size=64 num_classes=3',
+              '--fit-samples', '40', '--calib-samples', '20']
+    out = tmp_path / 'cost.json'
+    _script('calibrate_cost').main([*common, '--variants', '--select all', '', '--out', str(out)])
+    d = json.loads(out.read_text())
+    assert list(d['variants']) == ['--select all', ''] and d['variants']['--select all']['ratio'] == 1.0
+    assert d['variants']['']['median_seconds'] > 0 and d['variants']['']['kept'].startswith('Components kept')
+    assert "--variants '--select all' ''" in d['command'] and ' /' not in d['command']  # relative paths
+    with pytest.raises(SystemExit, match="calibrate '--select nope' failed"):
+        _script('calibrate_cost').main([*common, '--variants', '--select nope', '--out', str(tmp_path / 'x.json')])
+    with pytest.raises(SystemExit, match='no checkpoint'):
+        _script('calibrate_cost').main([str(tmp_path / 'absent.pth.tar'), '--out', str(tmp_path / 'x.json')])
