@@ -51,6 +51,8 @@ def test_recipe_trains_resumes_exports_and_loads_back(backbone, tmp_path):
     assert info['images'] == 16 and info['epochs'] == 1 and len(info['learning_curve']) == 1
     assert 0.0 <= info['id_test_accuracy'] <= 1.0 and info['label_names'] == sorted(info['label_names'])
     assert not os.path.isabs(info['command'].split()[3])
+    assert info['recipe'] == f'weights/{backbone}.yaml'  # the recipe the command ran; the file where it was written
+    assert f"pretrained_cfg_overlay=dict(file='{file}')" in info['load']['python'] and str(file) in info['load']['cli']
 
     shipped = {k: v.float() for k, v in timm.models.load_state_dict(str(file)).items()}
     model = timm_ssod.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),

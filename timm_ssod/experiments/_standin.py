@@ -145,6 +145,12 @@ def _id_test_accuracy(model, train_args: Dict, num_test: int) -> float:
     return correct / total
 
 
+def _in_repository(path: str) -> str:
+    """``path`` relative to the repository that holds ``weights/`` when it lies inside it, else as given."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(WEIGHTS_DIR)))
+    return path if rel.startswith('..') else rel
+
+
 def export_standin(run_dir: str, weights_dir: str = WEIGHTS_DIR, num_test: int = 600,
                    checkpoint: str = 'model_best.pth.tar') -> Dict:
     """Write ``<weights_dir>/<backbone>.safetensors`` (the run's best-validation weights, plain
@@ -174,6 +180,9 @@ def export_standin(run_dir: str, weights_dir: str = WEIGHTS_DIR, num_test: int =
     atomic_write(out, lambda f: f.write(data))
     curve = learning_curve(run_dir)
     rendered = train_args.get('dataset_kwargs') or {}
+    words = (record.get('command') or '').split()
+    recipe = words[words.index('-c') + 1] if '-c' in words[:-1] else f'weights/{backbone}.yaml'  # the recipe run
+    shown = _in_repository(out)
     info = dict(
         file=os.path.basename(out), sha256=sha256_of(out), bytes=os.path.getsize(out), dtype='float16',
         model=backbone, model_kwargs=train_args.get('model_kwargs') or {}, num_classes=train_args['num_classes'],
@@ -183,10 +192,10 @@ def export_standin(run_dir: str, weights_dir: str = WEIGHTS_DIR, num_test: int =
         epochs=train_args['epochs'], epochs_done=len(curve), best_epoch=ckpt.get('epoch'),
         command=record.get('command'), commits=record.get('commits'), wall_seconds=record.get('wall_seconds'),
         torch_threads=record.get('torch_threads'), id_test_accuracy=round(accuracy, 4), num_test=num_test,
-        learning_curve=curve, recipe=f'weights/{backbone}.yaml',
+        learning_curve=curve, recipe=recipe,
         load=dict(python=f"timm_ssod.create_model('{backbone}', pretrained=True, num_classes="
-                         f"{train_args['num_classes']}, pretrained_cfg_overlay=dict(file='weights/{backbone}.safetensors'))",
-                  cli=f'timm-ssod train --model {backbone} --pretrained-path weights/{backbone}.safetensors ...'))
+                         f"{train_args['num_classes']}, pretrained_cfg_overlay=dict(file='{shown}'))",
+                  cli=f'timm-ssod train --model {backbone} --pretrained-path {shown} ...'))
     atomic_write_text(os.path.join(weights_dir, f'{backbone}.json'), json.dumps(info, indent=1) + '\n')
     print(f'{out}: {backbone}, ID test accuracy {accuracy:.2%} ({num_test} images), '
           f'{info["bytes"] / 2 ** 20:.1f} MiB, sha256 {info["sha256"][:12]}...', file=sys.stderr)
