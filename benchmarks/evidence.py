@@ -78,8 +78,9 @@ def parse_args(argv=None):
                    help="measure only the cost targets (the option's fit against today's, predict against a forward) "
                         'of each checkpoint, on idle cores; writes --out')
     p.add_argument('--evidence-images', type=int, default=None, metavar='N',
-                   help='make the pseudo-OOD from N of the fit images (default 500; --quick 20): the trade of '
-                        "calibrate's time against the evidence's noise")
+                   help="make the pseudo-OOD from N of the fit images (default: calibrate's budget for "
+                        f"{SIZES['num_fit']} fit images, {SIZES['evidence_images']}; --quick "
+                        f"{QUICK_SIZES['evidence_images']}): the trade of calibrate's time against the evidence's noise")
     p.add_argument('--no-timing', dest='timing', action='store_false',
                    help="leave out the cost targets (the option's fit against today's, predict against a forward)")
     return p.parse_args(argv)
