@@ -75,7 +75,8 @@ SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('
 # How many fit images the image sources are made from by default (``evidence_budget``). Each costs up to four
 # more backbone passes (three transforms, one crop), so one in EVIDENCE_SHARE of the fit images keeps the extra
 # passes at half a pass over the fit images; capped at EVIDENCE_IMAGES, and at least MIN_EVIDENCE_IMAGES (or every
-# fit image) so that a small fit set still gets twice the default min_samples. Measured against the rule's quality
+# fit image) so that a small fit set still gets twice the default min_samples (below 320 fit images that floor
+# costs more than half a pass, on a fit that takes seconds). Measured against the rule's quality
 # at 500, 250 and 125 images (benchmarks/evidence_images.json, docs/decisions.md).
 EVIDENCE_IMAGES = 500
 EVIDENCE_SHARE = 8
