@@ -7,7 +7,8 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small}.json, weights/*.json
+converged,demo,evidence,evidence_images,evidence_registered,evidence_cost,calibrate_cost,calibrate_cost_small}.json,
+weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
 ``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
@@ -827,6 +828,31 @@ def evidence_images_tables(d):
     return '\n'.join(out)
 
 
+def registered_tables(d):
+    """``benchmarks/evidence_registered.json``: the registered rule (``no_local``) against the deployed one on
+    the design models and on models trained after it was registered."""
+    from timm_ssod.detectors.evidence import rule_key  # imported on use: it loads torch
+    from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
+    deployed = rule_key(EVIDENCE_RULE)
+    registered = rule_key(dict(EVIDENCE_RULE, sources='no_local'))
+    out = [f"Command: `{d['command']}`; then `{d.get('summary_command', '')}`. Mean FPR95 ↓ in % over the OOD sets "
+           f"and the components kept: the deployed rule `{deployed}` and the registered `{registered}`, beside the "
+           f"oracle and the earlier default; ✗ where a rule's ID rejection leaves expectation + 3 std.\n"]
+    rows = []
+    for label, r in d['models'].items():
+        cells = []
+        for key in (deployed, registered):
+            rule = r['rules'][key]
+            cells.append(f"{pct(rule['average']['fpr95'])} ({', '.join(rule['kept'])})"
+                         + ('' if rule['id_rejection_within'] else ' ✗'))
+        rows.append([label + (' (design)' if label in d['summary']['design'] else ' (trained after)'),
+                     f"{r['oracle']['detector']} {pct(r['oracle']['fpr95'])}", pct(r['fisher3']['average']['fpr95'])]
+                    + cells)
+    out.append(md_table(['Model', 'oracle', 'Fisher-3', 'deployed rule (kept)', 'registered rule (kept)'], rows))
+    out.append(f"\nThe rule the design models choose from the grid with `no_local`: `{d['summary']['chosen_rule']}`.")
+    return '\n'.join(out)
+
+
 def evidence_cost_tables(d):
     """``benchmarks/evidence.py --cost-only``: the fit of the default decision against Fisher-3's, and a
     prediction against a plain forward, per checkpoint."""
@@ -863,6 +889,7 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
     'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
     'evidence': 'benchmarks/evidence.json', 'evidence_images': 'benchmarks/evidence_images.json',
+    'evidence_registered': 'benchmarks/evidence_registered.json',
     'evidence_cost': 'benchmarks/evidence_cost.json', 'calibrate_cost': 'benchmarks/calibrate_cost.json', 'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
@@ -878,6 +905,7 @@ SECTIONS = (
     ('converged', ('converged',), converged_tables),
     ('evidence', ('evidence',), evidence_tables),
     ('evidence_images', ('evidence_images',), evidence_images_tables),
+    ('evidence_registered', ('evidence_registered',), registered_tables),
     ('evidence_cost', ('evidence_cost',), evidence_cost_tables),
     ('calibrate_cost', ('calibrate_cost',), calibrate_cost_tables),
     ('calibrate_cost_small', ('calibrate_cost_small',), calibrate_cost_tables),

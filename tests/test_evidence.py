@@ -380,6 +380,9 @@ def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
     corr = s['correlations']['all']['pixel_permutation']['average']
     assert corr['pairs'] == 10 and (corr['pooled'] is None or -1 <= corr['pooled'] <= 1)
     assert set(s['held_out_report']['chosen_rule']) == {'tiny_b'}
+    from bench_scripts import load_script  # the registered rule (no_local) is in every record's grid: its table
+    assert '(trained after)' in load_script('make_tables').registered_tables(d) and 'no_local|t=0.5|top2' in \
+        load_script('make_tables').registered_tables(d)
     # a rerun skips what is there; --summary re-splits without scoring
     capsys.readouterr()
     _script().main(['--quick', '--out', str(out), '--runs-dir', str(runs)])
