@@ -890,7 +890,8 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
     'evidence': 'benchmarks/evidence.json', 'evidence_images': 'benchmarks/evidence_images.json',
     'evidence_registered': 'benchmarks/evidence_registered.json',
-    'evidence_cost': 'benchmarks/evidence_cost.json', 'calibrate_cost': 'benchmarks/calibrate_cost.json', 'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
+    'evidence_cost': 'benchmarks/evidence_cost.json', 'calibrate_cost': 'benchmarks/calibrate_cost.json',
+    'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
 }

@@ -136,6 +136,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        __doc__, add_arguments, run)
 
 
+# the --evidence-* flags (argparse dest) and the SSODFused argument each sets; options of --select evidence
+EVIDENCE_FLAGS = (('evidence_threshold', 'threshold'), ('evidence_top', 'top'),
+                  ('evidence_sources', 'evidence_sources'), ('evidence_images', 'evidence_images'))
+
+
 def _detector(args):
     from ..detectors import create_detector
     from ..detectors.ssod_fused import DECISION_KWARGS
@@ -144,8 +149,7 @@ def _detector(args):
         kwargs['components'] = args.components
     if args.combine is not None:
         kwargs['method'] = args.combine
-    for flag, key in (('select', 'select'), ('evidence_threshold', 'threshold'), ('evidence_top', 'top'),
-                      ('evidence_sources', 'evidence_sources'), ('evidence_images', 'evidence_images')):
+    for flag, key in (('select', 'select'), *EVIDENCE_FLAGS):
         if getattr(args, flag) is not None:
             kwargs[key] = getattr(args, flag)
     if kwargs and args.detector != 'ssod_fused':
@@ -153,10 +157,9 @@ def _detector(args):
     if args.detector != 'ssod_fused':
         return create_detector(args.detector)
     kwargs = {**DECISION_KWARGS, **kwargs}  # the default decision, under what was given
-    if any(v is not None for v in (args.evidence_threshold, args.evidence_top, args.evidence_sources,
-                                   args.evidence_images)) and kwargs.get('select') != 'evidence':
-        raise ValueError('--evidence-threshold / --evidence-top / --evidence-sources / --evidence-images are options '
-                         'of --select evidence')
+    if any(getattr(args, flag) is not None for flag, _ in EVIDENCE_FLAGS) and kwargs.get('select') != 'evidence':
+        raise ValueError(' / '.join('--' + flag.replace('_', '-') for flag, _ in EVIDENCE_FLAGS)
+                         + ' are options of --select evidence')
     return create_detector(args.detector, **kwargs)
 
 
