@@ -14,6 +14,7 @@ correlation between pseudo-AUROC and real AUROC per source x OOD set, and picks 
         --design RUN_A/model_best.pth.tar --out benchmarks/evidence.json
     python benchmarks/evidence.py --summary benchmarks/evidence.json --design LABEL ...   # re-split, no scoring
     python benchmarks/evidence.py --summary a.json b.json --design LABEL ... --out c.json  # one per core, merged
+    python benchmarks/evidence.py --summary ... --design LABEL ... --trained-after LABEL ...  # + the adoption criterion
     python benchmarks/evidence.py --quick --out output/evidence_quick.json   # trains two tiny models (tests)
     python benchmarks/evidence.py --cost-only demo=RUN/model_best.pth.tar --out benchmarks/evidence_cost.json
 
@@ -63,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument('checkpoints', nargs='*', metavar='[LABEL=]PATH', help='training checkpoints to measure')
     p.add_argument('--design', nargs='*', default=[], metavar='LABEL',
                    help='the models the rule is chosen on (labels or paths); the others are held out')
+    p.add_argument('--trained-after', nargs='*', default=[], metavar='LABEL',
+                   help='held-out models trained after the registered rule (REGISTERED_RULE) was registered: with '
+                        'the design models they judge it against the design choice (the summary\'s adoption)')
     p.add_argument('--quick', action='store_true', help='train two tiny models and measure them (tests)')
     p.add_argument('--runs-dir', default='./output/benchmarks/evidence', help='--quick: where the tiny models train')
     p.add_argument('--out', default=os.path.join(HERE, 'evidence.json'))
@@ -149,6 +153,12 @@ def print_summary(summary):
         line = ', '.join(f"{s} {v['average']['pooled']:+.2f}" if v['average']['pooled'] is not None else f'{s} –'
                          for s, v in by_source.items())
         print(f'Spearman (pseudo-AUROC vs mean real AUROC, pooled) on {g} models: {line}')
+    if summary.get('adoption'):
+        a = summary['adoption']
+        for key, groups in a['rules'].items():
+            print(f"{key}: largest FPR95 gap to the oracle {100 * groups['judged']['max_gap']:+.1f} over the "
+                  f"{groups['judged']['models']} judged models (design and trained after)")
+        print(f"adopted by the criterion: {a['adopted']}")
     for label, row in summary['held_out_report'].get('chosen_rule', {}).items():
         if row['rule_fpr95'] is not None:
             print(f"held out {label}: rule FPR95 {100 * row['rule_fpr95']:.1f} (kept {', '.join(row['rule_kept'])}), "
@@ -157,7 +167,8 @@ def print_summary(summary):
 
 def images_sensitivity(paths):
     """``--images-sensitivity``: the deployed rule (``EVIDENCE_RULE``) on every model of finished evidence
-    JSON files made with different ``evidence_images``, and the rule each file's design models choose."""
+    JSON files made with different ``evidence_images`` (the models in all of them; the others are listed as
+    ``left_out``), and the rule each file's design models choose."""
     from timm_ssod.detectors.evidence import rule_key
     from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
     key = rule_key(EVIDENCE_RULE)
@@ -183,6 +194,9 @@ def images_sensitivity(paths):
             rule = rec['rules'][key]
             row['by_images'][images] = {'fpr95': rule['average']['fpr95'], 'kept': rule['kept'],
                                         'id_rejection_within': rule['id_rejection_within']}
+    # only the models measured at every size are compared
+    out['left_out'] = [label for label, row in out['models'].items() if len(row['by_images']) < len(out['files'])]
+    out['models'] = OrderedDict((k, v) for k, v in out['models'].items() if k not in out['left_out'])
     return out
 
 
@@ -201,7 +215,10 @@ def main(argv=None):
     if args.summary:
         old = merged(args.summary)
         design = [d for d in args.design]
-        old['summary'] = summarize_evidence(old['models'], design)
+        try:
+            old['summary'] = summarize_evidence(old['models'], design, args.trained_after)
+        except ValueError as e:
+            sys.exit(f'--summary: {e}')
         old['summary_command'] = command_line('python benchmarks/evidence.py', argv_list, ROOT)
         atomic_write_text(args.out, results_text(old, ROOT))
         print_summary(old['summary'])
@@ -235,9 +252,11 @@ def main(argv=None):
         checkpoints = labelled(args.checkpoints)
         by_path = {p: k for k, p in checkpoints.items()}
         design = [by_path.get(d, d) for d in args.design]
-    unknown = [d for d in design if d not in checkpoints]
+    unknown = [d for d in design + args.trained_after if d not in checkpoints]
     if unknown:
-        sys.exit(f'--design names {unknown}, which are not among the checkpoints {list(checkpoints)}')
+        sys.exit(f'--design / --trained-after name {unknown}, which are not among the checkpoints {list(checkpoints)}')
+    if set(design) & set(args.trained_after):
+        sys.exit(f'{sorted(set(design) & set(args.trained_after))} given both to --design and to --trained-after')
     previous = read_result(args.out) or {}
     if previous and previous.get('sizes') != sizes:
         sys.exit(f'{args.out} was made with other sizes; move it away or use another --out')
@@ -255,14 +274,15 @@ def main(argv=None):
         record = evidence_checkpoint(os.path.abspath(path), seed=args.seed, timing=args.timing, **sizes)
         record['seconds']['total'] = round(time.time() - t, 1)
         out['models'][label] = record
-        out['summary'] = summarize_evidence(out['models'], [d for d in design if d in out['models']])
+        out['summary'] = summarize_evidence(out['models'], [d for d in design if d in out['models']],
+                                            [t for t in args.trained_after if t in out['models']])
         out['seconds'] = round(time.time() - start, 1)
         atomic_write_text(args.out, results_text(out, ROOT))
         print(f"[evidence {i}/{len(checkpoints)}] {label}: oracle {record['oracle']['detector']} "
               f"{100 * record['oracle']['fpr95']:.1f}, Fisher-3 {100 * record['fisher3']['average']['fpr95']:.1f}, "
               f"default rule kept {', '.join(record['default_rule']['kept'])} "
               f"({record['seconds']['total']:.0f}s)", flush=True)
-    out['summary'] = summarize_evidence(out['models'], design)
+    out['summary'] = summarize_evidence(out['models'], design, args.trained_after)
     out['seconds'] = round(time.time() - start, 1)
     atomic_write_text(args.out, results_text(out, ROOT))
     print_summary(out['summary'])

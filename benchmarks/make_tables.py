@@ -7,7 +7,7 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence,evidence_images,evidence_registered,evidence_cost,calibrate_cost,calibrate_cost_small}.json,
+converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small}.json,
 weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
@@ -767,34 +767,51 @@ def _rejection_text(rule):
     return f"{rates} {'✓' if rule.get('id_rejection_within') else '✗'}"
 
 
+def _evidence_role(label, s):
+    """'(design)' / '(trained after)' / '': a model's part in ``benchmarks/evidence.json``."""
+    return (' (design)' if label in s['design'] else
+            ' (trained after)' if label in (s.get('trained_after') or ()) else '')
+
+
 def evidence_tables(d):
-    """``benchmarks/evidence.py``: per model, the oracle, today's Fisher-3, the rule chosen on the
-    design models and the evidence rule's default; then Spearman of pseudo-AUROC against real AUROC
-    per source and OOD set."""
+    """``benchmarks/evidence.py``: per model, the oracle, the earlier Fisher-3, the deployed rule
+    (``EVIDENCE_RULE``) and, where it differs, the rule chosen on the design models; then Spearman of
+    pseudo-AUROC against real AUROC per source and OOD set."""
+    from timm_ssod.detectors.evidence import rule_key  # imported on use: it loads torch
+    from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
     s, models = d['summary'], d['models']
-    chosen, default = s['chosen_rule'], 'all|t=0.6|none|fisher'  # the option's placeholder before it was measured
+    deployed, chosen = rule_key(EVIDENCE_RULE), s['chosen_rule']
     first = next(iter(models.values()))
-    alphas = list(first['rules'][chosen]['id_rejection'])
-    out = [f"Command: `{d['command']}`. Per model: the oracle (the best of {len(first['components'])} "
-           f"single-pass detectors *picked on the test sets*), the earlier default (`ssod_fused` with `select='all'`: "
-           f"Fisher over ssod, mahalanobis, energy), the rule chosen on the design models only (`{chosen}`: the "
-           f"smallest largest FPR95 gap to the oracle on them) and the option's placeholder rule before it was "
-           f"measured (`{default}`). Mean FPR95 ↓ in % over the "
-           f"OOD sets; the components each rule kept; the % of ID test images rejected at alpha "
-           f"{', '.join(alphas)} once calibrated on ID validation images (✓: within expectation + 3 std).\n"]
+    alphas = list(first['rules'][deployed]['id_rejection'])
+    other = chosen != deployed
+    out = [f"Command: `{d['command']}`" + (f"; then `{d['summary_command']}`" if d.get('summary_command') else '')
+           + f". Per model: the oracle (the best of {len(first['components'])} single-pass detectors *picked on the "
+           f"test sets*), the earlier default (`ssod_fused` with `select='all'`: Fisher over ssod, mahalanobis, "
+           f"energy) and the default decision's rule (`{deployed}`, `EVIDENCE_RULE`)"
+           + (f", then the rule the design models choose (`{chosen}`: the smallest largest FPR95 gap to the oracle "
+              f"on them)" if other else f", which is also the rule the design models choose (the smallest largest "
+              f"FPR95 gap to the oracle on them)")
+           + f". Mean FPR95 ↓ in % over the OOD sets; the components each rule kept; the % of ID test images rejected "
+           f"at alpha {', '.join(alphas)} once calibrated on ID validation images (✓: within expectation + 3 std).\n"]
+    def points(x):  # a difference in points, never '-0.0'
+        return f"{round(100 * x, 1) + 0.0:+.1f}"
+    # the design models, then those trained after the registered rule, then the other held-out ones
+    order = sorted(models, key=lambda k: (k not in s['design'], k not in (s.get('trained_after') or ())))
     rows = []
-    for label, r in models.items():
-        rule, old = r['rules'][chosen], r['rules'].get(default)
+    for label in order:
+        r = models[label]
+        rule = r['rules'][deployed]
         oracle = r['oracle']['fpr95']
-        rows.append([label + (' (design)' if label in s['design'] else ''),
+        rows.append([label + _evidence_role(label, s),
                      f"{r['oracle']['detector']} {pct(oracle)}", pct(r['fisher3']['average']['fpr95']),
                      f"{pct(rule['average']['fpr95'])} ({', '.join(rule['kept'])})",
-                     f"{100 * (rule['average']['fpr95'] - oracle):+.1f}",
-                     f"{100 * (rule['average']['fpr95'] - r['fisher3']['average']['fpr95']):+.1f}",
-                     _rejection_text(rule),
-                     '–' if old is None else f"{pct(old['average']['fpr95'])} ({', '.join(old['kept'])})"])
-    out.append(md_table(['Model', 'oracle', 'Fisher-3', 'chosen rule (kept)', 'rule − oracle', 'rule − Fisher-3',
-                         'rule: ID rejected % at alpha', 'placeholder rule (kept)'], rows))
+                     points(rule['average']['fpr95'] - oracle),
+                     points(rule['average']['fpr95'] - r['fisher3']['average']['fpr95']),
+                     _rejection_text(rule)]
+                    + ([f"{pct(r['rules'][chosen]['average']['fpr95'])} ({', '.join(r['rules'][chosen]['kept'])})"]
+                       if other else []))
+    out.append(md_table(['Model', 'oracle', 'Fisher-3', 'default rule (kept)', 'rule − oracle', 'rule − Fisher-3',
+                         'rule: ID rejected % at alpha'] + (['design choice (kept)'] if other else []), rows))
     sets = list(next(iter(next(iter(s['correlations'].values())).values())))
     corr = s['correlations']['all']
     out.append(f"\nSpearman rank correlation between a pool component's pseudo-AUROC on a source (ID data only) and "
@@ -806,6 +823,29 @@ def evidence_tables(d):
                          + ['–' if v['average']['within_model_mean'] is None else
                             f"{v['average']['within_model_mean']:+.2f}"] for src, v in corr.items()]))
     return '\n'.join(out)
+
+
+def adoption_tables(d):
+    """``benchmarks/evidence.json``'s adoption criterion (``--trained-after``): the design choice and the
+    registered rule, their largest FPR95 gap to the oracle per group of models, and the rule adopted."""
+    a = d['summary'].get('adoption')
+    if not a:
+        return 'No models trained after the registered rule in `benchmarks/evidence.json` (`--trained-after`).'
+    names = {'judged': 'judged (design + trained after)', 'design': 'design', 'trained_after': 'trained after',
+             'other_held_out': 'other held out (decide nothing)'}
+    def cell(g):
+        return '–' if g is None else (f"{100 * g['max_gap']:+.1f} ({g['within_2']}/{g['models']}; "
+                                      f"{g['worse_than_fisher3']})" + ('' if g['id_rejection_within'] else ' ✗'))
+    groups = list(next(iter(a['rules'].values())))
+    bar = '\\|'  # a rule key's | would split the table cell: GitHub renders \| as |, also inside code
+    rows = [[f"`{key.replace('|', bar)}`"] + [cell(by[g]) for g in groups] for key, by in a['rules'].items()]
+    return (f"From `benchmarks/evidence.json` (`--trained-after {' '.join(a['trained_after'])}`). Per rule and "
+            f"group of models: the largest FPR95 gap to the oracle in points (how many models within 2 points of "
+            f"it / how many; then how many worse than Fisher-3); ✗ where its ID rejection leaves expectation + 3 std "
+            f"on one of them. The registered rule is adopted if its largest gap over the judged models is smaller by "
+            f"more than {100 * a['margin']:.1f} point.\n\n"
+            + md_table(['rule'] + [f"{names.get(g, g)}" for g in groups], rows)
+            + f"\n\nAdopted by the criterion: `{a['adopted']}`.")
 
 
 def evidence_images_tables(d):
@@ -825,31 +865,8 @@ def evidence_images_tables(d):
     out.append(md_table(['Model', 'oracle'] + [f'{n} images' for n in sizes], rows))
     out.append('\nThe rule the design models choose: ' + '; '.join(
         f"{n} images: `{k}`" for n, k in d['chosen_on_design'].items()) + '.')
-    return '\n'.join(out)
-
-
-def registered_tables(d):
-    """``benchmarks/evidence_registered.json``: the registered rule (``no_local``) against the deployed one on
-    the design models and on models trained after it was registered."""
-    from timm_ssod.detectors.evidence import rule_key  # imported on use: it loads torch
-    from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
-    deployed = rule_key(EVIDENCE_RULE)
-    registered = rule_key(dict(EVIDENCE_RULE, sources='no_local'))
-    out = [f"Command: `{d['command']}`; then `{d.get('summary_command', '')}`. Mean FPR95 ↓ in % over the OOD sets "
-           f"and the components kept: the deployed rule `{deployed}` and the registered `{registered}`, beside the "
-           f"oracle and the earlier default; ✗ where a rule's ID rejection leaves expectation + 3 std.\n"]
-    rows = []
-    for label, r in d['models'].items():
-        cells = []
-        for key in (deployed, registered):
-            rule = r['rules'][key]
-            cells.append(f"{pct(rule['average']['fpr95'])} ({', '.join(rule['kept'])})"
-                         + ('' if rule['id_rejection_within'] else ' ✗'))
-        rows.append([label + (' (design)' if label in d['summary']['design'] else ' (trained after)'),
-                     f"{r['oracle']['detector']} {pct(r['oracle']['fpr95'])}", pct(r['fisher3']['average']['fpr95'])]
-                    + cells)
-    out.append(md_table(['Model', 'oracle', 'Fisher-3', 'deployed rule (kept)', 'registered rule (kept)'], rows))
-    out.append(f"\nThe rule the design models choose from the grid with `no_local`: `{d['summary']['chosen_rule']}`.")
+    if d.get('left_out'):
+        out.append(f"Not measured at every size, so left out: {', '.join(d['left_out'])}.")
     return '\n'.join(out)
 
 
@@ -889,7 +906,6 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'regime_probe': 'benchmarks/regime_probe.json', 'demo': 'benchmarks/demo.json',
     'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
     'evidence': 'benchmarks/evidence.json', 'evidence_images': 'benchmarks/evidence_images.json',
-    'evidence_registered': 'benchmarks/evidence_registered.json',
     'evidence_cost': 'benchmarks/evidence_cost.json', 'calibrate_cost': 'benchmarks/calibrate_cost.json',
     'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
@@ -906,7 +922,7 @@ SECTIONS = (
     ('converged', ('converged',), converged_tables),
     ('evidence', ('evidence',), evidence_tables),
     ('evidence_images', ('evidence_images',), evidence_images_tables),
-    ('evidence_registered', ('evidence_registered',), registered_tables),
+    ('evidence_adoption', ('evidence',), adoption_tables),
     ('evidence_cost', ('evidence_cost',), evidence_cost_tables),
     ('calibrate_cost', ('calibrate_cost',), calibrate_cost_tables),
     ('calibrate_cost_small', ('calibrate_cost_small',), calibrate_cost_tables),

@@ -15,7 +15,7 @@ import timm_ssod
 from timm_ssod.conformal import combine_pvalues
 from timm_ssod.core import head_per_location, to_locations
 from timm_ssod.detectors import ModelOutputs, SSODFused, create_detector
-from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, evidence_budget, evidence_table,
+from timm_ssod.detectors.evidence import (EvidenceData, collect_evidence, rule_key, evidence_budget, evidence_table,
                                           heavy_blur, leave_classes_out, patch_shuffle, permute_pixels, pseudo_auroc,
                                           SOURCES, restrict_classes, select_components)
 from timm_ssod.detectors.catalog import single_detector_class
@@ -340,6 +340,54 @@ def test_calibrate_command_prints_the_components_kept_and_why(tmp_path, capsys):
     assert json.loads((tmp_path / 'out' / 'config.json').read_text())['ssod']['calibration']['choices']['kept']
 
 
+# ------------------------------------------------------------------------ the adoption criterion
+def _record(oracle, fisher3, rules):
+    """A minimal evidence record: FPR95 of the oracle, Fisher-3 and each rule {key: (fpr95, id ok)}."""
+    return {'oracle': {'detector': 'knn', 'fpr95': oracle}, 'fisher3': {'average': {'fpr95': fisher3}},
+            'rules': {k: {'average': {'fpr95': f}, 'id_rejection_within': ok, 'kept': ['knn']}
+                      for k, (f, ok) in rules.items()}}
+
+
+def test_adoption_criterion_by_hand():
+    from timm_ssod.experiments._evidence import REGISTERED_RULE, adoption
+    reg, old = rule_key(REGISTERED_RULE), 'all|t=0.5|top2|informedness|fisher'
+    def records(reg_gaps, ok=True, held_out_gap=0.5):
+        # design d1, d2; trained after t1; held out h1 (decides nothing): the design choice's gaps 0.01, 0.02, 0.10
+        old_gaps = {'d1': 0.01, 'd2': 0.02, 't1': 0.10, 'h1': 0.0}
+        reg_gaps = dict(reg_gaps, h1=held_out_gap)
+        return {m: _record(0.2, 0.25, {old: (0.2 + old_gaps[m], True), reg: (0.2 + reg_gaps[m], ok or m != 't1')})
+                for m in old_gaps}
+    a = adoption(records({'d1': 0.03, 'd2': 0.0, 't1': 0.02}), ['d1', 'd2'], ['t1'], old)
+    assert a['adopted'] == reg and a['judged'] == ['d1', 'd2', 't1']   # largest gaps: 3 points against 10
+    stats = a['rules'][reg]
+    assert math.isclose(stats['judged']['max_gap'], 0.03) and math.isclose(stats['judged']['mean_gap'], 0.05 / 3)
+    assert stats['judged']['within_2'] == 2 and stats['judged']['worse_than_fisher3'] == 0
+    assert math.isclose(stats['other_held_out']['max_gap'], 0.5) and stats['other_held_out']['worse_than_fisher3'] == 1
+    assert math.isclose(a['rules'][old]['trained_after']['max_gap'], 0.10) and a['rules'][old]['design']['models'] == 2
+    # better by less than the margin (0.5 point): the design choice stays; a tie too
+    assert adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.097}), ['d1', 'd2'], ['t1'], old)['adopted'] == old
+    assert adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.10}), ['d1', 'd2'], ['t1'], old)['adopted'] == old
+    # far better, but its ID rejection leaves the bound on a judged model: refused
+    bad = adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.0}, ok=False), ['d1', 'd2'], ['t1'], old)
+    assert bad['adopted'] == old and bad['rules'][reg]['judged']['id_rejection_within'] is False
+    # the registered rule is the design choice: one rule, adopted
+    same = adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.0}), ['d1', 'd2'], ['t1'], reg)
+    assert list(same['rules']) == [reg] and same['adopted'] == reg
+
+
+def test_the_deployed_rule_is_the_one_the_committed_evidence_adopted():
+    summary = json.loads((ROOT / 'benchmarks' / 'evidence.json').read_text())['summary']
+    assert rule_key(EVIDENCE_RULE) == summary['adoption']['adopted']
+
+
+def test_summary_refuses_a_model_both_design_and_trained_after():
+    from timm_ssod.experiments import summarize_evidence
+    with pytest.raises(ValueError, match='both design and trained after'):
+        summarize_evidence({'a': {}, 'b': {}}, ['a'], ['a'])
+    with pytest.raises(ValueError, match="not measured: \\['c'\\]"):
+        summarize_evidence({'a': {}}, ['a'], ['c'])
+
+
 # ------------------------------------------------------------------------ the benchmark, quick
 def _script():
     spec = importlib.util.spec_from_file_location('bench_evidence', ROOT / 'benchmarks' / 'evidence.py')
@@ -380,15 +428,27 @@ def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
     corr = s['correlations']['all']['pixel_permutation']['average']
     assert corr['pairs'] == 10 and (corr['pooled'] is None or -1 <= corr['pooled'] <= 1)
     assert set(s['held_out_report']['chosen_rule']) == {'tiny_b'}
-    from bench_scripts import load_script  # the registered rule (no_local) is in every record's grid: its table
-    assert '(trained after)' in load_script('make_tables').registered_tables(d) and 'no_local|t=0.5|top2' in \
-        load_script('make_tables').registered_tables(d)
+    assert s['adoption'] is None  # no model trained after the registered rule
     # a rerun skips what is there; --summary re-splits without scoring
     capsys.readouterr()
     _script().main(['--quick', '--out', str(out), '--runs-dir', str(runs)])
     assert capsys.readouterr().out.count('skipped') == 2
     again = _script().main(['--summary', str(out), '--design', 'tiny_b', '--out', str(tmp_path / 'resplit.json')])
     assert again['summary']['held_out'] == ['tiny_a'] and again['models'] == d['models']
+    # the registered rule (no_local) is in every record's grid: judged with a model trained after it
+    judged = _script().main(['--summary', str(out), '--design', 'tiny_a', '--trained-after', 'tiny_b',
+                             '--out', str(tmp_path / 'judged.json')])['summary']
+    assert judged['trained_after'] == ['tiny_b'] and judged['adoption']['judged'] == ['tiny_a', 'tiny_b']
+    assert 'no_local|t=0.5|top2|informedness|fisher' in judged['adoption']['rules']
+    from bench_scripts import load_script
+    tables = load_script('make_tables')
+    table = tables.adoption_tables({'summary': judged})
+    registered = 'no_local|t=0.5|top2|informedness|fisher'  # in a table cell its | are escaped
+    assert 'Adopted by the criterion: `' in table and '`' + registered.replace('|', '\\|') + '`' in table
+    assert 'tiny_b (trained after)' in tables.evidence_tables(dict(d, summary=judged))
+    with pytest.raises(SystemExit, match='both design and trained after'):
+        _script().main(['--summary', str(out), '--design', 'tiny_a', '--trained-after', 'tiny_a',
+                        '--out', str(tmp_path / 'x.json')])
     # one file per core, merged: the models of both, one summary; a model in both files is refused
     for label in ('tiny_a', 'tiny_b'):
         (tmp_path / f'{label}.json').write_text(json.dumps(dict(d, models={label: d['models'][label]})))
@@ -413,6 +473,12 @@ def test_evidence_benchmark_quick_end_to_end(tmp_path, capsys):
     row = cmp['models']['tiny_a']['by_images']
     assert row['20'] == {k: rec['rules'][cmp['rule']][k] for k in ('kept', 'id_rejection_within')} | {
         'fpr95': rec['rules'][cmp['rule']]['average']['fpr95']}
-    assert set(cmp['chosen_on_design']) == {'20', '12'} and cmp['design'] == ['tiny_a']
+    assert set(cmp['chosen_on_design']) == {'20', '12'} and cmp['design'] == ['tiny_a'] and cmp['left_out'] == []
+    # a model measured at one size only is left out of the comparison, and named
+    one = json.loads(fewer.read_text())
+    (tmp_path / 'fewer_a.json').write_text(json.dumps(dict(one, models={'tiny_a': one['models']['tiny_a']})))
+    part = _script().main(['--images-sensitivity', str(out), str(tmp_path / 'fewer_a.json'),
+                           '--out', str(tmp_path / 'images_a.json')])
+    assert list(part['models']) == ['tiny_a'] and part['left_out'] == ['tiny_b']
     with pytest.raises(SystemExit, match='both use 20 evidence images'):
         _script().main(['--images-sensitivity', str(out), str(out), '--out', str(tmp_path / 'x.json')])

@@ -69,7 +69,7 @@ IMAGE_SOURCES = LOCATION_SOURCES + TRANSFORM_SOURCES
 SOURCES = IMAGE_SOURCES + ('leave_classes_out',)
 # named sets of sources a rule may average (a rule's ``sources``). ``no_local``: every source but
 # background_local, which predicted nothing (docs/decisions.md); registered after the held-out misses it caused,
-# so it is judged on models trained after it was added
+# judged on models trained after it was added, and the default rule's sources since (ssod_fused.EVIDENCE_RULE)
 SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('transforms', TRANSFORM_SOURCES),
                            *((s, (s,)) for s in SOURCES),
                            ('no_local', tuple(s for s in SOURCES if s != 'background_local'))])

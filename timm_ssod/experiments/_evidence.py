@@ -30,7 +30,8 @@ each model (mean over models), separately on the design models, the held-out mod
 the rule chosen on the *design* models (among those whose ID rejection is within expectation + 3 std
 on every design model: the smallest largest gap to the oracle, then the smallest mean gap, then the
 key), reported on the held-out models against the oracle and the earlier default. No OOD test set makes
-a choice on a held-out model.
+a choice on a held-out model. With models trained after ``REGISTERED_RULE`` was registered
+(``trained_after``), ``adoption`` judges that rule against the design choice (docs/decisions.md).
 """
 import time
 from collections import OrderedDict
@@ -51,7 +52,7 @@ from ..metrics import ood_metrics, spearman
 from ._protocol import _loader, trained_benchmark
 
 __all__ = ['evidence_checkpoint', 'cost_checkpoint', 'summarize_evidence', 'rule_grid', 'rule_key', 'SINGLES', 'SOURCE_SETS',
-           'DEFAULT_RULE']
+           'DEFAULT_RULE', 'REGISTERED_RULE', 'adoption']
 
 # the single detectors the oracle picks from: every single-pass one (ODIN perturbs the inputs)
 SINGLES = tuple(n for n, c in SINGLE_DETECTORS.items() if not c.needs_inputs)
@@ -61,6 +62,13 @@ TOPS = (None, 1, 2)  # every component that reaches the threshold, or only the 1
 DEFAULT_RULE = dict(EVIDENCE_RULE)
 # the option's rule before it was measured (all sources, 0.6, Fisher), kept in the reports for comparison
 PLACEHOLDER_RULE = {'sources': 'all', 'threshold': 0.6, 'top': None, 'weighting': 'none', 'method': 'fisher'}
+# the rule registered (commit d4dc72f) before the models trained after it were scored: the design choice
+# without the source background_local. ``summarize_evidence`` judges it against the design choice by the
+# adoption criterion of docs/decisions.md
+REGISTERED_RULE = {'sources': 'no_local', 'threshold': 0.5, 'top': 2, 'weighting': 'informedness', 'method': 'fisher'}
+# the registered rule replaces the design choice only if its largest gap to the oracle over the judged models
+# is smaller by more than this (FPR95 as a fraction)
+ADOPTION_MARGIN = 0.005
 
 
 def rule_grid(thresholds: Sequence[float] = THRESHOLDS, tops: Sequence[Optional[int]] = TOPS) -> List[Dict]:
@@ -280,13 +288,51 @@ def _correlations(records: Mapping[str, Dict], source: str, target: str) -> Dict
             'within_model_mean': float(np.mean(within)) if within else None, 'models': len(within)}
 
 
-def summarize_evidence(records: Mapping[str, Dict], design: Sequence[str] = ()) -> Dict:
+def _gap_stats(recs: Mapping[str, Dict], key: str) -> Optional[Dict]:
+    """A rule over some models: its largest and mean FPR95 gap to the oracle, how many models it is
+    within 2 points of the oracle on, how many it is worse than Fisher-3 on, whether its ID rejection
+    is within expectation + 3 std on all of them. None without models."""
+    if not recs:
+        return None
+    gaps = [r['rules'][key]['average']['fpr95'] - r['oracle']['fpr95'] for r in recs.values()]
+    return {'models': len(gaps), 'max_gap': max(gaps), 'mean_gap': float(np.mean(gaps)),
+            'within_2': sum(g <= 0.02 for g in gaps),
+            'worse_than_fisher3': sum(r['rules'][key]['average']['fpr95'] > r['fisher3']['average']['fpr95']
+                                      for r in recs.values()),
+            'id_rejection_within': all(r['rules'][key].get('id_rejection_within', True) for r in recs.values())}
+
+
+def adoption(records: Mapping[str, Dict], design: Sequence[str], trained_after: Sequence[str], chosen: str) -> Dict:
+    """The adoption criterion of docs/decisions.md: the design choice ``chosen`` and ``REGISTERED_RULE``
+    over the judged models (the design models and those trained after the registration): the registered
+    rule is adopted if its ID rejection holds on all of them and its largest gap to the oracle is smaller
+    than the design choice's by more than ``ADOPTION_MARGIN``. Both rules are also reported on the design
+    models, the models trained after and the other held-out models (which decide nothing)."""
+    judged = list(design) + [t for t in trained_after if t not in design]
+    groups = OrderedDict([('judged', judged), ('design', list(design)), ('trained_after', list(trained_after)),
+                          ('other_held_out', [k for k in records if k not in judged])])
+    rules = OrderedDict()
+    for key in dict.fromkeys([chosen, rule_key(REGISTERED_RULE)]):
+        rules[key] = {g: _gap_stats({k: records[k] for k in labels}, key) for g, labels in groups.items()}
+    registered = rules[rule_key(REGISTERED_RULE)]['judged']
+    better = (registered['id_rejection_within']
+              and registered['max_gap'] < rules[chosen]['judged']['max_gap'] - ADOPTION_MARGIN)
+    return {'judged': judged, 'trained_after': list(trained_after), 'margin': ADOPTION_MARGIN, 'rules': rules,
+            'adopted': rule_key(REGISTERED_RULE) if better else chosen}
+
+
+def summarize_evidence(records: Mapping[str, Dict], design: Sequence[str] = (),
+                       trained_after: Sequence[str] = ()) -> Dict:
     """Correlations and the rule chosen on the design models (module docstring). ``records``:
     {model label: ``evidence_checkpoint`` record}; ``design``: the labels the rule is chosen on,
-    the others are held out."""
-    unknown = [d for d in design if d not in records]
+    the others are held out; ``trained_after``: held-out models trained after ``REGISTERED_RULE`` was
+    registered, which with the design models judge it (``adoption``)."""
+    unknown = [d for d in list(design) + list(trained_after) if d not in records]
     if unknown:
-        raise ValueError(f'--design names models that were not measured: {unknown}; measured: {list(records)}')
+        raise ValueError(f'--design / --trained-after name models that were not measured: {unknown}; '
+                         f'measured: {list(records)}')
+    if set(design) & set(trained_after):
+        raise ValueError(f'models both design and trained after: {sorted(set(design) & set(trained_after))}')
     groups = {'design': {k: v for k, v in records.items() if k in design},
               'held_out': {k: v for k, v in records.items() if k not in design}, 'all': dict(records)}
     sets = list(next(iter(records.values()))['fisher3']['auroc']) if records else []
@@ -322,4 +368,6 @@ def summarize_evidence(records: Mapping[str, Dict], design: Sequence[str] = ()) 
             'chosen_rule_design_max_gap': max(gaps(groups['design'], chosen)) if chosen else None,
             'held_out_report': {'chosen_rule': report(groups['held_out'], chosen),
                                 'default_rule': report(groups['held_out'], default_key)},
-            'design_report': {'chosen_rule': report(groups['design'], chosen)} if chosen else {}}
+            'design_report': {'chosen_rule': report(groups['design'], chosen)} if chosen else {},
+            'trained_after': list(trained_after),
+            'adoption': adoption(records, design, trained_after, chosen) if chosen and trained_after else None}
