@@ -35,7 +35,7 @@ a choice on a held-out model. With models trained after ``REGISTERED_RULE`` was 
 """
 import time
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -232,13 +232,17 @@ def cost_checkpoint(checkpoint: str, *, num_fit: int = 2000, num_test: int = 600
                      gamma, evidence_images, min_samples)}
 
 
-def _median_seconds(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def _median_seconds(fns: Mapping[str, Callable[[], object]], repeats: int = 15) -> Dict[str, float]:
+    """The median seconds of each function, timed in turns (one call of each per round, after a warm-up
+    round), so that a drift of the machine's speed falls on all of them alike."""
+    times = {k: [] for k in fns}
+    for round_ in range(repeats + 1):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[k].append(time.perf_counter() - start)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _costs(model, fit_loader, test_loader, gamma, evidence_images, min_samples) -> Dict:
@@ -246,7 +250,7 @@ def _costs(model, fit_loader, test_loader, gamma, evidence_images, min_samples) 
     mahalanobis, energy) against ``select='evidence'`` end to end from the same ID training images
     (``calibrate`` adds one pass over the calibration images to both, so the ratio of the whole
     command is lower), and what prediction costs on one test batch: a plain forward ``model(x)``
-    against the backbone pass plus each fused score (median of 5). Also the option's own choice,
+    against the backbone pass plus each fused score (medians of 15, timed in turns). Also the option's own choice,
     which must equal the ``default_rule`` entry (the same images and seed)."""
     start = time.perf_counter()
     today = SSODFused().fit(model, fit_loader())
@@ -257,9 +261,10 @@ def _costs(model, fit_loader, test_loader, gamma, evidence_images, min_samples) 
     option_seconds = time.perf_counter() - start
     x = next(iter(test_loader))[0]
     with torch.no_grad():
-        plain = _median_seconds(lambda: model(x))
-        fused = {k: _median_seconds(lambda d=d: d.score_outputs(compute_outputs(model, x)))
-                 for k, d in (('fisher3', today), ('evidence', option))}
+        fused = _median_seconds({'plain': lambda: model(x), **{
+            k: (lambda d=d: d.score_outputs(compute_outputs(model, x))) for k, d in (('fisher3', today),
+                                                                                   ('evidence', option))}})
+    plain = fused.pop('plain')
     return {'fit_seconds': {'fisher3': round(today_seconds, 3), 'evidence': round(option_seconds, 3),
                             'ratio': option_seconds / today_seconds},
             'predict_batch': int(x.shape[0]), 'plain_forward_seconds': plain,
