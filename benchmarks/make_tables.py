@@ -845,7 +845,12 @@ def adoption_tables(d):
             f"on one of them. The registered rule is adopted if its largest gap over the judged models is smaller by "
             f"more than {100 * a['margin']:.1f} point.\n\n"
             + md_table(['rule'] + [f"{names.get(g, g)}" for g in groups], rows)
-            + f"\n\nAdopted by the criterion: `{a['adopted']}`.")
+            + f"\n\nAdopted by the criterion: `{a['adopted']}`."
+            + ('' if not a.get('hindsight') else
+               f" The grid's ceiling, the rule picked on every model's test results (no choice uses it): "
+               f"`{a['hindsight']['rule']}`, largest gap {100 * a['hindsight']['all']['max_gap']:+.1f} points, within "
+               f"2 points of the oracle on {a['hindsight']['all']['within_2']} of {a['hindsight']['all']['models']} "
+               f"models."))
 
 
 def evidence_images_tables(d):

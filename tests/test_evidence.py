@@ -364,6 +364,8 @@ def test_adoption_criterion_by_hand():
     assert stats['judged']['within_2'] == 2 and stats['judged']['worse_than_fisher3'] == 0
     assert math.isclose(stats['other_held_out']['max_gap'], 0.5) and stats['other_held_out']['worse_than_fisher3'] == 1
     assert math.isclose(a['rules'][old]['trained_after']['max_gap'], 0.10) and a['rules'][old]['design']['models'] == 2
+    # the grid's ceiling over every model, the held-out one included: the design choice (largest gap 10 points)
+    assert a['hindsight']['rule'] == old and math.isclose(a['hindsight']['all']['max_gap'], 0.10)
     # better by less than the margin (0.5 point): the design choice stays; a tie too
     assert adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.097}), ['d1', 'd2'], ['t1'], old)['adopted'] == old
     assert adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.10}), ['d1', 'd2'], ['t1'], old)['adopted'] == old
