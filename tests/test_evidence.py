@@ -375,6 +375,11 @@ def test_adoption_criterion_by_hand():
     # the registered rule is the design choice: one rule, adopted
     same = adoption(records({'d1': 0.0, 'd2': 0.0, 't1': 0.0}), ['d1', 'd2'], ['t1'], reg)
     assert list(same['rules']) == [reg] and same['adopted'] == reg
+    # a model scored with a grid older than the registered rule: a clear error, not a KeyError
+    older = records({'d1': 0.0, 'd2': 0.0, 't1': 0.0})
+    del older['t1']['rules'][reg]
+    with pytest.raises(ValueError, match="\\['t1'\\] were scored without the registered rule"):
+        adoption(older, ['d1', 'd2'], ['t1'], old)
 
 
 def test_the_deployed_rule_is_the_one_the_committed_evidence_adopted():

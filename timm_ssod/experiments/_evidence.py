@@ -317,6 +317,11 @@ def adoption(records: Mapping[str, Dict], design: Sequence[str], trained_after: 
     judged = list(design) + [t for t in trained_after if t not in design]
     groups = OrderedDict([('judged', judged), ('design', list(design)), ('trained_after', list(trained_after)),
                           ('other_held_out', [k for k in records if k not in judged])])
+    common = set.intersection(*(set(r['rules']) for r in records.values()))
+    older = [k for k, r in records.items() if rule_key(REGISTERED_RULE) not in r['rules']]
+    if older:
+        raise ValueError(f'{older} were scored without the registered rule {rule_key(REGISTERED_RULE)} (an older '
+                         'grid): score them again to judge it')
     rules = OrderedDict()
     for key in dict.fromkeys([chosen, rule_key(REGISTERED_RULE)]):
         rules[key] = {g: _gap_stats({k: records[k] for k in labels}, key) for g, labels in groups.items()}
@@ -324,7 +329,7 @@ def adoption(records: Mapping[str, Dict], design: Sequence[str], trained_after: 
     better = (registered['id_rejection_within']
               and registered['max_gap'] < rules[chosen]['judged']['max_gap'] - ADOPTION_MARGIN)
     # the grid's ceiling: the rule picked on every model's test results (not deployable, no choice uses it)
-    every = {k: _gap_stats(records, k) for k in next(iter(records.values()))['rules']}
+    every = {k: _gap_stats(records, k) for k in sorted(common)}
     best = min((k for k in every if every[k]['id_rejection_within']) or every,
                key=lambda k: (every[k]['max_gap'], -every[k]['within_2'], k))
     return {'judged': judged, 'trained_after': list(trained_after), 'margin': ADOPTION_MARGIN, 'rules': rules,
