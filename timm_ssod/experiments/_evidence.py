@@ -307,6 +307,12 @@ def _gap_stats(recs: Mapping[str, Dict], key: str) -> Optional[Dict]:
             'id_rejection_within': all(r['rules'][key].get('id_rejection_within', True) for r in recs.values())}
 
 
+def _common_rules(records: Mapping[str, Dict]) -> List[str]:
+    """The rule keys every record has, in the first record's order."""
+    first = list(next(iter(records.values()))['rules'])
+    return [k for k in first if all(k in r['rules'] for r in records.values())]
+
+
 def adoption(records: Mapping[str, Dict], design: Sequence[str], trained_after: Sequence[str], chosen: str) -> Dict:
     """The adoption criterion of docs/decisions.md: the design choice ``chosen`` and ``REGISTERED_RULE``
     over the judged models (the design models and those trained after the registration): the registered
@@ -317,23 +323,21 @@ def adoption(records: Mapping[str, Dict], design: Sequence[str], trained_after: 
     judged = list(design) + [t for t in trained_after if t not in design]
     groups = OrderedDict([('judged', judged), ('design', list(design)), ('trained_after', list(trained_after)),
                           ('other_held_out', [k for k in records if k not in judged])])
-    common = set.intersection(*(set(r['rules']) for r in records.values()))
-    older = [k for k, r in records.items() if rule_key(REGISTERED_RULE) not in r['rules']]
+    registered = rule_key(REGISTERED_RULE)
+    older = [k for k, r in records.items() if registered not in r['rules']]
     if older:
-        raise ValueError(f'{older} were scored without the registered rule {rule_key(REGISTERED_RULE)} (an older '
-                         'grid): score them again to judge it')
-    rules = OrderedDict()
-    for key in dict.fromkeys([chosen, rule_key(REGISTERED_RULE)]):
-        rules[key] = {g: _gap_stats({k: records[k] for k in labels}, key) for g, labels in groups.items()}
-    registered = rules[rule_key(REGISTERED_RULE)]['judged']
-    better = (registered['id_rejection_within']
-              and registered['max_gap'] < rules[chosen]['judged']['max_gap'] - ADOPTION_MARGIN)
+        raise ValueError(f'{older} were scored without the registered rule {registered} (an older grid): score '
+                         'them again to judge it')
+    rules = OrderedDict((key, {g: _gap_stats({k: records[k] for k in labels}, key) for g, labels in groups.items()})
+                        for key in dict.fromkeys([chosen, registered]))
+    better = (rules[registered]['judged']['id_rejection_within']
+              and rules[registered]['judged']['max_gap'] < rules[chosen]['judged']['max_gap'] - ADOPTION_MARGIN)
     # the grid's ceiling: the rule picked on every model's test results (not deployable, no choice uses it)
-    every = {k: _gap_stats(records, k) for k in sorted(common)}
+    every = {k: _gap_stats(records, k) for k in sorted(_common_rules(records))}
     best = min((k for k in every if every[k]['id_rejection_within']) or every,
                key=lambda k: (every[k]['max_gap'], -every[k]['within_2'], k))
     return {'judged': judged, 'trained_after': list(trained_after), 'margin': ADOPTION_MARGIN, 'rules': rules,
-            'adopted': rule_key(REGISTERED_RULE) if better else chosen,
+            'adopted': registered if better else chosen,
             'hindsight': {'rule': best, 'all': every[best]}}
 
 
@@ -355,14 +359,12 @@ def summarize_evidence(records: Mapping[str, Dict], design: Sequence[str] = (),
     correlations = {g: {s: {t: _correlations(recs, s, t) for t in sets + ['average']} for s in SOURCES}
                     for g, recs in groups.items() if recs}
 
-    def gaps(recs, key):
-        return [r['rules'][key]['average']['fpr95'] - r['oracle']['fpr95'] for r in recs.values() if key in r['rules']]
-    chosen = None
+    chosen, on_design = None, {}
     if groups['design']:  # minimax: the target is every model within 2 points of its oracle
-        keys = list(next(iter(groups['design'].values()))['rules'])
-        valid = [k for k in keys if all(r['rules'][k].get('id_rejection_within', True)
-                                        for r in groups['design'].values())] or keys
-        chosen = min(valid, key=lambda k: (max(gaps(groups['design'], k)), float(np.mean(gaps(groups['design'], k))), k))
+        keys = _common_rules(groups['design'])
+        on_design = {k: _gap_stats(groups['design'], k) for k in keys}
+        valid = [k for k in keys if on_design[k]['id_rejection_within']] or keys
+        chosen = min(valid, key=lambda k: (on_design[k]['max_gap'], on_design[k]['mean_gap'], k))
 
     def report(recs, key):
         rows = OrderedDict()
@@ -380,8 +382,8 @@ def summarize_evidence(records: Mapping[str, Dict], design: Sequence[str] = (),
     default_key = rule_key(PLACEHOLDER_RULE)
     return {'design': list(design), 'held_out': list(groups['held_out']), 'correlations': correlations,
             'chosen_rule': chosen,
-            'chosen_rule_design_mean_gap': float(np.mean(gaps(groups['design'], chosen))) if chosen else None,
-            'chosen_rule_design_max_gap': max(gaps(groups['design'], chosen)) if chosen else None,
+            'chosen_rule_design_mean_gap': on_design[chosen]['mean_gap'] if chosen else None,
+            'chosen_rule_design_max_gap': on_design[chosen]['max_gap'] if chosen else None,
             'held_out_report': {'chosen_rule': report(groups['held_out'], chosen),
                                 'default_rule': report(groups['held_out'], default_key)},
             'design_report': {'chosen_rule': report(groups['design'], chosen)} if chosen else {},
