@@ -18,10 +18,10 @@ import timm_ssod
 from timm_ssod import SSODLoss
 from timm_ssod.train import _main as train_mod
 from timm_ssod.checkpoints import load_training_state, resolve_resume
-from timm_ssod.evaluate import read_checkpoint
+from timm_ssod.checkpoints import read_checkpoint
 from timm_ssod.cli._eval import main as eval_main
 from timm_ssod.hub import CheckpointError
-from timm_ssod.hub._runs import load_training_checkpoint
+from timm_ssod.hub import model_from_checkpoint
 from timm_ssod.train import parse_args
 from timm_ssod.train import NonFiniteLossError, SSODTask, train_one_epoch
 
@@ -238,7 +238,7 @@ def test_truncated_training_checkpoints(tmp_path, capsys, caplog):
     with pytest.raises(CheckpointError, match=r"--initial-checkpoint .*last\.pth\.tar' is truncated or corrupt"):
         train_mod.load_initial_checkpoint(tiny(), str(run / 'last.pth.tar'))
 
-    with pytest.raises(CheckpointError, match=r"checkpoint .*last\.pth\.tar' could not be read"):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*last\.pth\.tar' is truncated or corrupt"):
         read_checkpoint(str(run / 'last.pth.tar'))
     from safetensors.torch import save_file
     save_file(model.state_dict(), str(tmp_path / 'w.safetensors'))
@@ -261,7 +261,7 @@ LOADERS = {
     'eval --checkpoint': lambda p: read_checkpoint(p),
     'train --resume': load_training_state,
     'train --initial-checkpoint': lambda p: train_mod.load_initial_checkpoint(tiny(), p),
-    'timm-ssod push': load_training_checkpoint,
+    'timm-ssod push': model_from_checkpoint,
 }
 
 

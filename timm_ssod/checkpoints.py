@@ -32,6 +32,7 @@ import pickle
 import random
 import re
 import shutil
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -238,24 +239,99 @@ def unreadable_checkpoint(path: str, e: BaseException, what: str = 'checkpoint')
     return CheckpointError(f'{what} {path!r} is truncated or corrupt and cannot be read ({first_line(e)}).')
 
 
-def load_training_state(path: str) -> Dict[str, Any]:
-    """A training checkpoint as a dict, ``weights_only=True``, tensors memory-mapped. A file
-    that cannot be read (truncated, corrupt, or holding pickled objects other than tensors and
-    plain containers) raises ``CheckpointError`` saying which."""
+def load_file(path: str, what: str = 'checkpoint') -> Any:
+    """The one reader of a torch checkpoint file (``torch_load``: ``weights_only=True``, tensors
+    memory-mapped where the file allows it). A missing file is a ``FileNotFoundError``, one that
+    cannot be read a ``CheckpointError`` (``unreadable_checkpoint``); ``what`` names the file for
+    the user (``'--resume'``, ``'checkpoint_path'`` ...)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{what} {str(path)!r}: no such file')
     try:
-        # argparse.Namespace: timm's own checkpoints store their args as one (a plain attribute bag)
         try:
-            state = torch_load(path, mmap=True)
+            return torch_load(path, mmap=True)
         except RuntimeError:  # mmap needs the zip format: a legacy torch.save file, or a truncated one
-            state = torch_load(path)
-    except FileNotFoundError:
-        raise
+            return torch_load(path)
     except Exception as e:
-        raise unreadable_checkpoint(path, e, 'training checkpoint') from e
+        raise unreadable_checkpoint(path, e, what) from e
+
+
+def load_safetensors(path: str, where: str = '') -> Dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a clear error for truncated or corrupt files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load_tensors
+    try:
+        return load_tensors(path, device='cpu')
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f'{os.path.basename(path)}{" of " + where if where else ""} ({path}) is truncated or corrupt and cannot be '
+            f'read: {e}. Delete this file (for a Hub repo, its cache entry, or pass force_download) and fetch it '
+            'again.') from e
+
+
+# timm's keys of a checkpoint's weights, in timm's order of preference (``timm.models.load_state_dict``)
+_EMA_KEYS, _WEIGHT_KEYS = ('state_dict_ema', 'model_ema'), ('state_dict', 'model')
+
+
+def read_checkpoint(path: str, use_ema: bool = True, what: str = 'checkpoint'
+                    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+    """``(state_dict, meta, which weights)`` of a weights file: a training checkpoint (``.pth.tar``:
+    a dict with ``state_dict`` and maybe ``state_dict_ema``, ``arch``, ``args``, ``ssod_cfg``,
+    ``label_names``), a bare state dict, or ``.safetensors``. ``meta`` holds ``arch``, ``args``
+    (a dict), ``label_names`` and ``ssod_cfg`` when the file has them. ``use_ema``: the EMA
+    weights when present (timm's choice). Module prefixes (``module.``) are removed."""
+    from timm.models import clean_state_dict
+    if str(path).endswith('.safetensors'):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{what} {str(path)!r}: no such file')
+        return load_safetensors(path), {}, 'safetensors'
+    ckpt = load_file(path, what)
+    if isinstance(ckpt, dict):
+        keys = (_EMA_KEYS if use_ema else ()) + _WEIGHT_KEYS
+        key = next((k for k in keys if isinstance(ckpt.get(k), dict)), None)
+        if key is not None:
+            args = ckpt.get('args') or {}
+            meta = dict(arch=ckpt.get('arch'), args=vars(args) if isinstance(args, argparse.Namespace) else dict(args),
+                        label_names=ckpt.get('label_names'), ssod_cfg=dict(ckpt.get('ssod_cfg') or {}))
+            return clean_state_dict(ckpt[key]), meta, key
+        if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+            return clean_state_dict(ckpt), {}, 'state_dict'
+    raise CheckpointError(f'{what} {str(path)!r} holds neither a state dict nor a dict with "state_dict"')
+
+
+def load_training_state(path: str) -> Dict[str, Any]:
+    """A training checkpoint as a dict (``load_file``), for ``--resume``. A file that cannot be
+    read, or that is not a training checkpoint, raises ``CheckpointError`` saying which."""
+    state = load_file(path, 'training checkpoint')
     if not isinstance(state, dict) or 'state_dict' not in state:
         raise CheckpointError(f'{path!r} is not a training checkpoint (no state_dict): cannot --resume from it; '
                               'use --initial-checkpoint to start from its weights')
     return state
+
+
+def resolve_checkpoint(output_dir_or_checkpoint) -> Path:
+    """``<dir>/model_best.pth.tar`` (else ``last.pth.tar``, with a warning), or the file given."""
+    path = Path(output_dir_or_checkpoint)
+    if not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(f'{path}: no such training output folder or checkpoint')
+        return path
+    if (path / BEST).is_file():
+        return path / BEST
+    if (path / LAST).is_file():
+        _logger.warning(f'{path} has no {BEST} (no validation metric?): using {LAST}')
+        return path / LAST
+    raise FileNotFoundError(f'{path} holds neither {BEST} nor {LAST}: not a training output folder')
+
+
+# the training flags that make a model's ``ssod_cfg`` (config key -> ``timm-ssod train`` argument)
+SSOD_CFG_ARGS = {'gamma': 'gamma', 'lam': 'ood_lambda', 'balance': 'balance', 'ood_warmup_epochs': 'ood_warmup_epochs',
+                 'ood_weight': 'ood_weight'}
+
+
+def ssod_cfg_from_args(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``ssod_cfg`` entries a training run's arguments set (``SSOD_CFG_ARGS``; unset ones left out)."""
+    return {key: (v if key == 'balance' else float(v)) for key, arg in SSOD_CFG_ARGS.items()
+            if (v := args.get(arg)) is not None}
 
 
 def _epoch_of(path: str) -> int:

@@ -31,47 +31,15 @@ and ``model.predict`` then give p-values and decisions. Preprocessing is the mod
 config (what training recorded), the one ``predict`` will use.
 """
 import argparse
-import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 from timm.utils import ParseKwargs
 
 from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
-from ._common import add_command, parse_and_run, report_errors
+from ._common import add_command, load_ssod_model, parse_and_run, report_errors
 
 DEFAULT_FIT_SAMPLES = 5000
-
-
-def load_model(spec: str, use_ema: bool = True, model_kwargs: Optional[Dict] = None) -> Tuple[object, Dict]:
-    """``(SSOD model in eval mode, save_pretrained kwargs)`` of a MODEL argument: a saved folder
-    (``local-dir:`` / ``hf-hub:``) or a training checkpoint / run folder."""
-    from timm.models import parse_model_name
-
-    from ..hub import create_model
-    from ..core import is_ssod_model
-    if spec.startswith(('hf-hub:', 'local-dir:')) and parse_model_name(spec)[0]:
-        model = create_model(spec, pretrained=True, **(model_kwargs or {}))
-        save_kwargs: Dict = {}
-    elif os.path.exists(spec):
-        from ..hub._runs import _prepare_run
-        _, model, save_kwargs = _prepare_run(spec, use_ema, model_kwargs, None, None)
-    else:
-        raise ValueError(f'MODEL {spec!r} is neither a file or folder (training checkpoint / run) nor a saved model '
-                         "'local-dir:PATH' / 'hf-hub:org/name'")
-    if not is_ssod_model(model):
-        raise ValueError(f'{spec} is not an SSOD model')
-    return model.eval(), save_kwargs
-
-
-def training_args(spec: str) -> Dict:
-    """The arguments a training checkpoint / run folder recorded ({} for a saved model)."""
-    if spec.startswith(('hf-hub:', 'local-dir:')) or not os.path.exists(spec):
-        return {}
-    from ..checkpoints import load_training_state
-    from ..hub import resolve_checkpoint
-    recorded = load_training_state(str(resolve_checkpoint(spec))).get('args') or {}
-    return vars(recorded) if isinstance(recorded, argparse.Namespace) else dict(recorded)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -176,7 +144,7 @@ def _calibrate(args) -> int:
         raise ValueError('give --save-dir DIR and/or --push-to-hub ORG/NAME: where the calibrated model goes')
     detector = _detector(args)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    model, save_kwargs = load_model(args.model, args.use_ema, args.model_kwargs)
+    model, info, save_kwargs = load_ssod_model(args.model, args.use_ema, args.model_kwargs)
     model.to(device)
     data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
     transform = create_transform(**data_config, is_training=False)
@@ -186,7 +154,7 @@ def _calibrate(args) -> int:
     classes = model.num_classes
     # the one rule of held-out splits (timm_ssod.data): never the training images by fallback
     split_cal, split_fit = check_held_out_split(args.dataset, args.data_dir, args.split, args.fit_split,
-                                                training_args(args.model), EvalDataError)
+                                                info['train_args'], EvalDataError)
     if split_cal is not None and split_cal.training:
         raise EvalDataError(f'--split {args.split!r} reads the training images ({split_cal.training}): a calibration '
                             'on them does not hold for new images. Calibrate on held-out images (e.g. DIR/val).')

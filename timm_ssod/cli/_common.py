@@ -54,3 +54,20 @@ def parse_and_run(argv: Optional[List[str]], prog: str, doc: str, add_args, run)
     args = parser.parse_args(argv)
     with one_line_warnings(prog):
         return run(args, prog)
+
+
+def load_ssod_model(spec: str, use_ema: bool = True, model_kwargs=None):
+    """``(SSOD model in eval mode, load info, save_pretrained kwargs)`` of a MODEL argument
+    (``calibrate``, ``predict``): a saved folder (``local-dir:`` / ``hf-hub:``) or a training
+    checkpoint / run folder, loaded by ``timm_ssod.hub.load_model``."""
+    import os
+
+    from ..hub import load_model
+    from ..hub._run_args import run_save_kwargs
+    if not spec.startswith(('hf-hub:', 'local-dir:')) and not os.path.exists(spec):
+        raise ValueError(f'MODEL {spec!r} is neither a file or folder (training checkpoint / run) nor a saved model '
+                         "'local-dir:PATH' / 'hf-hub:org/name'")
+    model, info = load_model(spec, use_ema=use_ema, model_kwargs=model_kwargs)
+    if not info['ssod']:
+        raise ValueError(f'{spec} is not an SSOD model')
+    return model, info, (run_save_kwargs(info['train_args']) if info['checkpoint'] else {})

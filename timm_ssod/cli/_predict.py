@@ -99,10 +99,10 @@ def _predict(args) -> int:
     from timm.data import create_transform, resolve_data_config
 
     from ..data import expand_image_paths
-    from ._calibrate import load_model
+    from ._common import load_ssod_model
     files = expand_image_paths(args.paths)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    model, save_kwargs = load_model(args.model)
+    model, _, save_kwargs = load_ssod_model(args.model)
     model.to(device)
     cal = model.ssod_calibration
     if args.alpha is not None and cal is not None:

@@ -106,11 +106,9 @@ class _Loaded(NamedTuple):
 
 def _load(name, checkpoint, args, device) -> _Loaded:
     from timm.data import create_transform, resolve_data_config
-    from ..evaluate import load_model_of_args, read_checkpoint
+    from ..evaluate import load_model_of_args
     model, info = load_model_of_args(args, name, checkpoint)
-    train_args = {}
-    if checkpoint and not str(checkpoint).endswith('.safetensors'):  # gamma / dataset of the training run
-        train_args = read_checkpoint(checkpoint, use_ema=False)[1].get('args') or {}
+    train_args = info['train_args']  # the dataset of the training run
     data_args = dict(info['data_args'])
     if args.img_size:
         data_args.pop('input_size', None)

@@ -21,3 +21,10 @@ class OODHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @staticmethod
+    def hidden_of(state_dict, prefix: str = 'ood_head.') -> int:
+        """The ``hidden`` width of the head whose weights ``state_dict`` holds under ``prefix``
+        (0: a single linear layer, or no head)."""
+        w = state_dict.get(prefix + 'net.0.weight')  # the hidden layer's weight (a single layer is net.weight)
+        return int(w.shape[0]) if w is not None and w.ndim == 2 else 0

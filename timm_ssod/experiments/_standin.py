@@ -160,13 +160,13 @@ def export_standin(run_dir: str, weights_dir: str = WEIGHTS_DIR, num_test: int =
     import yaml
     from safetensors.torch import save
     from ..hub import create_model
-    from ..hub._runs import load_training_checkpoint
+    from ..checkpoints import load_training_state
     record = _read_json(os.path.join(run_dir, RUN_RECORD))
     with open(os.path.join(run_dir, 'args.yaml')) as f:
         train_args = yaml.safe_load(f)
     backbone = train_args['model']
     path = os.path.join(run_dir, checkpoint)
-    ckpt = load_training_checkpoint(path)
+    ckpt = load_training_state(path)
     state = {k: v for k, v in ckpt['state_dict'].items() if not k.startswith('ood_head.')}
     model = create_model(backbone, ssod=False, num_classes=train_args['num_classes'],
                          **(train_args.get('model_kwargs') or {}))

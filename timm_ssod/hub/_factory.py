@@ -1,23 +1,22 @@
 """``create_model``: timm's ``create_model`` with an ``ssod`` switch."""
-import argparse
 import difflib
 import fnmatch
 import logging
-import os
 import re
 from typing import Dict, Optional
 
 import timm
 import torch
 import torch.nn as nn
-from timm.models import load_state_dict, parse_model_name, register_model, split_model_name_tag
+from timm.models import parse_model_name, register_model, split_model_name_tag
 
-from ..core import attach_ssod, set_label_names
+from ..core import OODHead, attach_ssod, set_label_names
 from ._hub import _CALLER_ALLOW_PICKLE, SSOD_ARCHITECTURE, _build, create_from_source  # hf-hub: / local-dir: names
 from .._util import first_line
-from ..checkpoints import CheckpointError, classifier_classes, torch_load
+from ..checkpoints import CheckpointError, classifier_classes, read_checkpoint
 from ._files import HubError, Source, read_config
 from ._offline import offline_if_unreachable
+from ._run_args import apply_run_data_config, recorded_model_kwargs
 from ._weights_file import local_weights_overlay, weights_mismatch
 
 __all__ = ['create_model', 'PretrainedWeightsError', 'unknown_model_message', 'ssod']
@@ -105,14 +104,13 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
     model = _create_timm(model_name, pretrained, kwargs)
     if ssod:
         if not ood_hidden and state is not None:
-            ood_hidden = _ood_hidden_of(state)
+            ood_hidden = OODHead.hidden_of(state)
         attach_ssod(model, ood_hidden=ood_hidden, backbone=model_name)
     if state is not None:
         _load_checkpoint(model, state, checkpoint_path, ssod)
         if meta.get('label_names'):
             set_label_names(model, meta['label_names'])
     if train_args:
-        from ._runs import apply_run_data_config
         apply_run_data_config(model, train_args, keep=tuple(kwargs.get('pretrained_cfg_overlay') or ()))
     return model
 
@@ -132,11 +130,10 @@ def _plain(value):
 
 def _with_run_kwargs(model_name: str, kwargs: Dict, train_args: Dict, state, path: str) -> Dict:
     """``kwargs`` completed with what the training run of ``checkpoint_path`` recorded
-    (``timm_ssod.hub._runs.recorded_model_kwargs`` and its class count): a value the caller did
+    (``recorded_model_kwargs`` and its class count): a value the caller did
     not pass is filled in; one passed differently is a ``CheckpointError``, since shape-neutral
     arguments (``output_stride``, ``global_pool``, ``bn_eps`` ...) would load the weights into
     another model without any error."""
-    from ._runs import recorded_model_kwargs
     recorded_arch = train_args.get('model')
     if (isinstance(recorded_arch, str) and not parse_model_name(recorded_arch)[0] and timm.is_model(recorded_arch)
             and split_model_name_tag(recorded_arch)[0] != split_model_name_tag(model_name)[0]):
@@ -185,34 +182,9 @@ def _create_timm(model_name: str, pretrained: bool, kwargs: Dict) -> nn.Module:
 
 
 def _read_checkpoint(path: str):
-    """``(state_dict, meta)`` of a checkpoint file: timm's ``load_state_dict`` (weights_only,
-    EMA first), and from a ``timm-ssod train`` checkpoint its ``label_names``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint_path {path!r}: no such file')
-    try:
-        state = load_state_dict(path, use_ema=True)
-    except Exception as e:  # truncated, corrupt, or refused by weights_only
-        raise CheckpointError(f'checkpoint_path {path!r} could not be read with torch.load(weights_only=True): '
-                              f'{first_line(e)}') from e
-    meta = {}
-    if not str(path).endswith('.safetensors'):
-        try:  # memory-mapped: only the small entries are read
-            ckpt = torch_load(path, mmap=True)
-            if isinstance(ckpt, dict) and isinstance(ckpt.get('label_names'), (list, tuple)):
-                meta['label_names'] = list(ckpt['label_names'])
-            args = ckpt.get('args') if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict) else None
-            if isinstance(args, argparse.Namespace):  # timm's train.py
-                args = vars(args)
-            if isinstance(args, dict):  # a training run's arguments: what create_model needs besides weights
-                meta['args'] = dict(args)
-        except Exception:  # a legacy (non-zip) file: its weights loaded above, it has no class names
-            pass
+    """``(state_dict, meta)`` of ``checkpoint_path`` (``read_checkpoint``: weights_only, EMA first)."""
+    state, meta, _ = read_checkpoint(path, use_ema=True, what='checkpoint_path')
     return state, meta
-
-
-def _ood_hidden_of(state: Dict[str, torch.Tensor]) -> int:
-    w = state.get(OOD_HEAD_PREFIX + 'net.0.weight')  # OODHead with a hidden layer
-    return int(w.shape[0]) if w is not None and w.ndim == 2 else 0
 
 
 def _load_checkpoint(model: nn.Module, state: Dict[str, torch.Tensor], path: str, ssod: bool) -> None:

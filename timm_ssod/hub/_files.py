@@ -29,7 +29,7 @@ from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundErr
 from timm.models._hub import hf_split
 
 from .._util import first_line
-from ..checkpoints import CheckpointError, torch_load
+from ..checkpoints import CheckpointError, load_safetensors, read_checkpoint
 from ._offline import offline_if_unreachable
 
 from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -148,33 +148,6 @@ def read_config(source: Source) -> Dict:
     return cfg
 
 
-def load_safetensors(path: str, where: str = '') -> Dict[str, torch.Tensor]:
-    """``safetensors.torch.load_file`` with a clear error for truncated or corrupt files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    try:
-        return load_file(path, device='cpu')
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f'{Path(path).name}{" of " + where if where else ""} ({path}) is truncated or corrupt and cannot be '
-            f'read: {e}. Delete this file (for a Hub repo, its cache entry, or pass force_download) and fetch it '
-            'again.') from e
-
-
-def load_pickle_weights(path: str, where: str = '') -> Dict[str, torch.Tensor]:
-    """A pickled state dict, read with ``torch.load(weights_only=True)`` (never arbitrary objects)."""
-    try:
-        state = torch_load(path)
-    except Exception as e:  # UnpicklingError for forbidden globals, RuntimeError / EOFError for broken files
-        raise CheckpointError(f'{Path(path).name}{" of " + where if where else ""} ({path}) could not be read '
-                              f'with torch.load(weights_only=True): {first_line(e).rstrip(". ")}') from e
-    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-        state = state['state_dict']
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f'{path} does not hold a state dict of tensors.')
-    return state
-
-
 def read_state_dict(source: Source, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
     """The weights of a source: ``model.safetensors``; ``pytorch_model.bin`` only with
     ``allow_pickle=True`` (and then with ``torch.load(weights_only=True)``)."""
@@ -189,7 +162,7 @@ def read_state_dict(source: Source, allow_pickle: bool = False) -> Dict[str, tor
     path = source.fetch(PICKLE_WEIGHTS_NAME, optional=True)
     if path is None:
         raise HubError(f'{source} has neither {WEIGHTS_NAME} nor {PICKLE_WEIGHTS_NAME}: no weights to load.')
-    return load_pickle_weights(path, str(source))
+    return read_checkpoint(path, use_ema=False, what=f'{PICKLE_WEIGHTS_NAME} of {source}')[0]
 
 
 def split_ood_head(state_dict: Dict[str, torch.Tensor]):

@@ -66,8 +66,9 @@ import torch.nn as nn
 from timm.models import parse_model_name
 from timm.models._hub import save_config_for_hf
 
+from ..checkpoints import load_safetensors
 from ._files import (CONFIG_NAME, OOD_HEAD_PREFIX, SSOD_WEIGHTS_NAME, WEIGHTS_NAME, CheckpointError, HubError, Source,
-                        load_safetensors, read_config, read_state_dict, split_ood_head)
+                     read_config, read_state_dict, split_ood_head)
 from ..core import attach_ssod, is_ssod_model
 from ..core import label_names as model_label_names
 from .._util import fsync_path, warn

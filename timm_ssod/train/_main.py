@@ -42,15 +42,14 @@ from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_confi
 from timm.data.loader import fast_collate
 from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import load_checkpoint, load_state_dict, resume_checkpoint, safe_model_name
+from timm.models import load_checkpoint, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.utils import ModelEmaV3, NativeScaler
 
 from .._util import atomic_write_text
 from ..checkpoints import (AtomicCheckpointSaver, CheckpointError, NonFiniteWeightsError, OutputDirError,
-                         check_output_dir, estimate_checkpoint_bytes, load_training_state,
-                         remove_partial_files, resolve_resume, rng_state, trim_summary,
-                         unreadable_checkpoint)
+                         check_output_dir, estimate_checkpoint_bytes, load_training_state, read_checkpoint,
+                         remove_partial_files, resolve_resume, rng_state, ssod_cfg_from_args, trim_summary)
 from ..hub import PretrainedWeightsError, create_model, unknown_model_message
 from ..data import class_names, drop_unreadable, leave_out_unreadable, readable_batches
 from ..core import label_names, set_label_names
@@ -153,9 +152,7 @@ def _create_model(args, num_classes: Optional[int]) -> nn.Module:
     if args.initial_checkpoint:
         load_initial_checkpoint(model, args.initial_checkpoint)
     if args.ssod:
-        model.ssod_cfg.update(gamma=float(args.gamma), lam=float(args.ood_lambda), balance=args.balance,
-                              ood_warmup_epochs=float(args.ood_warmup_epochs),
-                              ood_weight=float(args.ood_weight))
+        model.ssod_cfg.update(ssod_cfg_from_args(vars(args)))
     return model
 
 
@@ -165,14 +162,9 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
     into an SSOD model) or unexpected (an SSOD checkpoint into a plain model). A file that cannot
     be read is a ``CheckpointError`` (truncated / corrupt, or refused by ``weights_only``); weights
     that do not fit the model a ``RuntimeError`` naming the first mismatch."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'--initial-checkpoint {path!r}: no such file')
-    if os.path.splitext(path)[-1].lower() in ('.npz', '.npy'):  # timm: the model's own numpy loader
-        return load_checkpoint(model, path, strict=False)
-    try:
-        state_dict = load_state_dict(path, use_ema=True)  # weights_only=True
-    except Exception as e:
-        raise unreadable_checkpoint(path, e, '--initial-checkpoint') from e
+    if os.path.splitext(path)[-1].lower() in ('.npz', '.npy') and os.path.isfile(path):
+        return load_checkpoint(model, path, strict=False)  # timm: the model's own numpy loader
+    state_dict = read_checkpoint(path, use_ema=True, what='--initial-checkpoint')[0]
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:
