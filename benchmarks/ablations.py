@@ -3,7 +3,7 @@ backbone and the built-in benchmark: lambda, the balance scheme and gamma, one a
 around the default (gamma 0.95, lambda 1.0, lwb).
 
 One vanilla stage 1 (as ``timm-ssod demo``), then one SSOD fine-tune per setting from it with
-the same budget and seed (``timm_ssod.experiments.run_protocol``); the default setting also gets
+the same budget and seed (``lib.run_protocol``); the default setting also gets
 the vanilla fine-tune, whose best baselines are the reference. Reported per setting: FPR95 /
 AUROC of the SSOD score (and of ``ssod_msp``) per OOD set and on average, ID accuracy, and the
 sampler's share of ID / OOD / ignored locations in the last fine-tuning epoch.
@@ -35,9 +35,9 @@ import timm
 import torch
 
 from timm_ssod._util import atomic_write_text
-from timm_ssod.experiments import DEMO_SCRATCH, QUICK
+from lib import DEMO_SCRATCH, QUICK
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import (command_line, read_result, remove_checkpoints, results_text, run_protocol,
+from lib import (command_line, read_result, remove_checkpoints, results_text, run_protocol,
                                    train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -27,7 +27,7 @@ import timm
 import torch
 
 from timm_ssod._util import atomic_write_text
-from timm_ssod.experiments import command_line, results_text
+from lib import command_line, results_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -3,7 +3,7 @@
 The regime study (``benchmarks/regime.py``) fine-tunes a briefly trained stage 1 (about 55-60% ID
 accuracy); the paper fine-tunes converged classifiers. This study starts every fine-tune from a
 stand-in for pretrained weights trained to convergence with the shipped recipe
-(``weights/<backbone>.yaml``, ``timm_ssod.experiments.train_standin``), and answers two questions
+(``weights/<backbone>.yaml``, ``lib.train_standin``), and answers two questions
 with the seeds' spread and nothing chosen on the OOD test sets:
 
 * **SSOD's score**: does the SSOD score (Eq. 15, on the SSOD model) beat (a) the best logit
@@ -29,7 +29,7 @@ Cells: background x backbone x seed.
   (output stride 16), ``mobilenetv3_small_075`` at 224 px (output stride 32);
 * **seed**: 0, 1, 2 (the fine-tuning seed; ``--seeds``).
 
-Each cell is ``timm_ssod.experiments.run_protocol(pretrained_path=...)`` with the demo's sizes
+Each cell is ``lib.run_protocol(pretrained_path=...)`` with the demo's sizes
 (``SIZES``): a vanilla and an SSOD fine-tune with the same budget and seed, each keeping the
 epoch with the best validation FPR95 of its own score, every detector of the harness's default set
 plus ``ssod_patch_max`` on the test splits (baselines on both models). Then, on the kept
@@ -78,11 +78,11 @@ import yaml  # noqa: E402
 from timm_ssod._util import atomic_write_text, sha256_of  # noqa: E402
 from timm_ssod.data import OOD_SETS  # noqa: E402
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS  # noqa: E402
-from timm_ssod.experiments import (evaluate_checkpoint, export_standin, location_probe, read_result,  # noqa: E402
+from lib import (evaluate_checkpoint, export_standin, location_probe, read_result,  # noqa: E402
                                    remove_checkpoints, run_protocol, standin_file, train_standin)
-from timm_ssod.experiments._demo import SHIPPED  # noqa: E402
-from timm_ssod.experiments._protocol import SSOD_ONLY  # noqa: E402
-from timm_ssod.experiments._standin import WEIGHTS_DIR, recipe_path  # noqa: E402
+from lib import SHIPPED  # noqa: E402
+from lib import SSOD_ONLY  # noqa: E402
+from lib import WEIGHTS_DIR, recipe_path  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,7 +93,7 @@ BACKBONES = OrderedDict([('resnet18', (64, 112, {'output_stride': 16})),
                          ('mobilenetv3_small_075', (64, 224, {}))])
 assert tuple(BACKBONES) == tuple(SHIPPED), 'one configuration per shipped stand-in'
 SEEDS = (0, 1, 2)
-# The demo's sizes (timm_ssod.experiments.DEMO): each fine-tune sees num_images ID training images for
+# The demo's sizes (lib.DEMO): each fine-tune sees num_images ID training images for
 # finetune_epochs epochs at the paper's lr 1e-4 (AdamW, batch_size) and keeps the epoch with the best FPR95 of
 # its own score on num_val validation images of ID and of each OOD set; detectors that fit are fitted on
 # num_fit ID training images; the test: num_test ID images and num_ood per OOD set. The vanilla model's

@@ -2,7 +2,7 @@
 fused score work on real OOD data, and does a rule built on it reach the oracle?
 
 For every training checkpoint given (the files ``timm-ssod train`` writes; each is evaluated on the
-built-in benchmark as it was trained), ``timm_ssod.experiments.evidence_checkpoint`` records the
+built-in benchmark as it was trained), ``lib.evidence_checkpoint`` records the
 pseudo-AUROC of every candidate of ``ssod_fused(select='evidence')`` (ssod, mahalanobis, energy,
 knn, vim) on every source (Eq. 12's background locations, their crops, patch-shuffled, blurred and
 pixel-permuted images, left-out classes), every single detector's real AUROC / FPR95 per OOD set,
@@ -43,7 +43,7 @@ import torch
 
 from timm_ssod._util import atomic_write_text
 from timm_ssod.detectors.evidence import evidence_budget
-from timm_ssod.experiments import (command_line, cost_checkpoint, evidence_checkpoint, read_result, results_text,
+from lib import (command_line, cost_checkpoint, evidence_checkpoint, read_result, results_text,
                                    summarize_evidence, train_stage)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -403,7 +403,7 @@ def probe_tables(d):
     return (f"### Probe of the OOD head, location by location\n\n"
             f"Command: `{d.get('command', '').strip()}` (then `python benchmarks/make_tables.py --docs`). "
             f"Each configuration's SSOD fine-tune of the study repeated with the same stage 1, sizes and seed, then "
-            f"`timm_ssod.experiments.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
+            f"`lib.location_probe` on {cells[0]['probe']['num_images']} ID test images and as many per "
             f"OOD set. In percent: the head's mean per-location P(ID) on ID object cells / ID pure-background cells; "
             f"per OOD set, the mean per-location P(ID) over all its cells, then the AUROC ↑ (ID vs the set; 50 = "
             f"chance, below 50 = the set looks *more* ID) of {' / '.join(aggs)}.\n\n"
@@ -1031,8 +1031,7 @@ def main(argv=None):
         missing = [n for n in tables if n not in found]
         if missing:
             sys.exit(f'no page has a <!-- make_tables:NAME --> block for {", ".join(missing)}')
-        sys.path.insert(0, ROOT)
-        from timm_ssod.cli._reference import reference_markdown
+        from lib.cli_reference import reference_markdown
         _write(os.path.join(ROOT, CLI_PAGE), reference_markdown())
     print(text)
     return text

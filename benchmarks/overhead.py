@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import timm_ssod
-from timm_ssod.experiments import command_line
+from lib import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the command's paths: relative to it
 

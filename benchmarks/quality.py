@@ -2,7 +2,7 @@
 every detector of the harness on every built-in OOD set, several seeds (mean ± std).
 
 Per backbone: one vanilla stage 1 from scratch (seed 0; it stands in for the fixed pretrained
-weights of the paper), then for each seed ``timm_ssod.experiments.run_protocol``: a vanilla and
+weights of the paper), then for each seed ``lib.run_protocol``: a vanilla and
 an SSOD fine-tune with the same budget and seed, evaluated on the test splits.
 
 Beyond the paper, scores that try to keep SSOD's gain on far OOD without its loss on near
@@ -36,7 +36,7 @@ their JSON afterwards (nothing is retrained):
     python benchmarks/quality.py --merge a.json b.json
     # or one seed per core: --seeds 0 --out s0.json & --seeds 1 --out s1.json, then --merge s0.json s1.json
 
-Per SSOD run it also measures calibrated decisions (``timm_ssod.experiments.decisions_checkpoint``):
+Per SSOD run it also measures calibrated decisions (``lib.decisions_checkpoint``):
 ``ssod_fused`` and its components calibrated on the ID validation split, the share of ID *test*
 images rejected at each alpha against its expected value, and the share of each OOD set caught.
 
@@ -60,13 +60,13 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.conformal import min_calibration_size
 from timm_ssod.data import BACKGROUNDS, DEFAULT_BACKGROUND, OOD_SETS
-from timm_ssod.detectors.energy_ssod import EnergySSOD, log_odds
+from lib import EnergySSOD, log_odds
 from timm_ssod.evaluate import AVERAGE, DEFAULT_DETECTORS
 from timm_ssod.metrics import ood_metrics
-from timm_ssod.experiments import (command_line, decisions_checkpoint, evaluate_checkpoint, read_result,
+from lib import (command_line, decisions_checkpoint, evaluate_checkpoint, read_result,
                                    remove_checkpoints, results_text, run_protocol, train_stage, train_stage_once)
-from timm_ssod.experiments._demo import SHIPPED
-from timm_ssod.experiments._standin import WEIGHTS_DIR
+from lib import SHIPPED
+from lib import WEIGHTS_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository

@@ -21,7 +21,7 @@ fine-tuning and test input only, not the starting classifier. (A first version t
 at each scale on 1500 images, 140 optimizer steps: 52-61% ID accuracy, too weak a classifier
 for the sampler's gamma = 0.95 to mean anything.)
 
-Each cell runs ``timm_ssod.experiments.run_protocol`` (a vanilla stage 1 from scratch, then a
+Each cell runs ``lib.run_protocol`` (a vanilla stage 1 from scratch, then a
 vanilla and an SSOD fine-tune with the same budget, the best-validation-FPR95 epoch kept,
 the harness on the test splits) and records the sampler's alignment (does Eq. 12 label the
 pure-background cells OOD?), SSOD's FPR95 / AUROC per OOD set, the best logit baseline and
@@ -57,7 +57,7 @@ import torch
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import AVERAGE
-from timm_ssod.experiments import (command_line, evaluate_checkpoint, read_result, remove_checkpoints, results_text,
+from lib import (command_line, evaluate_checkpoint, read_result, remove_checkpoints, results_text,
                                    run_protocol, sampler_alignment, train_stage, train_stage_once)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

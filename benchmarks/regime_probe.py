@@ -4,7 +4,7 @@ The regime study (``benchmarks/regime.py``) scores every cell with the SSOD scor
 OOD head on the pooled feature) and with ``ssod_patch_max`` (the most-ID location). This probe
 goes one step further on chosen configurations of that grid: it repeats the cell's SSOD
 fine-tune exactly (same shared stage 1, sizes, seed; ``run_protocol`` with the vanilla arm
-skipped), keeps the checkpoint, and runs ``timm_ssod.experiments.location_probe``: the mean
+skipped), keeps the checkpoint, and runs ``lib.location_probe``: the mean
 per-location P(ID) of the head on ID object cells, ID background cells and on every cell of each
 OOD set's images, and the AUROC of three aggregations (pooled head, mean of locations,
 most-ID location). When all three aggregations fail on a set whose cells get as high a P(ID) as
@@ -28,7 +28,7 @@ from regime import BACKGROUNDS, QUICK_SCALES, QUICK_SIZES, SCALES, SIZES, add_en
 
 from timm_ssod._util import atomic_write_text
 from timm_ssod.data import OOD_SETS
-from timm_ssod.experiments import command_line, location_probe, read_result, results_text, run_protocol
+from lib import command_line, location_probe, read_result, results_text, run_protocol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # paths in the JSON are relative to the repository

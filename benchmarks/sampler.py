@@ -1,5 +1,5 @@
 """What Eq. 12's sampler feeds the OOD head, on a checkpoint of the built-in benchmark, at
-several gammas: ``timm_ssod.experiments.sampler_alignment`` on ID validation images, as the
+several gammas: ``lib.sampler_alignment`` on ID validation images, as the
 checkpoint was trained (its run's ``--img-size`` and ``--dataset-kwargs img_size=...
 background=...``).
 
@@ -29,7 +29,7 @@ def main(ckpt: str, out: str, gammas, num_images: int = 300):
     import torch
     from timm_ssod._util import atomic_write_text
     from timm_ssod.evaluate import load_eval_model
-    from timm_ssod.experiments import command_line, results_text, sampler_alignment, trained_benchmark
+    from lib import command_line, results_text, sampler_alignment, trained_benchmark
 
     torch.set_num_threads(1)
     model, info = load_eval_model(checkpoint=ckpt)

@@ -12,7 +12,7 @@ the last finished epoch (the trainer's resume is exact). The run folder also hol
 ``standin_run.json``: the command, the commit the recipe was run at and the wall time summed over
 every invocation. When a run has all its epochs, its best-validation checkpoint is exported to
 ``weights/<backbone>.safetensors`` (fp16) with ``weights/<backbone>.json`` beside it
-(``timm_ssod.experiments.export_standin``: ID test accuracy, learning curve, sha256 ...).
+(``lib.export_standin``: ID test accuracy, learning curve, sha256 ...).
 """
 import argparse
 import os
@@ -28,7 +28,7 @@ def _run_one(backbone: str, output: str, extra: list, recipe_dir: str, export_di
     """One backbone in this process, on one core: train (resuming), then export."""
     import torch
     torch.set_num_threads(1)
-    from timm_ssod.experiments import export_standin, train_standin
+    from lib import export_standin, train_standin
     run = train_standin(backbone, output=output, extra_args=extra, weights_dir=recipe_dir)
     if run['finished']:
         export_standin(run['run_dir'], export_dir)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument('--in-process', action='store_true', help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args(argv)
     if args.export_only:
-        from timm_ssod.experiments import export_standin
+        from lib import export_standin
         for b in args.backbones:
             export_standin(os.path.join(args.output, b), args.export_dir)
         return 0

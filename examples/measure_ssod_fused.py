@@ -8,7 +8,7 @@ against single detectors, and the ID rejection rate against alpha, on the built-
 
 Per data seed (the synthetic images' seed; the checkpoint is the same): detectors fitted on
 2000 ID training images, calibrated on 1000 ID validation images, tested on 600 ID test
-images and 600 images of each OOD set (``timm_ssod.experiments.measure_decisions``,
+images and 600 images of each OOD set (``lib.measure_decisions``,
 the protocol's evaluation transforms), rendered and resized as the checkpoint was trained
 (its run's ``--img-size`` and ``--dataset-kwargs img_size=... background=...``). It produced the numbers in
 ``timm_ssod/detectors/ssod_fused.py`` and docs/decisions.md; ``--summary`` prints them (mean ± std
@@ -26,12 +26,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the record
 
 def measure(ckpt: str, out: str, seeds):
     import torch
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))  # the study's library, benchmarks/lib
     from timm_ssod._util import atomic_write_text
     from timm_ssod.data import create_dataset
-    from timm_ssod.experiments import format_decisions, measure_decisions, relative_paths, trained_benchmark
+    from lib import format_decisions, measure_decisions, relative_paths, trained_benchmark
     from timm_ssod.detectors import SSODFused
     from timm_ssod.evaluate import load_eval_model
-    from timm_ssod.experiments._protocol import OOD_SETS, _loader
+    from timm_ssod.data import OOD_SETS
+    from timm_ssod.demo._protocol import _loader
 
     torch.set_num_threads(1)
     model, info = load_eval_model(checkpoint=ckpt)

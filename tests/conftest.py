@@ -1,6 +1,12 @@
 """Shared test set-up."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# the benchmarks' library (benchmarks/lib, imported as ``lib``, as the benchmark scripts do)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 
 
 @pytest.fixture(autouse=True)

@@ -101,7 +101,7 @@ def test_ablations_rerun_skips_finished_settings_and_refuses_other_runs(outputs,
 
 def test_a_rerun_over_an_unreadable_result_stops_and_keeps_the_file(tmp_path):
     """A half-written or hand-edited JSON is never overwritten by a rerun of any of the benchmarks."""
-    from timm_ssod.experiments import read_result
+    from lib import read_result
     assert read_result(str(tmp_path / 'missing.json')) is None
     bad = tmp_path / 'bad.json'
     bad.write_text('{"settings": {')
@@ -268,7 +268,7 @@ def test_ablations_call_the_protocol_with_the_demo_settings(quick):
     """The full-size run is too long for a test: check that its run_protocol call binds (the
     demo's settings once carried a ``detectors`` key that the ablations pass themselves)."""
     import inspect
-    from timm_ssod.experiments import run_protocol
+    from lib import run_protocol
     ablations = _script('ablations')
     base = ablations.protocol_base(quick)
     inspect.signature(run_protocol).bind(**{k: v for k, v in base.items() if k != 'num_fit'}, seed=0, gamma=0.95,

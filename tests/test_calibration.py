@@ -314,7 +314,7 @@ def test_calibrate_command_errors(saved_tiny, capsys):
 
 
 def test_measure_decisions_reports_rejection_and_catch_rates():
-    from timm_ssod.experiments import format_decisions, measure_decisions
+    from lib import format_decisions, measure_decisions
     from timm_ssod.detectors import SSODFused
     model = tiny(seed=5)
     ood = {'noise': [(3 * torch.randn(12, 3, IMG, IMG), torch.zeros(12))]}

@@ -1,9 +1,9 @@
-"""docs/cli.md is generated from the argument parsers (``timm_ssod.cli._reference``), so it cannot
+"""docs/cli.md is generated from the argument parsers (``benchmarks/lib/cli_reference.py``), so it cannot
 drift from them: the committed page equals what the parsers give now."""
 from pathlib import Path
 
 from timm_ssod.cli import build_parser
-from timm_ssod.cli._reference import MACHINE_DEPENDENT, reference_markdown
+from lib.cli_reference import MACHINE_DEPENDENT, reference_markdown
 
 PAGE = Path(__file__).resolve().parents[1] / 'docs' / 'cli.md'
 

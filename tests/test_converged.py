@@ -150,7 +150,7 @@ def test_summary_mean_spread_and_verdicts(converged):
 def test_full_study_plan(converged, monkeypatch, tmp_path):
     """The full-size configurations match the recipes their stand-ins are trained with; the shards
     cover every configuration once; a missing shipped stand-in stops the run in one line."""
-    from timm_ssod.experiments._standin import WEIGHTS_DIR
+    from lib import WEIGHTS_DIR
     for backbone, (render, size, kwargs) in converged.BACKBONES.items():
         recipe = yaml.safe_load(open(os.path.join(WEIGHTS_DIR, f'{backbone}.yaml')))
         assert (recipe['dataset_kwargs']['img_size'], recipe['img_size']) == (render, size)

@@ -10,7 +10,7 @@ import torch
 from timm_ssod.cli import main as cli_main
 from timm_ssod.data import OOD_SETS
 from timm_ssod.evaluate import DEFAULT_DETECTORS, SSOD_DETECTORS
-from timm_ssod.experiments import BASELINES
+from lib import BASELINES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_alignment_stats_by_hand():
     """Two images of four locations. Image 0: ID, OOD, OOD, ignored; image 1 (no ID location:
     the classifier found no object): OOD, OOD, ignored, ignored."""
     import torch
-    from timm_ssod.experiments._protocol import alignment_stats
+    from timm_ssod.demo import alignment_stats
     labels = torch.tensor([[1, 0, 0, -1], [0, 0, -1, -1]])
     cover = torch.tensor([[0.9, 0.0, 0.2, 0.6], [0.8, 0.0, 0.0, 1.0]])
     p_id = torch.tensor([[0.8, 0.1, 0.3, 0.5], [0.4, 0.2, 0.6, 0.7]])
@@ -105,7 +105,7 @@ def test_alignment_stats_by_hand():
 
 def test_alignment_stats_without_any_ood_location_gives_none_not_nan():
     import torch
-    from timm_ssod.experiments._protocol import alignment_stats
+    from timm_ssod.demo import alignment_stats
     s = alignment_stats(torch.tensor([[1, -1]]), torch.tensor([[0.9, 0.0]]), torch.tensor([[0.7, 0.2]]))
     assert s['object_coverage']['ood'] is None and s['images_without_id']['share_of_ood_locations'] is None
     assert s['images_without_id']['share_of_images'] == 0.0

@@ -384,7 +384,7 @@ def test_energy_ssod_by_hand():
 
 
 def test_ssod_patch_max_by_hand_and_on_a_model():
-    from timm_ssod.detectors.ssod_patch_max import patch_max_score
+    from lib.ssod_patch_max import patch_max_score
     # P(ID) per location: 1/2, 3/4, 1/4 -> 3/4
     patch = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)], [math.log(3), 0.0]]])
     assert torch.allclose(patch_max_score(patch), torch.tensor([0.75]))

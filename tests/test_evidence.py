@@ -262,7 +262,7 @@ def test_the_harness_and_the_decisions_fit_an_image_sourced_choice_on_the_images
     loader)' warning, the blur evidence measured); one from outputs only keeps the cached path."""
     import warnings as w
     from timm_ssod.evaluate import evaluate
-    from timm_ssod.experiments import measure_decisions
+    from lib import measure_decisions
     model = tiny(seed=2)
     opts = dict(select='evidence', evidence_sources=['blur', 'leave_classes_out'], component_kwargs={'knn': {'k': 5}},
                 evidence_images=24, min_samples=10)
@@ -349,7 +349,7 @@ def _record(oracle, fisher3, rules):
 
 
 def test_adoption_criterion_by_hand():
-    from timm_ssod.experiments._evidence import REGISTERED_RULE, adoption
+    from lib.evidence import REGISTERED_RULE, adoption
     reg, old = rule_key(REGISTERED_RULE), 'all|t=0.5|top2|informedness|fisher'
     def records(reg_gaps, ok=True, held_out_gap=0.5):
         # design d1, d2; trained after t1; held out h1 (decides nothing): the design choice's gaps 0.01, 0.02, 0.10
@@ -388,7 +388,7 @@ def test_the_deployed_rule_is_the_one_the_committed_evidence_adopted():
 
 
 def test_summary_refuses_a_model_both_design_and_trained_after():
-    from timm_ssod.experiments import summarize_evidence
+    from lib import summarize_evidence
     with pytest.raises(ValueError, match='both design and trained after'):
         summarize_evidence({'a': {}, 'b': {}}, ['a'], ['a'])
     with pytest.raises(ValueError, match="not measured: \\['c'\\]"):

@@ -1,6 +1,6 @@
 """No committed text file holds an absolute path of a home, temporary or work folder (issue 23):
 results JSON records paths relative to the repository or to the run's output folder
-(``timm_ssod.experiments.relative_paths``), and the commands in README.md and docs/ run from a
+(``lib.relative_paths``), and the commands in README.md and docs/ run from a
 fresh clone. Placeholders (``/data/imagenet``, ``/path/to/...``) are not such folders.
 """
 import re

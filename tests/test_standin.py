@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 import timm_ssod
 from timm_ssod._util import sha256_of
 from timm_ssod.cli import main as cli_main
-from timm_ssod.experiments import export_standin, settings, train_standin
-from timm_ssod.experiments._demo import SHIPPED
+from lib import export_standin, settings, train_standin
+from lib import SHIPPED
 from timm_ssod.hub import WeightsFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,18 +136,18 @@ def test_train_pretrained_path_fault_is_one_line(tmp_path, capsys):
 
 def test_demo_uses_the_shipped_weights_and_says_what_it_does_without_them(tmp_path, monkeypatch):
     import argparse
-    from timm_ssod.experiments import _standin
     args = argparse.Namespace(quick=False, backbone=None, model_kwargs=None, seed=0, output='o', workers=0)
-    _, path = _file(tmp_path)
-    info = json.loads((tmp_path / 'resnet18.json').read_text())
-    (tmp_path / 'resnet18.json').write_text(json.dumps(dict(info, input_size=112, render_size=64,
-                                                            model_kwargs={'output_stride': 16})))
-    _file(tmp_path, arch='mobilenetv3_small_075')
-    info = json.loads((tmp_path / 'mobilenetv3_small_075.json').read_text())
-    (tmp_path / 'mobilenetv3_small_075.json').write_text(json.dumps(dict(info, input_size=224, render_size=64,
-                                                                         model_kwargs={})))
-    monkeypatch.setattr(_standin, 'WEIGHTS_DIR', str(tmp_path))
-    monkeypatch.setattr(_standin.standin_file, '__defaults__', (str(tmp_path),))
+    weights = tmp_path / 'weights'  # the demo looks in weights/ of the working folder (a checkout's root)
+    weights.mkdir()
+    _, path = _file(weights)
+    info = json.loads((weights / 'resnet18.json').read_text())
+    (weights / 'resnet18.json').write_text(json.dumps(dict(info, input_size=112, render_size=64,
+                                                           model_kwargs={'output_stride': 16})))
+    _file(weights, arch='mobilenetv3_small_075')
+    info = json.loads((weights / 'mobilenetv3_small_075.json').read_text())
+    (weights / 'mobilenetv3_small_075.json').write_text(json.dumps(dict(info, input_size=224, render_size=64,
+                                                                        model_kwargs={})))
+    monkeypatch.chdir(tmp_path)
     kwargs = settings(args)
     assert kwargs['backbone'] == 'resnet18' and kwargs['pretrained_path'].endswith('resnet18.safetensors')
     assert 'stage1_epochs' not in kwargs and 'why_scratch' not in kwargs
@@ -158,4 +158,4 @@ def test_demo_uses_the_shipped_weights_and_says_what_it_does_without_them(tmp_pa
     path.unlink()
     kwargs = settings(args)
     assert 'pretrained_path' not in kwargs and kwargs['stage1_epochs'] > 0
-    assert 'weights/resnet18.safetensors is not there' in kwargs['why_scratch']
+    assert 'weights/resnet18.safetensors is not in the working folder' in kwargs['why_scratch']

@@ -17,7 +17,7 @@ layer              what it holds
 ``evaluate``       the harness: scores, metrics, tables, the model of ``timm-ssod eval``
 ``train``          ``timm-ssod train``
 ``figures``        the paper's figures (matplotlib)
-``experiments``    the protocol, the demo's settings, the decisions' measurement
+``demo``           ``timm-ssod demo``: the paper's protocol on the built-in benchmark, its settings
 ``cli``            ``timm-ssod`` and its subcommands (and the ``__main__`` entry points)
 =================  ============================================================================
 
@@ -34,7 +34,7 @@ LAYERS = (
     ('evaluate',),
     ('train',),
     ('figures',),
-    ('experiments',),
+    ('demo',),
     ('cli',),
 )
 

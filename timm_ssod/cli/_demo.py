@@ -4,7 +4,7 @@
     timm-ssod demo --quick              # tiny model and data, every step in seconds (the tests)
     timm-ssod demo --backbone mobilenetv3_small_075 --seed 1 --output output/demo-mnv3   # 224 px, as its weights
 
-Runs ``timm_ssod.experiments.run_protocol`` as the paper does: from a converged classifier (the
+Runs ``timm_ssod.demo.run_protocol`` as the paper does: from a converged classifier (the
 repository's stand-in for pretrained weights, ``weights/<backbone>.safetensors``, loaded with
 ``--pretrained-path``), a vanilla and an SSOD fine-tune with the same budget and seed, then the
 evaluation harness on the ID test split and all built-in OOD sets (backgrounds, novel_objects,
@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from timm.utils import ParseKwargs, setup_default_logging
 
-from ..experiments import DEMO, QUICK, estimate_seconds, run_protocol, settings
+from ..demo import DEMO, QUICK, estimate_seconds, run_protocol, settings
 from ._common import add_command, parse_and_run, report_errors
 
 _logger = logging.getLogger(__name__)

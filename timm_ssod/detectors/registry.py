@@ -2,13 +2,13 @@
 from typing import Dict, Type
 
 from .base import Detector
-from .catalog import EXPERIMENTAL_DETECTORS, SINGLE_DETECTORS, single_detector_class
+from .catalog import EXPERIMENTAL_DETECTORS, SINGLE_DETECTORS, register_detector, single_detector_class
 from .ssod_fused import SSODFused
 
-__all__ = ['DETECTORS', 'EXPERIMENTAL_DETECTORS', 'create_detector', 'detector_class']
+__all__ = ['DETECTORS', 'EXPERIMENTAL_DETECTORS', 'create_detector', 'detector_class', 'register_detector']
 
-# Every detector the harness and `timm-ssod eval --detectors` know by name (the experimental
-# scores of EXPERIMENTAL_DETECTORS are created by name too, but not listed here).
+# Every detector the harness and `timm-ssod eval --detectors` know by name (the scores registered
+# with register_detector, EXPERIMENTAL_DETECTORS, are created by name too, but not listed here).
 DETECTORS: Dict[str, Type[Detector]] = {**SINGLE_DETECTORS, SSODFused.name: SSODFused}
 
 

@@ -18,24 +18,24 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .._util import atomic_write, atomic_write_text, sha256_of
+from timm_ssod.demo import _weights
+from timm_ssod._util import atomic_write, atomic_write_text, sha256_of
 
 __all__ = ['WEIGHTS_DIR', 'recipe_path', 'standin_file', 'train_standin', 'export_standin', 'learning_curve',
            'sha256_of']
 
-# the repository's weights/ folder; absent from a pip install of the package alone
+# the repository's weights/ folder (this file is benchmarks/lib/standin.py)
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'weights')
 RUN_RECORD = 'standin_run.json'
 
 
 def recipe_path(backbone: str, weights_dir: str = WEIGHTS_DIR) -> str:
-    return os.path.join(weights_dir, f'{backbone}.yaml')
+    return _weights.recipe_path(backbone, weights_dir)
 
 
 def standin_file(backbone: str, weights_dir: str = WEIGHTS_DIR) -> Optional[str]:
-    """``weights/<backbone>.safetensors`` when it is there (a repository checkout), else None."""
-    path = os.path.join(weights_dir, f'{backbone}.safetensors')
-    return path if os.path.isfile(path) else None
+    """``weights/<backbone>.safetensors`` of the repository when it is there, else None."""
+    return _weights.standin_file(backbone, weights_dir)
 
 
 def _git_commit(cwd: str) -> Optional[str]:
@@ -62,7 +62,7 @@ def train_standin(backbone: str, output: str = 'output/standin', extra_args: Seq
     ``<output>/<backbone>/standin_run.json`` records the command, the commit and the wall time
     summed over invocations (rewritten every ``record_every`` s, so a killed run loses little).
     Returns ``dict(run_dir, finished, epochs_done, epochs)``."""
-    from ..train import main as train_main
+    from timm_ssod.train import main as train_main
     recipe = recipe_path(backbone, weights_dir)
     if not os.path.isfile(recipe):
         raise FileNotFoundError(f'no recipe for {backbone!r}: {recipe} is missing')
@@ -130,7 +130,7 @@ def learning_curve(run_dir: str) -> List[Dict]:
 def _id_test_accuracy(model, train_args: Dict, num_test: int) -> float:
     """Top-1 of ``model`` on the benchmark's ID test split, preprocessed as the run validated."""
     from timm.data import create_transform, resolve_data_config
-    from ..data import SyntheticDataset
+    from timm_ssod.data import SyntheticDataset
     rendered = dict(train_args.get('dataset_kwargs') or {})
     ds = SyntheticDataset('id', 'test', num_images=num_test, img_size=rendered.get('img_size', train_args['img_size']),
                           background=rendered.get('background', 'natural'),
@@ -159,8 +159,8 @@ def export_standin(run_dir: str, weights_dir: str = WEIGHTS_DIR, num_test: int =
     split), the learning curve and the file's sha256. Both written atomically; returns the JSON."""
     import yaml
     from safetensors.torch import save
-    from ..hub import create_model
-    from ..checkpoints import load_training_state
+    from timm_ssod.hub import create_model
+    from timm_ssod.checkpoints import load_training_state
     record = _read_json(os.path.join(run_dir, RUN_RECORD))
     with open(os.path.join(run_dir, 'args.yaml')) as f:
         train_args = yaml.safe_load(f)

@@ -18,13 +18,11 @@ Every training run is a real ``timm-ssod train`` run (``timm_ssod.train.main``) 
 ``<out_dir>/<stage>/``. The synthetic data are the fixed benchmark (data seed 0); ``seed``
 is the training seed (weights init, augmentation, batch order).
 """
-import fcntl
-import json
 import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,22 +31,24 @@ from timm.data import create_loader, create_transform, resolve_data_config
 from .._util import atomic_write_text
 from ._record import results_text
 from ..data import DEFAULT_BACKGROUND, OOD_SETS, SyntheticDataset, create_dataset
-from ..detectors.registry import DETECTORS, EXPERIMENTAL_DETECTORS
-from ..evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate
-from ..evaluate import load_eval_model
-from ..core import ID_INDEX, OOD_INDEX, id_probability
-from ..evaluate import format_table, write_results
-from ..core import IGNORED, sample_patches, target_confidence
+from ..core import ID_INDEX, IGNORED, OOD_INDEX, id_probability, sample_patches, target_confidence
+from ..detectors import detector_class
+from ..evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate, format_table, load_eval_model, write_results
 
 __all__ = ['run_protocol', 'train_stage', 'evaluate_checkpoint', 'merge_results', 'protocol_table',
-           'remove_checkpoints', 'sampler_alignment', 'location_probe', 'decisions_checkpoint', 'alignment_line', 'BASELINES', 'SSOD_ONLY', 'ROW_LABELS']
+           'remove_checkpoints', 'sampler_alignment', 'alignment_line', 'trained_benchmark', 'ssod_only', 'BASELINES',
+           'ROW_LABELS']
 
 _logger = logging.getLogger(__name__)
 
 BASELINES = tuple(d for d in DEFAULT_DETECTORS if d not in SSOD_DETECTORS)
-SSOD_ONLY = frozenset(n for n, c in {**DETECTORS, **EXPERIMENTAL_DETECTORS}.items() if c.needs_ood_head)
 # how a (model, detector) pair is named in the combined table
 ROW_LABELS = {'ssod': '{det} (SSOD model)', 'vanilla': '{det} (vanilla model)'}
+
+
+def ssod_only(detector: str) -> bool:
+    """Whether a detector name needs the OOD head (scored on the SSOD model only)."""
+    return detector_class(detector).needs_ood_head
 
 
 def _kv(mapping: Mapping) -> List[str]:
@@ -111,38 +111,6 @@ def trained_benchmark(train_args: Mapping, checkpoint: str) -> Dict:
             'background': rendered.get('background', DEFAULT_BACKGROUND)}
 
 
-def read_result(path: str) -> Optional[Dict]:
-    """The JSON an earlier (perhaps interrupted) benchmark run wrote at ``path``, for a rerun to
-    resume from; None when there is none. Exits naming the file when it is not valid JSON, so
-    that a rerun never overwrites a file it could not read."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise SystemExit(f'{path}: not valid JSON ({e}); move it away to start again')
-
-
-def train_stage_once(root: str, train: Callable[[], Dict]) -> Dict:
-    """A stage shared by several runs (e.g. one stage 1 per backbone), trained once: ``train()``
-    (a ``train_stage`` call) runs only when ``<root>/stage1.json`` is missing or names a checkpoint
-    that is gone; its record is then written there atomically. A file lock makes a second process
-    wait for the first instead of training the same stage again. Returns the record."""
-    os.makedirs(root, exist_ok=True)
-    marker = os.path.join(root, 'stage1.json')
-    with open(os.path.join(root, 'stage1.lock'), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(marker):
-            with open(marker) as f:
-                record = json.load(f)
-            if os.path.exists(record['checkpoint']):
-                return record
-        record = train()
-        atomic_write_text(marker, json.dumps(record, indent=2) + '\n')
-        return record
-
-
 def remove_checkpoints(run_dir: str, keep: Optional[str] = None) -> None:
     """Delete the ``*.pth.tar`` files of a training run (its logs and args.yaml stay), except the
     file named ``keep`` (a name or path inside ``run_dir``) when given."""
@@ -185,29 +153,6 @@ def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]]
                     fit_loader=data('synthetic/id', 'train', num_fit) if num_fit else None, progress=progress,
                     seed=seed, detector_kwargs=kwargs, return_scores=return_scores)
 
-
-
-def decisions_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]], *, img_size: int, num_classes: int,
-                         ood_sets: Iterable[str] = OOD_SETS, num_fit: int = 2000, num_calib: int = 200,
-                         num_test: int = 600, num_ood: int = 600, alphas: Sequence[float] = (0.01, 0.05, 0.1),
-                         batch_size: int = 128, render_size: Optional[int] = None,
-                         background: str = DEFAULT_BACKGROUND) -> Dict:
-    """Calibrated decisions on one checkpoint (``timm_ssod.experiments.measure_decisions``):
-    detectors fitted on ``num_fit`` ID training images, calibrated on ``num_calib`` ID *validation*
-    images, the ID rejection rate at each alpha measured on the ID test split (never used for
-    either), and the share of each OOD set's test split caught. The same images and transforms
-    as ``evaluate_checkpoint``."""
-    from ._decisions import measure_decisions
-    model, _ = load_eval_model(checkpoint=checkpoint)
-
-    def data(name, split, n):
-        ds = create_dataset(name, split=split, img_size=render_size or img_size, num_images=n,
-                            num_classes=num_classes, background=background)
-        return _loader(model, ds, img_size, batch_size, 0)
-    return measure_decisions(model, data('synthetic/id', 'train', num_fit), data('synthetic/id', 'val', num_calib),
-                             data('synthetic/id', 'test', num_test),
-                             OrderedDict((s, data(f'synthetic/{s}', 'test', num_ood)) for s in ood_sets),
-                             detectors=detectors, alphas=alphas)
 
 def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma: float = 0.95,
                       num_images: int = 256, split: str = 'val', batch_size: int = 64,
@@ -264,50 +209,6 @@ def alignment_stats(labels: torch.Tensor, cover: torch.Tensor, p_id: torch.Tenso
                                   'object_coverage_of_their_ood': mean(cover, ood & no_id),
                                   'object_coverage_of_other_ood': mean(cover, ood & ~no_id)}}
 
-
-def location_probe(checkpoint: str, *, img_size: int, num_classes: int, ood_sets: Iterable[str] = OOD_SETS,
-                   num_images: int = 200, split: str = 'test', batch_size: int = 64, render_size: Optional[int] = None,
-                   background: str = DEFAULT_BACKGROUND) -> Dict:
-    """Where does the OOD head's P(ID) go wrong? On ``num_images`` ID images and as many of each
-    OOD set: the mean P(ID) of the head at every location (ID images: on object cells, > 50%
-    object, and pure-background cells, < 5%), and the AUROC (ID vs set; 0.5 = no separation) of
-    three ways to turn the locations into one score: the head on the pooled feature (Eq. 15, the
-    SSOD score), the mean of the per-location P(ID), and the most-ID location (``ssod_patch_max``).
-    If all three fail where the per-location P(ID) of object-free images is as high as that of ID
-    object cells, the head itself misjudges those images, whatever the pooling."""
-    from ..metrics import ood_metrics
-    model, _ = load_eval_model(checkpoint=checkpoint)
-    cfg = resolve_data_config({'img_size': img_size, 'crop_pct': 1.0}, model=model)  # cells aligned with the masks
-    tf = create_transform(**cfg)
-
-    def run(kind):
-        ds = SyntheticDataset(kind, split=split, num_images=num_images, img_size=render_size or img_size,
-                              num_classes=num_classes, background=background)
-        pooled, cells, cover = [], [], []
-        with torch.no_grad():
-            for start in range(0, num_images, batch_size):
-                idx = range(start, min(start + batch_size, num_images))
-                out = model.forward_ssod(torch.stack([tf(ds.image(i)) for i in idx]))
-                pooled.append(id_probability(out.ood_logits))
-                cells.append(id_probability(out.patch_ood_logits))
-                if kind == 'id':
-                    masks = torch.stack([torch.tensor(ds.object_mask(i), dtype=torch.float32) for i in idx])[:, None]
-                    cover.append(F.adaptive_avg_pool2d(masks, out.grid).flatten(1))
-        return torch.cat(pooled), torch.cat(cells), torch.cat(cover) if cover else None
-
-    id_pooled, id_cells, id_cover = run('id')
-    scores = {'pooled head (Eq. 15)': lambda pooled, cells: pooled, 'mean of locations': lambda pooled, cells:
-              cells.mean(1), 'most-ID location': lambda pooled, cells: cells.max(1).values}
-    result = {'num_images': num_images, 'split': split, 'id': {
-        'p_id_object_cells': float(id_cells[id_cover > 0.5].mean()) if (id_cover > 0.5).any() else None,
-        'p_id_background_cells': float(id_cells[id_cover < 0.05].mean()) if (id_cover < 0.05).any() else None,
-        'p_id_all_cells': float(id_cells.mean()), 'p_id_pooled': float(id_pooled.mean())}, 'ood': OrderedDict()}
-    for name in ood_sets:
-        pooled, cells, _ = run(name)
-        result['ood'][name] = {'p_id_all_cells': float(cells.mean()), 'p_id_pooled': float(pooled.mean()),
-                               'auroc': {k: ood_metrics(f(id_pooled, id_cells).numpy(), f(pooled, cells).numpy())['auroc']
-                                         for k, f in scores.items()}}
-    return result
 
 def alignment_line(a: Dict) -> str:
     """One line summarising ``sampler_alignment``."""
@@ -440,7 +341,7 @@ def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = 
                                   background=background)
     results = OrderedDict()
     for kind in runs:
-        dets = [d for d in detectors if kind == 'ssod' or d not in SSOD_ONLY]
+        dets = [d for d in detectors if kind == 'ssod' or not ssod_only(d)]
         _logger.info(f'[protocol {next(step)}/{steps}] evaluate the {kind} model: {", ".join(dets)} on the ID test '
                      f'split and {", ".join(ood_sets)}')
         t = time.time()

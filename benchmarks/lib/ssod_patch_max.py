@@ -14,9 +14,9 @@ Needs an SSOD model; reads ``model.forward_ssod(x).patch_ood_logits``, so it sco
 """
 import torch
 
-from ..core import is_ssod_model
-from ..core import id_probability
-from .base import Detector, ModelOutputs
+from timm_ssod.core import is_ssod_model
+from timm_ssod.core import id_probability
+from timm_ssod.detectors.base import Detector, ModelOutputs
 
 
 def patch_max_score(patch_ood_logits: torch.Tensor) -> torch.Tensor:

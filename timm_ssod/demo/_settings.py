@@ -39,7 +39,7 @@ def settings(args: argparse.Namespace) -> Dict:
     """``run_protocol`` keyword arguments of these command-line arguments: ``DEMO`` from the shipped
     stand-in of the backbone (``weights/<backbone>.safetensors``) when it is there, else
     ``DEMO_SCRATCH`` with a stage 1 (``'why_scratch'`` then says why, for the demo to print)."""
-    from ._standin import standin_file
+    from ._weights import standin_file
     if args.quick:
         kwargs = dict(QUICK)
     else:
@@ -49,9 +49,9 @@ def settings(args: argparse.Namespace) -> Dict:
             kwargs = dict(DEMO, backbone=backbone, pretrained_path=_shown(weights), **_trained_at(weights))
         else:
             kwargs = dict(DEMO_SCRATCH, backbone=args.backbone or DEMO_SCRATCH['backbone'])
-            kwargs['why_scratch'] = (f'no stand-in weights for {backbone} (weights/{backbone}.safetensors is not '
-                                     'there: a pip install ships no weights; a repository checkout has them for '
-                                     f'{", ".join(SHIPPED)})')
+            kwargs['why_scratch'] = (f'no stand-in weights for {backbone} (weights/{backbone}.safetensors is not in '
+                                     'the working folder: a pip install ships no weights; a repository checkout has '
+                                     f'them for {", ".join(SHIPPED)}, found when run from its root)')
     if args.backbone and args.quick:
         kwargs['backbone'] = args.backbone
     if args.model_kwargs is not None:

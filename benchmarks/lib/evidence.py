@@ -1,6 +1,6 @@
 """Does ID-only evidence predict real OOD performance? The measurement behind issue 22.
 
-    from timm_ssod.experiments import evidence_checkpoint, summarize_evidence
+    from lib import evidence_checkpoint, summarize_evidence
     record = evidence_checkpoint('output/.../model_best.pth.tar')        # one trained SSOD checkpoint
     summary = summarize_evidence({'r18_s0': record, ...}, design=['r18_s0', ...])
 
@@ -40,16 +40,16 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..conformal import combine_pvalues, conformal_pvalue, id_rejection_check, min_calibration_size
-from ..data import DEFAULT_BACKGROUND, OOD_SETS, create_dataset
-from ..detectors import ModelOutputs, NotApplicableError, SSODFused, collect_outputs, compute_outputs
-from ..detectors.catalog import SINGLE_DETECTORS, single_detector_class
-from ..detectors.evidence import (IMAGE_SOURCES, SOURCE_SETS, SOURCES, collect_evidence, evidence_table, rule_key,
+from timm_ssod.conformal import combine_pvalues, conformal_pvalue, id_rejection_check, min_calibration_size
+from timm_ssod.data import DEFAULT_BACKGROUND, OOD_SETS, create_dataset
+from timm_ssod.detectors import ModelOutputs, NotApplicableError, SSODFused, collect_outputs, compute_outputs
+from timm_ssod.detectors.catalog import SINGLE_DETECTORS, single_detector_class
+from timm_ssod.detectors.evidence import (IMAGE_SOURCES, SOURCE_SETS, SOURCES, collect_evidence, evidence_table, rule_key,
                                   select_components)
-from ..detectors.ssod_fused import DEFAULT_COMPONENTS, EVIDENCE_POOL, EVIDENCE_RULE
-from ..evaluate import load_eval_model
-from ..metrics import ood_metrics, spearman
-from ._protocol import _loader, trained_benchmark
+from timm_ssod.detectors.ssod_fused import DEFAULT_COMPONENTS, EVIDENCE_POOL, EVIDENCE_RULE
+from timm_ssod.evaluate import load_eval_model
+from timm_ssod.metrics import ood_metrics, spearman
+from timm_ssod.demo._protocol import _loader, trained_benchmark
 
 __all__ = ['evidence_checkpoint', 'cost_checkpoint', 'summarize_evidence', 'rule_grid', 'rule_key', 'SINGLES', 'SOURCE_SETS',
            'DEFAULT_RULE', 'REGISTERED_RULE', 'adoption']

@@ -14,10 +14,10 @@ the log, so the log-odds are finite (they saturate near +16.6, far inside the ID
 """
 import torch
 
-from ..core import id_probability
-from .base import Detector, ModelOutputs
-from .energy import energy_score
-from .ssod import require_ood_logits
+from timm_ssod.core import id_probability
+from timm_ssod.detectors.base import Detector, ModelOutputs
+from timm_ssod.detectors.energy import energy_score
+from timm_ssod.detectors.ssod import require_ood_logits
 
 _P_MAX = 1.0 - 2.0 ** -24  # the largest float32 below 1
 

@@ -11,10 +11,10 @@ on ID images (``fit(model, loader)``), as KNN or Mahalanobis do.
 """
 import torch
 
-from ..core import id_probability
-from .base import Detector, ModelOutputs
-from .energy import energy_score
-from .ssod import require_ood_logits
+from timm_ssod.core import id_probability
+from timm_ssod.detectors.base import Detector, ModelOutputs
+from timm_ssod.detectors.energy import energy_score
+from timm_ssod.detectors.ssod import require_ood_logits
 
 
 def empirical_cdf(sorted_ref: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Paths in what the experiments record: relative, never the absolute paths of the machine
+"""Paths in what the demo and the benchmarks record: relative, never the absolute paths of the machine
 that ran them (a reader reruns the recorded commands from a fresh clone; nothing says where
 the runs were made).
 

@@ -1,7 +1,7 @@
 """Measuring calibrated decisions: does the ID rejection rate hold alpha on test data, and how
 many OOD images does each score catch at that alpha?
 
-    from timm_ssod.experiments import measure_decisions, format_decisions
+    from lib import measure_decisions, format_decisions
     result = measure_decisions(model, fit_loader, calib_loader, test_loader, {'noise': noise_loader, ...},
                                detectors=('ssod', 'mahalanobis', 'energy', 'ssod_fused'))
     print(format_decisions(result))
@@ -22,10 +22,10 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch.nn as nn
 
-from ..calibration import calibrate_scores
-from ..conformal import id_rejection_check
-from ..detectors import Detector, ModelOutputs, collect_outputs, create_detector
-from ..metrics import ood_metrics
+from timm_ssod.calibration import calibrate_scores
+from timm_ssod.conformal import id_rejection_check
+from timm_ssod.detectors import Detector, ModelOutputs, collect_outputs, create_detector
+from timm_ssod.metrics import ood_metrics
 
 __all__ = ['measure_decisions', 'format_decisions']
 

@@ -21,8 +21,8 @@ MACHINE_DEPENDENT = 'depends on the CPU count'
 
 def _parsers(cpu_count: int) -> Dict[str, argparse.ArgumentParser]:
     """{command: parser}, built while ``os.cpu_count()`` returns ``cpu_count``."""
-    from ..train import build_parser as train_parser
-    from ._main import RAW_COMMANDS, build_parser
+    from timm_ssod.train import build_parser as train_parser
+    from timm_ssod.cli._main import RAW_COMMANDS, build_parser
     with mock.patch.object(os, 'cpu_count', return_value=cpu_count):
         top = build_parser()
         subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
@@ -117,7 +117,7 @@ def _command_section(name: str, parser: argparse.ArgumentParser, other: argparse
 
 def reference_markdown() -> str:
     """The text of ``docs/cli.md``."""
-    from ._main import RAW_COMMANDS
+    from timm_ssod.cli._main import RAW_COMMANDS
     small, large = _parsers(1), _parsers(64)
     top = small['timm-ssod']
     subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
@@ -125,7 +125,7 @@ def reference_markdown() -> str:
     helps.update({k: v[2] for k, v in RAW_COMMANDS.items()})
     lines = ['# `timm-ssod` command reference', '',
              '<!-- generated from the argument parsers by benchmarks/make_tables.py --docs '
-             '(timm_ssod/cli/_reference.py); do not edit -->', '',
+             '(benchmarks/lib/cli_reference.py); do not edit -->', '',
              'Every flag of every subcommand, as its parser defines it (`timm-ssod COMMAND --help` prints the same). '
              '`train` takes timm\'s `train.py` flags and a `--config` YAML whose values become the defaults '
              '(flags on the command line override it).', '',
