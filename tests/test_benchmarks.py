@@ -11,16 +11,6 @@ from bench_scripts import load_script
 BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # tiny models: a second thread buys nothing and, when other jobs share the 2 cores, makes
-    # each step several times slower (threads waiting for each other)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _script(name):
     return load_script(name)
 

@@ -15,16 +15,6 @@ from lib import BASELINES
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # tiny models: a second thread buys nothing and, when other jobs share the 2 cores, makes
-    # each step several times slower (threads waiting for each other)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_demo_quick_writes_table_and_results(tmp_path, capsys):
     out = tmp_path / 'demo'
     assert cli_main(['demo', '--quick', '--output', str(out), '--seed', '3']) == 0

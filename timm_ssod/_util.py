@@ -5,6 +5,7 @@
   (written to ``<path>.partial``, fsynced, ``os.replace``d, the folder fsynced).
 * ``fsync_path`` / ``fsync_dir``: make a written file / a rename durable.
 * ``sha256_of(path)``: a file's sha256 (the shipped weights' JSON records it).
+* ``as_json(value)``: tuples as lists at any depth, what a JSON round trip gives back.
 * ``warn(message)``: ``warnings.warn`` attributed to the user's line, the first frame outside
   this package (and outside torch / timm code that called into it, e.g. ``nn.Module.__call__``
   or a ``DataLoader``), so the warning never shows an unrelated line of the library.
@@ -13,7 +14,7 @@ import hashlib
 import os
 import sys
 import warnings
-from typing import Callable, Type
+from typing import Any, Callable, Type
 
 PARTIAL_SUFFIX = '.partial'
 
@@ -40,6 +41,15 @@ def warn(message: str, category: Type[Warning] = UserWarning) -> None:
                                  or frame.f_code.co_filename.startswith('<frozen ')):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def as_json(value: Any) -> Any:
+    """Tuples as lists, at any depth: what a JSON round trip gives back (to store or compare values)."""
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    return value
 
 
 def first_line(e: BaseException) -> str:

@@ -34,15 +34,14 @@ import torch.nn as nn
 from ..conformal import (CalibrationError, NotCalibratedError, check_calibration_size, conformal_pvalue,
                         id_rejection_check, min_calibration_size, score_threshold)
 from ..detectors import Detector, ModelOutputs, apply_classifier, collect_outputs, create_detector
+from ..core import DEFAULT_ALPHA, DEFAULT_DETECTOR
 from ..detectors.ssod_fused import DECISION_KWARGS
 from ..detectors.state import detector_state, load_detector
 from .._util import warn
 
 __all__ = ['Calibration', 'CalibrationError', 'NotCalibratedError', 'calibrate', 'calibrate_scores',
-           'id_rejection_rate', 'DEFAULT_ALPHA', 'DEFAULT_DETECTOR']
+           'id_rejection_rate', 'DEFAULT_ALPHA', 'DEFAULT_DETECTOR', 'create_decision']
 
-DEFAULT_ALPHA = 0.05
-DEFAULT_DETECTOR = 'ssod_fused'
 TENSOR_PREFIX = 'calibration.'
 REFERENCE_KEY = TENSOR_PREFIX + 'reference'
 
@@ -161,6 +160,15 @@ def decide(cal: Optional[Calibration], model: nn.Module, x: torch.Tensor, feats,
     return p, p <= level
 
 
+def create_decision(name: str = DEFAULT_DETECTOR, **kwargs) -> Detector:
+    """The detector a calibration deploys: ``create_detector(name, **kwargs)``, where the default
+    detector (``ssod_fused``) is the default *decision*, ``DECISION_KWARGS`` (``select='evidence'``)
+    under ``kwargs`` (``select='all'``: Fisher over ssod, mahalanobis, energy)."""
+    if name.strip().lower() == DEFAULT_DETECTOR:
+        kwargs = {**DECISION_KWARGS, **kwargs}
+    return create_detector(name, **kwargs)
+
+
 def calibrate_scores(detector: Detector, scores: torch.Tensor, num_classes: int, input_size: Sequence[int],
                      alpha: float = DEFAULT_ALPHA, info: Optional[Dict] = None) -> Calibration:
     """A ``Calibration`` from precomputed ID calibration scores of a fitted ``detector``."""
@@ -181,13 +189,7 @@ def calibrate(model: nn.Module, loader: Iterable, detector: Union[str, Detector]
     default decision: ``DECISION_KWARGS`` (``select='evidence'``) under ``detector_kwargs``
     (``{'select': 'all'}``: Fisher over ssod, mahalanobis, energy)."""
     min_calibration_size(alpha)  # alpha in (0, 1)
-    if isinstance(detector, str):
-        kwargs = dict(detector_kwargs or {})
-        if detector.strip().lower() == DEFAULT_DETECTOR:
-            kwargs = {**DECISION_KWARGS, **kwargs}
-        det = create_detector(detector, **kwargs)
-    else:
-        det = detector
+    det = create_decision(detector, **(detector_kwargs or {})) if isinstance(detector, str) else detector
     if det.needs_inputs:
         raise CalibrationError(f'{det.name} perturbs the input images; calibrate a detector that reads one backbone '
                                'pass (ssod, ssod_fused, energy, mahalanobis ...)')

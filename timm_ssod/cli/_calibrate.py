@@ -36,6 +36,7 @@ from typing import List, Optional
 
 from timm.utils import ParseKwargs
 
+from ..core import DEFAULT_ALPHA, DEFAULT_DETECTOR
 from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 from ._common import add_command, load_ssod_model, parse_and_run, report_errors
 
@@ -62,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--dataset-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
                    help='ID dataset arguments (synthetic: num_images=, img_size=, seed=)')
     g = p.add_argument_group('decision')
-    g.add_argument('--detector', default='ssod_fused', help='the score to calibrate (default ssod_fused; ssod, '
+    g.add_argument('--detector', default=DEFAULT_DETECTOR, help=f'the score to calibrate (default {DEFAULT_DETECTOR}; ssod, '
                                                            'energy, mahalanobis ... any single-pass detector)')
     g.add_argument('--components', default=None, metavar='A,B,...',
                    help='ssod_fused components (default: the pool ssod,mahalanobis,energy,knn,vim with --select '
@@ -86,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--evidence-images', type=int, default=None, metavar='N',
                    help='--select evidence: make the pseudo-OOD from N of the fit images (default: one in 8 of '
                         'them, 40 to 500; timm_ssod.detectors.evidence.evidence_budget): fewer is faster, and noisier')
-    g.add_argument('--alpha', type=float, default=0.05, help='target share of ID images rejected (default 0.05)')
+    g.add_argument('--alpha', type=float, default=DEFAULT_ALPHA, help=f'target share of ID images rejected (default {DEFAULT_ALPHA})')
     g = p.add_argument_group('run')
     g.add_argument('--save-dir', metavar='DIR', default=None, help='write the calibrated model folder here')
     g.add_argument('--push-to-hub', metavar='ORG/NAME', default=None, help='push the calibrated model to the Hub')
@@ -110,8 +111,8 @@ EVIDENCE_FLAGS = (('evidence_threshold', 'threshold'), ('evidence_top', 'top'),
 
 
 def _detector(args):
-    from ..detectors import create_detector
-    from ..detectors.ssod_fused import DECISION_KWARGS
+    """The detector of the arguments; ``ssod_fused`` is the default decision (``calibration.create_decision``)."""
+    from ..calibration import create_decision
     kwargs = {}
     if args.components is not None:
         kwargs['components'] = args.components
@@ -120,15 +121,13 @@ def _detector(args):
     for flag, key in (('select', 'select'), *EVIDENCE_FLAGS):
         if getattr(args, flag) is not None:
             kwargs[key] = getattr(args, flag)
-    if kwargs and args.detector != 'ssod_fused':
-        raise ValueError('--components / --combine / --select / --evidence-* are options of --detector ssod_fused')
-    if args.detector != 'ssod_fused':
-        return create_detector(args.detector)
-    kwargs = {**DECISION_KWARGS, **kwargs}  # the default decision, under what was given
-    if any(getattr(args, flag) is not None for flag, _ in EVIDENCE_FLAGS) and kwargs.get('select') != 'evidence':
+    if kwargs and args.detector != DEFAULT_DETECTOR:
+        raise ValueError(f'--components / --combine / --select / --evidence-* are options of --detector {DEFAULT_DETECTOR}')
+    detector = create_decision(args.detector, **kwargs)
+    if any(getattr(args, flag) is not None for flag, _ in EVIDENCE_FLAGS) and detector.select != 'evidence':
         raise ValueError(' / '.join('--' + flag.replace('_', '-') for flag, _ in EVIDENCE_FLAGS)
                          + ' are options of --select evidence')
-    return create_detector(args.detector, **kwargs)
+    return detector
 
 
 def _calibrate(args) -> int:

@@ -38,7 +38,8 @@ import torch
 from timm.utils import ParseKwargs
 
 from ..evaluate import add_model_arguments
-from ..figures import (DEFAULT_GAMMA, DEFAULT_IMAGES, PlotDependencyError, location_maps, render_sampler_figure,
+from ..core import GAMMA, model_gamma
+from ..figures import (DEFAULT_IMAGES, PlotDependencyError, location_maps, render_sampler_figure,
                        require_matplotlib, save_figure)
 from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 from ._common import BAD_INPUT, add_command, parse_and_run, report_errors
@@ -55,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--labels', nargs=2, metavar=('A', 'B'), default=None,
                    help='column titles of the models (default: SSOD / vanilla)')
     g.add_argument('--img-size', type=int, default=None, metavar='N', help='input size (default: the model\'s)')
-    g.add_argument('--gamma', type=float, default=None, help='sampler threshold (default: the model\'s, else 0.95)')
+    g.add_argument('--gamma', type=float, default=None, help=f"sampler threshold (default: the model's, else {GAMMA})")
     g = p.add_argument_group('images')
     g.add_argument('--images', nargs='+', default=None, metavar='PATH', help='image files and/or folders '
                                                                              '(unlabelled: the predicted class)')
@@ -114,8 +115,7 @@ def _load(name, checkpoint, args, device) -> _Loaded:
         data_args.pop('input_size', None)
         data_args['img_size'] = args.img_size
     data_config = resolve_data_config(data_args, model=model)
-    gamma = args.gamma or (getattr(model, 'ssod_cfg', None) or {}).get('gamma') or train_args.get('gamma') \
-        or DEFAULT_GAMMA
+    gamma = args.gamma or model_gamma(model)  # the checkpoint's ssod_cfg (or its run's --gamma), else GAMMA
     return _Loaded(model.to(device), info, create_transform(**data_config, is_training=False), data_config,
                    float(gamma), train_args)
 

@@ -13,13 +13,13 @@ When a batch has no ID or no OOD location the OOD term is zero (it still touches
 head, so DDP sees a gradient): early in training from scratch no location is >= gamma
 confident, and a one-sided term would only teach the head "everything is OOD".
 
-Training from scratch also needs a warm-up of lambda. The OOD term's gradient reaches the
-backbone, and while the classifier is still weak its sampled labels are few and noisy: on the
-built-in benchmark (timm's test_resnet, 10 epochs from scratch) the full term from step 0 cost
-11 points of ID accuracy (74% vs 85%), with no gradient into the backbone it cost none, and
-with lambda ramped linearly from 0 over the run it cost < 1 point. ``ood_warmup_scale`` gives
-that ramp; ``SSODLoss(...)(out, target, lam_scale)`` applies it. The paper fine-tunes trained
-classifiers, which need no warm-up (the default).
+Training from scratch: ``ood_warmup_scale(epoch, warmup_epochs)`` ramps lambda linearly from 0
+(``SSODLoss(...)(out, target, lam_scale)`` applies it), since the OOD term's gradient reaches the
+backbone while the classifier's sampled labels are still few and noisy (measured in
+docs/guide.md). The paper fine-tunes trained classifiers, which need no warm-up (the default).
+
+Defaults (one home each): ``GAMMA`` (``_sampler``, the paper's 0.95), ``LAMBDA`` = 1.0 (the
+paper's), ``BALANCE`` = ``'lwb'`` (the paper's), ``OOD_WEIGHT`` = 0.2 (``lw`` only; ours).
 """
 from typing import Callable, Dict, Optional, Tuple
 
@@ -28,9 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._posterior import ID_INDEX, OOD_INDEX
-from ._sampler import check_gamma, sample_patches, target_confidence
+from ._sampler import GAMMA, check_gamma, label_patches, target_confidence
 
 BALANCE_SCHEMES = ('lwb', 'lw', 'dr')
+LAMBDA, BALANCE, OOD_WEIGHT = 1.0, 'lwb', 0.2
 
 
 def _dr_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def _dr_mask(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def ood_term(patch_ood_logits: torch.Tensor, labels: torch.Tensor, balance: str = 'lwb',
+def ood_term(patch_ood_logits: torch.Tensor, labels: torch.Tensor, balance: str = BALANCE,
              ood_weight: float = 0.2) -> torch.Tensor:
     """The OOD part of Eq. 14. patch_ood_logits (B, L, 2), labels (B, L) in {1, 0, -1}."""
     is_id, is_ood = labels == ID_INDEX, labels == OOD_INDEX
@@ -92,8 +93,8 @@ class SSODLoss(nn.Module):
             LabelSmoothingCrossEntropy).
     """
 
-    def __init__(self, gamma: float = 0.95, lam: float = 1.0, balance: str = 'lwb',
-                 ood_weight: float = 0.2, cls_loss: Optional[Callable] = None):
+    def __init__(self, gamma: float = GAMMA, lam: float = LAMBDA, balance: str = BALANCE,
+                 ood_weight: float = OOD_WEIGHT, cls_loss: Optional[Callable] = None):
         super().__init__()
         self.gamma = check_gamma(gamma)
         if not lam >= 0:
@@ -107,7 +108,7 @@ class SSODLoss(nn.Module):
 
     def forward(self, out, target: torch.Tensor, lam_scale: float = 1.0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         cls = self.cls_loss(out.logits, target)  # first: its error names an out-of-range target
-        labels = sample_patches(target_confidence(out.patch_logits, target), self.gamma)
+        labels = label_patches(target_confidence(out.patch_logits, target), self.gamma)
         ood = ood_term(out.patch_ood_logits, labels, self.balance, self.ood_weight)
         stats = {
             'cls_loss': cls.detach(),

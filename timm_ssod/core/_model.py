@@ -15,35 +15,20 @@ It does so by switching the instance to a subclass of its own class that mixes i
 state_dict is the plain model's plus ``ood_head.*``: timm checkpoints load into it
 (``strict=False``) and its backbone weights load back into the plain timm model.
 """
-import os
-import sys
-import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
+from .._util import warn
 from ._layout import head_per_location, merge_heads, pool_locations, to_locations
 from ._head import OODHead
 from ._posterior import id_probability, unified_posterior
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def _warn(message: str) -> None:
-    """``timm_ssod._util.warn`` for ``core``, which imports nothing else of timm_ssod
-    (tests/test_imports.py): the warning names the first frame outside timm_ssod, torch, timm
-    and Python's frozen modules (the user's ``model.predict(x)``), not a line of the library."""
-    skip = [_PACKAGE_DIR, '<frozen ']
-    for name in ('torch', 'timm'):
-        path = getattr(sys.modules.get(name), '__file__', None)
-        if path:
-            skip.append(os.path.dirname(os.path.abspath(path)) + os.sep)
-    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of _warn()
-    while frame is not None and frame.f_code.co_filename.startswith(tuple(skip)):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
+# the default decision of ``model.calibrate`` (and of ``timm_ssod.calibration``, ``timm-ssod calibrate``)
+DEFAULT_DETECTOR = 'ssod_fused'
+DEFAULT_ALPHA = 0.05  # the share of ID images the calibrated decision rejects, in expectation
 
 
 class SSODOutput(NamedTuple):
@@ -105,7 +90,7 @@ class SSODMixin:
                 '(model.num_features); this architecture is not supported by SSOD.')
         if grid[0] * grid[1] == 1 and not getattr(self, '_ssod_warned_1x1', False):
             self._ssod_warned_1x1 = True
-            _warn(
+            warn(
                 f'{type(self).__name__}: the feature map is 1x1 at this input size, so SSOD has a '
                 'single location per image and no background to sample. SSOD needs spatial maps: '
                 'use larger inputs or a smaller output stride.')
@@ -149,7 +134,7 @@ class SSODMixin:
                               unified_posterior(logits, ood_logits), p_value, is_ood, label_names=label_names(self))
 
     # ID calibration (timm_ssod.calibration)
-    def calibrate(self, loader, detector: str = 'ssod_fused', alpha: float = 0.05, fit_loader=None, **kwargs):
+    def calibrate(self, loader, detector: str = DEFAULT_DETECTOR, alpha: float = DEFAULT_ALPHA, fit_loader=None, **kwargs):
         """Calibrate an OOD decision on held-out ID images (``timm_ssod.calibration.calibrate``)
         and keep it with the model (saved by ``save_pretrained``). Returns the calibration."""
         from ..calibration import calibrate

@@ -10,15 +10,20 @@ import torch.nn.functional as F
 from ._posterior import ID_INDEX, OOD_INDEX
 
 IGNORED = -1
+GAMMA = 0.95  # the paper's threshold (Sec. 4.1): the one default of every gamma in the package
 
 
 def check_gamma(gamma: float) -> float:
     """gamma must lie in the open interval (0.5, 1): otherwise the ID and OOD bands overlap
     (gamma <= 0.5) or one of them is empty (gamma >= 1)."""
-    gamma = float(gamma)
-    if not 0.5 < gamma < 1.0:
-        raise ValueError(f'gamma must be in the open interval (0.5, 1), got {gamma}')
-    return gamma
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.5 < gamma < 1.0:
+        raise ValueError(f'gamma must be in the open interval (0.5, 1), got {gamma!r}')
+    return float(gamma)
+
+
+def model_gamma(model) -> float:
+    """The gamma an SSOD model was trained with (``model.ssod_cfg['gamma']``), else ``GAMMA``."""
+    return float((getattr(model, 'ssod_cfg', None) or {}).get('gamma') or GAMMA)
 
 
 def target_confidence(patch_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -35,11 +40,15 @@ def target_confidence(patch_logits: torch.Tensor, target: torch.Tensor) -> torch
     return probs.gather(-1, index).squeeze(-1)
 
 
-@torch.no_grad()
-def sample_patches(confidence: torch.Tensor, gamma: float = 0.95) -> torch.Tensor:
+def sample_patches(confidence: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
     """Eq. 12 on a confidence map of any shape: 1 (ID) where c >= gamma, 0 (OOD) where
     c < 1 - gamma, -1 (ignored) otherwise. Comparisons are made in the map's dtype."""
-    gamma = check_gamma(gamma)
+    return label_patches(confidence, check_gamma(gamma))
+
+
+@torch.no_grad()
+def label_patches(confidence: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``sample_patches`` for a gamma already checked (``SSODLoss`` checks it once, not per batch)."""
     labels = torch.full_like(confidence, IGNORED, dtype=torch.long)
     labels[confidence < 1.0 - gamma] = OOD_INDEX
     labels[confidence >= gamma] = ID_INDEX

@@ -31,7 +31,8 @@ from timm.data import create_loader, create_transform, resolve_data_config
 from .._util import atomic_write_text
 from ._record import results_text
 from ..data import DEFAULT_BACKGROUND, OOD_SETS, SyntheticDataset, create_dataset
-from ..core import ID_INDEX, IGNORED, OOD_INDEX, id_probability, sample_patches, target_confidence
+from ..core import (BALANCE, GAMMA, ID_INDEX, IGNORED, LAMBDA, OOD_INDEX, id_probability, sample_patches,
+                    target_confidence)
 from ..detectors import detector_class
 from ..evaluate import AVERAGE, DEFAULT_DETECTORS, SSOD_DETECTORS, evaluate, format_table, load_eval_model, write_results
 
@@ -58,8 +59,8 @@ def _kv(mapping: Mapping) -> List[str]:
 def train_stage(name: str, out_dir: str, *, backbone: str, model_kwargs: Mapping, img_size: int, num_images: int,
                 num_val: int, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int, ssod: bool,
                 initial_checkpoint: Optional[str] = None, pretrained_path: Optional[str] = None,
-                gamma: float = 0.95, lam: float = 1.0,
-                balance: str = 'lwb', workers: int = 0, log_interval: int = 20,
+                gamma: float = GAMMA, lam: float = LAMBDA,
+                balance: str = BALANCE, workers: int = 0, log_interval: int = 20,
                 select_on: Sequence[str] = (), extra_args: Sequence[str] = (), render_size: Optional[int] = None,
                 background: str = DEFAULT_BACKGROUND) -> Dict:
     """One ``timm-ssod train`` run into ``<out_dir>/<name>``: images rendered at ``render_size``
@@ -154,7 +155,7 @@ def evaluate_checkpoint(checkpoint: str, detectors: Sequence[Union[str, object]]
                     seed=seed, detector_kwargs=kwargs, return_scores=return_scores)
 
 
-def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma: float = 0.95,
+def sampler_alignment(checkpoint: str, *, img_size: int, num_classes: int, gamma: float = GAMMA,
                       num_images: int = 256, split: str = 'val', batch_size: int = 64,
                       render_size: Optional[int] = None, background: str = DEFAULT_BACKGROUND) -> Dict:
     """Does Eq. 12 find the backgrounds? On ``num_images`` ID images of ``split``, the share of
@@ -250,7 +251,7 @@ def protocol_table(merged: Dict, title: str = '') -> str:
 
 def run_protocol(backbone: str = 'resnet10t', model_kwargs: Optional[Mapping] = None, img_size: int = 64,
                  num_images: int = 4000, stage1_epochs: int = 6, finetune_epochs: int = 3, seed: int = 0,
-                 gamma: float = 0.95, lam: float = 1.0, balance: str = 'lwb',
+                 gamma: float = GAMMA, lam: float = LAMBDA, balance: str = BALANCE,
                  detectors: Sequence[str] = DEFAULT_DETECTORS, out_dir: str = './output/protocol', *,
                  num_classes: int = 6, num_val: int = 300, num_test: int = 600, num_ood: int = 600,
                  num_fit: int = 2000, ood_sets: Sequence[str] = OOD_SETS, lr: float = 2e-3,

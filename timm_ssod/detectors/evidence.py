@@ -52,8 +52,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import OOD_INDEX, ID_INDEX, head_per_location, is_ssod_model, sample_patches, target_confidence
-from ..core import to_locations
+from ..core import (ID_INDEX, OOD_INDEX, head_per_location, is_ssod_model, model_gamma, sample_patches,
+                    target_confidence, to_locations)
 from ..metrics import auroc
 from .._util import warn
 from .base import Detector, ModelOutputs, _model_device, _split_batch, apply_classifier, compute_outputs, \
@@ -216,17 +216,13 @@ def _crop_cells(x: Tensor, rows: Tensor, cells: Tensor, grid: Tuple[int, int]) -
     return torch.cat(crops)
 
 
-def _model_gamma(model: nn.Module) -> float:
-    return float((getattr(model, 'ssod_cfg', None) or {}).get('gamma') or 0.95)
-
-
 def collect_evidence(model: nn.Module, loader: Iterable, sources: Sequence[str] = IMAGE_SOURCES,
                      max_images: Optional[int] = None, per_image: int = 2, gamma: Optional[float] = None,
                      seed: int = 0, device=None) -> EvidenceData:
     """One pass over ``loader`` (ID images, batches ``(x, y)``): every image's outputs, and the
     pseudo-OOD samples of the image ``sources`` made from the first ``max_images`` images (see the
     module docstring; None: ``evidence_budget`` of the loader's size). ``gamma``: Eq. 12's threshold,
-    default the model's own (``ssod_cfg``) or 0.95. The transforms use a generator seeded with ``seed``.
+    default the model's own (``core.model_gamma``). The transforms use a generator seeded with ``seed``.
     Eval mode and no_grad; the mode is restored."""
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
@@ -236,7 +232,7 @@ def collect_evidence(model: nn.Module, loader: Iterable, sources: Sequence[str] 
     if max_images is not None and max_images < 1:
         raise ValueError(f'max_images must be >= 1, got {max_images}')
     sources = [s for s in sources if s in IMAGE_SOURCES]
-    gamma = _model_gamma(model) if gamma is None else float(gamma)
+    gamma = model_gamma(model) if gamma is None else float(gamma)
     device = torch.device(device) if device is not None else _model_device(model)
     generator = torch.Generator().manual_seed(seed)
     parts, labels, pseudo, id_locs = [], [], {s: [] for s in sources}, []

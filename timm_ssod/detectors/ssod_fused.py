@@ -126,7 +126,7 @@ class SSODFused(Detector):
         evidence_images: how many fit images the image sources are made from (None: ``evidence.evidence_budget``
             of the fit set's size, one in 8 of them, 40 to 500).
         min_samples: a source with fewer pseudo-OOD samples gives no evidence (a warning).
-        gamma: Eq. 12's threshold for the background sources (default: the model's own, or 0.95).
+        gamma: Eq. 12's threshold for the background sources (default: the model's own, ``core.model_gamma``).
     """
     needs_ood_head = True
     name = 'ssod_fused'

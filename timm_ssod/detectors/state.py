@@ -14,6 +14,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from .._util import as_json
 from .base import Detector
 
 __all__ = ['detector_state', 'load_detector']
@@ -31,15 +32,6 @@ def _is_json(value) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
     return False
-
-
-def _as_json(value):
-    """Tuples as lists, at any depth (what the JSON round trip gives back)."""
-    if isinstance(value, (list, tuple)):
-        return [_as_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_json(v) for k, v in value.items()}
-    return value
 
 
 def _registry_class(kind: str):
@@ -75,7 +67,7 @@ def detector_state(detector: Detector, prefix: str = 'detector.') -> Tuple[Dict,
             children[key] = {'tensor_list': len(value)}
             tensors.update({f'{prefix}{key}.{i}': v.detach().cpu().contiguous() for i, v in enumerate(value)})
         elif _is_json(value):
-            attrs[key] = _as_json(value)
+            attrs[key] = as_json(value)
         else:
             raise ValueError(f'detector {detector.name}: attribute {key!r} ({type(value).__name__}) cannot be stored '
                              'with the model (only tensors, numbers, strings and nested detectors can)')

@@ -9,17 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import head_per_location, merge_heads, to_locations
-from ..core import is_ssod_model
-from ..core import ID_INDEX, OOD_INDEX, id_probability
-from ..core import IGNORED, sample_patches, target_confidence
+from ..core import (GAMMA, ID_INDEX, IGNORED, OOD_INDEX, head_per_location, id_probability, is_ssod_model, merge_heads,
+                    sample_patches, target_confidence, to_locations)
 
 __all__ = ['label_overlay', 'location_maps', 'render_sampler_figure', 'require_matplotlib', 'LocationMaps',
            'PlotDependencyError', 'save_figure', 'DEFAULT_GAMMA', 'DEFAULT_IMAGES']
 
 LABEL_COLORS = {ID_INDEX: (0.0, 0.8, 0.0), OOD_INDEX: (0.9, 0.0, 0.0), IGNORED: (0.55, 0.55, 0.55)}
 PANEL_INCHES, LEGEND_INCHES, DPI = 2.5, 0.5, 96  # figure = (cols * 240) x (rows * 240 + 48) pixels
-DEFAULT_GAMMA, DEFAULT_IMAGES = 0.95, 4
+DEFAULT_GAMMA, DEFAULT_IMAGES = GAMMA, 4
 CMAP = 'jet'
 
 

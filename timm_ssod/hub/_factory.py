@@ -12,7 +12,7 @@ from timm.models import parse_model_name, register_model, split_model_name_tag
 
 from ..core import OODHead, attach_ssod, set_label_names
 from ._hub import _CALLER_ALLOW_PICKLE, SSOD_ARCHITECTURE, _build, create_from_source  # hf-hub: / local-dir: names
-from .._util import first_line
+from .._util import as_json, first_line
 from ..checkpoints import CheckpointError, classifier_classes, read_checkpoint
 from ._files import HubError, Source, read_config
 from ._offline import offline_if_unreachable
@@ -119,15 +119,6 @@ def create_model(model_name: str, ssod: bool = True, pretrained: bool = False,
 _TRAINING_ONLY_KWARGS = ('bn_momentum',)
 
 
-def _plain(value):
-    """Lists for tuples (args are stored as plain lists), for comparing recorded and given values."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _with_run_kwargs(model_name: str, kwargs: Dict, train_args: Dict, state, path: str) -> Dict:
     """``kwargs`` completed with what the training run of ``checkpoint_path`` recorded
     (``recorded_model_kwargs`` and its class count): a value the caller did
@@ -145,7 +136,7 @@ def _with_run_kwargs(model_name: str, kwargs: Dict, train_args: Dict, state, pat
         recorded['num_classes'] = classes or train_args['num_classes']
     given = {k: v for k, v in kwargs.items() if v is not None}
     conflicts = [f'{k}={given[k]!r} (the run: {v!r})' for k, v in recorded.items()
-                 if k in given and k not in _TRAINING_ONLY_KWARGS and _plain(given[k]) != _plain(v)]
+                 if k in given and k not in _TRAINING_ONLY_KWARGS and as_json(given[k]) != as_json(v)]
     if conflicts:
         raise CheckpointError(
             f'checkpoint_path {path!r}: {", ".join(conflicts)} differs from what its training run recorded (args: '

@@ -51,7 +51,7 @@ from typing import List, Optional, Tuple
 import yaml
 from timm.utils import ParseKwargs
 
-from ..core import BALANCE_SCHEMES
+from ..core import BALANCE, BALANCE_SCHEMES, GAMMA, LAMBDA, OOD_WEIGHT, check_gamma
 from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 
 OOD_METRICS = ('fpr95', 'auroc')
@@ -172,15 +172,15 @@ def _add_ssod_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('SSOD parameters')
     group.add_argument('--ssod', action=argparse.BooleanOptionalAction, default=True,
                        help='train with the SSOD objective (--no-ssod: plain cross-entropy, no OOD head)')
-    group.add_argument('--gamma', type=float, default=0.95,
+    group.add_argument('--gamma', type=float, default=GAMMA,
                        help='sampler threshold (Eq. 12), in the open interval (0.5, 1)')
-    group.add_argument('--ood-lambda', type=float, default=1.0, help='weight of the OOD term (Eq. 14), >= 0')
+    group.add_argument('--ood-lambda', type=float, default=LAMBDA, help='weight of the OOD term (Eq. 14), >= 0')
     group.add_argument('--ood-warmup-epochs', type=float, default=0.0,
                        help='ramp lambda linearly from 0 over this many epochs (training from scratch; '
                             '0: full lambda from the start, the paper\'s fine-tuning)')
-    group.add_argument('--balance', type=str, default='lwb', choices=BALANCE_SCHEMES,
+    group.add_argument('--balance', type=str, default=BALANCE, choices=BALANCE_SCHEMES,
                        help='balance of the OOD term (Table 5)')
-    group.add_argument('--ood-weight', type=float, default=0.2,
+    group.add_argument('--ood-weight', type=float, default=OOD_WEIGHT,
                        help='OOD-location weight of --balance lw')
     group.add_argument('--ood-hidden', type=int, default=0,
                        help='hidden width of the OOD head (0: a single linear layer, as in the paper)')
@@ -417,7 +417,9 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> dict:
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Checks argparse cannot make on values that may come from a YAML file (set_defaults
     bypasses ``type`` and ``choices``). Calls ``parser.error`` (exit code 2) on bad values."""
-    if not (isinstance(args.gamma, (int, float)) and 0.5 < args.gamma < 1.0):
+    try:
+        check_gamma(args.gamma)
+    except ValueError:
         parser.error(f'--gamma must be in the open interval (0.5, 1), got {args.gamma!r}')
     if not (isinstance(args.ood_lambda, (int, float)) and args.ood_lambda >= 0):
         parser.error(f'--ood-lambda must be >= 0, got {args.ood_lambda!r}')
