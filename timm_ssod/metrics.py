@@ -1,6 +1,6 @@
 """OOD-detection metrics and accuracy, in numpy (torch tensors are accepted and converted).
 
-Conventions (as in the SSOD paper, see DESIGN.md):
+Conventions (as in the SSOD paper; OpenOOD and pytorch-ood take OOD as the positive class for FPR):
 
 * a score is higher for in-distribution (ID) samples;
 * ID is the positive class;

@@ -1,5 +1,6 @@
 """Evidence from ID data only on what a fused score should trust: pseudo-OOD samples made from
-ID images, and each detector's AUROC on them (DESIGN.md, "Choosing what to trust without OOD data").
+ID images, and each detector's AUROC on them (its pseudo-AUROC). How well each source predicts real
+OOD performance is measured in docs/decisions.md.
 
 No OOD image is used anywhere. Each source is a set of pseudo-OOD samples that a detector
 scores like images (``ModelOutputs``: features, logits, SSOD logits), against an ID side:

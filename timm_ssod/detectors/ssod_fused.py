@@ -1,74 +1,38 @@
 """SSOD fused with complementary scores through their ID p-values; no weight, no OOD data.
 
     p_j(x) = (1 + #{i : r_ji <= s_j(x)}) / (n_j + 1)      each component's ID p-value
-    score(x) = sum_j log p_j(x)                            Fisher (default), or
-    score(x) = sum_j Phi^-1(p_j(x)) / sqrt(k)              Stouffer
+    score(x) = sum_j w_j log p_j(x)                        Fisher (default; w_j = 1 unless weighted), or
+    score(x) = sum_j w_j Phi^-1(p_j(x)) / sqrt(sum_j w_j^2) Stouffer
 
-s_j are the component scores (default: ``ssod`` = P(ID | x), Eq. 15; ``mahalanobis`` on the
-penultimate features; ``energy`` on the logits), r_j their scores on ID data. All components
-read one backbone pass (``ModelOutputs``): no input perturbation (ODIN) is accepted.
-The formulas live in ``timm_ssod.conformal`` (``conformal_pvalue``, ``combine_pvalues``).
+s_j are the component scores (default ``DEFAULT_COMPONENTS``: ``ssod`` = P(ID | x), Eq. 15;
+``mahalanobis`` on the penultimate features; ``energy`` on the logits), r_j their scores on ID
+data, each (n_j,); a batch of B images gives (B,) scores. All components read one backbone pass
+(``ModelOutputs``): no input perturbation (ODIN) is accepted. The formulas live in
+``timm_ssod.conformal`` (``conformal_pvalue``, ``combine_pvalues``, ``tail_pvalue``); the
+combination follows Bates et al., "Testing for outliers with conformal p-values" (Ann. Stat.
+2023). A p-value puts every score on one scale, its ID quantile, so no weight is tuned on OOD data.
 
-Why: on the built-in benchmark the SSOD score wins on background-like OOD and fails on noise
-and textures, where a feature-space score is near perfect, and on novel objects, where a
-logit score is better. A p-value puts every score on the same scale, its ID quantile, so no
-weight has to be chosen, and none can be tuned on OOD data.
+The ID references r_j come from the fit data by cross-fitting: the data is cut into ``folds``
+parts; a component that needs a fit (Mahalanobis, KNN, ViM ...) is fitted on all parts but one
+and scores the one left out, so every r_ji is an out-of-sample score, as a test image's will be;
+then it is fitted once more on all the data. Components without a fit score the fit data
+directly. The fused score is a score like any other: ``timm_ssod.calibration`` calibrates it once
+more on held-out ID data (never the fit data), which turns it into a conformal p-value with the
+guarantee, although the components are correlated.
 
-The ID references r_j come from the fit data by cross-fitting: the data is cut into
-``folds`` parts; a component that needs a fit (Mahalanobis, KNN, ViM ...) is fitted on all
-parts but one and scores the one left out, so every r_ji is an out-of-sample score, as a test
-image's will be; then it is fitted once more on all the data. Components without a fit score
-the fit data directly. The fused score is a score like any other: ``timm_ssod.calibration``
-calibrates it once more on held-out ID data (never the fit data), which turns it into a
-conformal p-value with the guarantee, although the components are correlated (DESIGN.md,
-"Calibrated decisions without OOD data").
-
-Fisher vs Stouffer, measured (``examples/measure_ssod_fused.py``, ``docs/measurements/ssod_fused.json``):
-the SSOD checkpoint of the earlier ``timm-ssod demo`` (resnet10t, 64 px, smooth backgrounds), fitted on 2000 ID training
-images, calibrated on 1000 ID validation images, tested on 600 ID test images and 600 of
-each OOD set; average FPR95 over the four OOD sets in %, mean ± std over three data seeds:
-
-    components                  Fisher       Stouffer     without the tail: Fisher / Stouffer
-    ssod+mahalanobis+energy     19.3 ± 0.8   32.4 ± 1.3   19.3 / 66.1
-    ssod+mahalanobis            23.8 ± 0.2   23.2 ± 0.7   23.8 / 68.1
-    ssod+vim+energy             29.6 ± 1.8   75.8 ± 1.5   43.4 / 78.0
-    ssod+knn+energy             73.6 ± 0.9   80.1 ± 0.6   74.3 / 80.2
-    ssod+mahalanobis+klm        13.6 ± 0.1   13.3 ± 0.9   13.6 / 55.6
-    ssod+mahalanobis+msp        20.4 ± 1.3   21.2 ± 2.4   20.4 / 65.5
-    single detectors: mahalanobis 30.5 ± 0.9, vim 31.8 ± 1.8, knn 46.3 ± 6.5, ssod 77.4 ± 1.1,
-    energy 86.5 ± 0.5
-
-Fisher's sum of log p is led by the smallest p-value: on noise and textures Mahalanobis gives
-p near 0 while SSOD and Energy give p near 1 (they find these images *more* ID than ID
-images), and Fisher still rejects them (FPR95 0.0 and 0.6) where Stouffer's mean of z-scores
-lets the two confident, wrong components cancel the right one (21.8 and 29.6). Stouffer is
-ahead by at most 0.8 points, where the components agree; Fisher by 6 to 46 points where one
-component alone sees the OOD images. Hence ``method='fisher'``. The tail
-(``tail_pvalue``) matters for Stouffer and for Fisher with ViM: without it a component's
-evidence stops at p = 1 / (n + 1). KNN's moderate evidence on noise is diluted by the
-others (73.6): a fused score is no better than its components' ID p-values allow.
-
-The default components are the a-priori choice (SSOD, a feature-space score, a logit score),
-not the best row above: ``ssod+mahalanobis+klm`` measured better on this benchmark (13.6),
-but picking components on OOD test sets would be tuning on OOD data.
-
-The default *decision* (``calibrate``; ``DECISION_KWARGS``) is ``select='evidence'``: the components
-are chosen from ID data only (``timm_ssod.detectors.evidence``, DESIGN.md "Choosing what to trust
-without OOD data"). From a wider pool (default ``EVIDENCE_POOL``: ssod, mahalanobis, energy, knn,
-vim), each component's pseudo-AUROC is measured on pseudo-OOD made from the fit images (Eq. 12's
-background locations, their crops, transformed images, left-out classes) against its
-cross-fitted ID references. ``EVIDENCE_RULE`` (measured with ``benchmarks/evidence.py``, adopted
-by a criterion stated before the models that tested it were trained, docs/decisions.md) keeps the
-two components with the highest mean pseudo-AUROC over six sources (all but ``background_local``,
-which predicted nothing), Fisher-weighted by 2 e - 1
-(``evidence.select_components``: a component without evidence keeps its a-priori place; when none
-has any, the default components are kept). Only the kept components are scored at prediction
-time, from the same single backbone pass; the record of the choice (``evidence``: rule,
-pseudo-AUROCs, kept, reasons, fallback) is saved with the model. The image sources need the
-images: ``fit(model, loader)`` (what ``calibrate`` and the harness call, ``fits_on_images``) or
+``select='all'`` (the detector's default, the harness's ``ssod_fused`` row) fuses every
+component. ``select='evidence'`` (the default *decision* of ``calibrate``: ``DECISION_KWARGS``)
+first chooses the components from ID data only (``timm_ssod.detectors.evidence``): from
+``EVIDENCE_POOL`` each component's pseudo-AUROC is measured on pseudo-OOD made from the fit images
+(Eq. 12's background locations, their crops, transformed images, left-out classes) against its
+cross-fitted ID references, and ``EVIDENCE_RULE`` keeps the two with the highest mean
+pseudo-AUROC, weighted by 2 e - 1 (``evidence.select_components``: a component without evidence
+keeps its a-priori place; when none has any, the default components are kept). Only the kept
+components are scored at prediction time, from the same single backbone pass; the record of the
+choice (``evidence``: rule, pseudo-AUROCs, kept, reasons, fallback) is saved with the model. The
+image sources need the images: ``fit(model, loader)`` (``fits_on_images``) or
 ``fit_evidence(collect_evidence(...))``; ``fit_outputs`` alone has only ``leave_classes_out``.
-The detector's own default stays ``select='all'`` (the Fisher-3 measured above and in the
-harness's ``ssod_fused`` row).
+What each choice measured (Fisher vs Stouffer, the components, the rule): docs/decisions.md.
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
