@@ -96,9 +96,9 @@ def _split_batch(batch) -> Tuple[Tensor, Optional[Tensor]]:
     return batch, None
 
 
-def collect_outputs(model: nn.Module, loader: Iterable, device=None) -> Iterator[Tuple[ModelOutputs, Optional[Tensor]]]:
-    """Stream ``(ModelOutputs, targets)`` over a loader of ``(x, y)`` (or ``x``) batches, in
-    eval mode and under ``no_grad``; the model's mode is restored afterwards. ``device``
+def eval_batches(model: nn.Module, loader: Iterable, device=None) -> Iterator[Tuple[Tensor, Optional[Tensor]]]:
+    """Stream ``(x, y)`` on ``device`` over a loader of ``(x, y)`` (or ``x``) batches, with the
+    model in eval mode and under ``no_grad``; the model's mode is restored afterwards. ``device``
     defaults to the device of the model's parameters."""
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -107,11 +107,15 @@ def collect_outputs(model: nn.Module, loader: Iterable, device=None) -> Iterator
         with torch.no_grad():
             for batch in loader:
                 x, y = _split_batch(batch)
-                x = x.to(device)
-                y = y.to(device) if isinstance(y, Tensor) else y
-                yield compute_outputs(model, x), y
+                yield x.to(device), (y.to(device) if isinstance(y, Tensor) else y)
     finally:
         model.train(was_training)
+
+
+def collect_outputs(model: nn.Module, loader: Iterable, device=None) -> Iterator[Tuple[ModelOutputs, Optional[Tensor]]]:
+    """Stream ``(ModelOutputs, targets)`` over a loader (``eval_batches``: eval mode, ``no_grad``)."""
+    for x, y in eval_batches(model, loader, device):
+        yield compute_outputs(model, x), y
 
 
 class _OutputsSource:

@@ -57,7 +57,7 @@ from ..core import (ID_INDEX, OOD_INDEX, head_per_location, is_ssod_model, model
                     target_confidence, to_locations)
 from ..metrics import auroc
 from .._util import warn
-from .base import Detector, ModelOutputs, _model_device, _split_batch, apply_classifier, compute_outputs, \
+from .base import Detector, ModelOutputs, _model_device, apply_classifier, compute_outputs, eval_batches, \
     outputs_of_features
 
 __all__ = ['SOURCES', 'IMAGE_SOURCES', 'TRANSFORMS', 'EvidenceData', 'collect_evidence', 'evidence_budget',
@@ -239,35 +239,27 @@ def collect_evidence(model: nn.Module, loader: Iterable, sources: Sequence[str] 
     parts, labels, pseudo, id_locs = [], [], {s: [] for s in sources}, []
     used, notes = 0, {}
     need_locations = any(s in LOCATION_SOURCES for s in sources)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                x, y = _split_batch(batch)
-                x = x.to(device)
-                feats = model.forward_features(x)
-                parts.append(outputs_of_features(model, feats, x.shape[-2:]))
-                labels.append(None if y is None else torch.as_tensor(y).reshape(-1).long().to(device))
-                if max_images is None:  # the default budget, from the loader's size (known at the first batch)
-                    max_images = evidence_budget(_loader_images(loader, x.shape[0]))
-                take = min(x.shape[0], max_images - used)
-                if take <= 0:
-                    continue
-                xs = x[:take]
-                for s in sources:
-                    if s in TRANSFORMS:
-                        pseudo[s].append(compute_outputs(model, TRANSFORMS[s](xs, generator=generator)))
-                if need_locations:
-                    if y is None:
-                        notes.update({s: 'the ID images have no labels: Eq. 12 needs the labelled class'
-                                      for s in sources if s in LOCATION_SOURCES})
-                    else:
-                        _location_samples(model, feats[:take], xs, labels[-1][:take], gamma, per_image, sources,
-                                          pseudo, id_locs)
-                used += take
-    finally:
-        model.train(was_training)
+    for x, y in eval_batches(model, loader, device):
+        feats = model.forward_features(x)
+        parts.append(outputs_of_features(model, feats, x.shape[-2:]))
+        labels.append(None if y is None else torch.as_tensor(y).reshape(-1).long().to(x.device))
+        if max_images is None:  # the default budget, from the loader's size (known at the first batch)
+            max_images = evidence_budget(_loader_images(loader, x.shape[0]))
+        take = min(x.shape[0], max_images - used)
+        if take <= 0:
+            continue
+        xs = x[:take]
+        for s in sources:
+            if s in TRANSFORMS:
+                pseudo[s].append(compute_outputs(model, TRANSFORMS[s](xs, generator=generator)))
+        if need_locations:
+            if y is None:
+                notes.update({s: 'the ID images have no labels: Eq. 12 needs the labelled class'
+                              for s in sources if s in LOCATION_SOURCES})
+            else:
+                _location_samples(model, feats[:take], xs, labels[-1][:take], gamma, per_image, sources,
+                                  pseudo, id_locs)
+        used += take
     if not parts:
         raise ValueError('collect_evidence: the loader gave no images')
     targets = None if any(t is None for t in labels) else torch.cat(labels)
