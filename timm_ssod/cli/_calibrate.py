@@ -137,7 +137,8 @@ def _calibrate(args) -> int:
     from ..conformal import check_calibration_size
     from ..data import check_held_out_split, folder_summary
     from ..evaluate import with_progress
-    from ..evaluate._data import EvalDataError, build_id_dataset, cut, dataset_num_classes, make_loader, same_folder
+    from ..data import cut, dataset_num_classes, make_loader, same_folder
+    from ..evaluate import EvalDataError, build_id_dataset
 
     if not args.save_dir and not args.push_to_hub:
         raise ValueError('give --save-dir DIR and/or --push-to-hub ORG/NAME: where the calibrated model goes')

@@ -105,8 +105,8 @@ def _evaluate(args) -> int:
 
     from ..checkpoints import check_output_dir
     from ..detectors import DETECTORS
-    from ..evaluate._data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, dataset_num_classes,
-                            default_ood_specs, is_synthetic, make_loader, same_folder)
+    from ..data import cut, dataset_num_classes, is_synthetic, make_loader, same_folder
+    from ..evaluate import EvalDataError, build_id_dataset, build_ood_datasets, default_ood_specs
     from ..evaluate import DEFAULT_DETECTORS, evaluate
     from ..data import check_held_out_split, class_names, folder_summary, model_class_map
     from ..core import label_names

@@ -125,7 +125,8 @@ def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
     ``--data-dir`` alone means an image folder (as in eval); neither: the training run's data
     if the checkpoint recorded it, else synthetic/id. A split that would read the training
     images is an error (``check_held_out_split``). Returns a line saying what is drawn."""
-    from ..evaluate._data import EvalDataError, is_synthetic
+    from ..data import is_synthetic
+    from ..evaluate import EvalDataError
     from ..data import check_held_out_split, is_image_folder
     train_args = loaded.info.get('train_args') or loaded.train_args or {}
     if args.dataset is None:
@@ -152,7 +153,7 @@ def _resolve_data(args, loaded: '_Loaded') -> Optional[str]:
 
 
 def _dataset_kwargs(args, train_args) -> dict:
-    from ..evaluate._data import is_synthetic
+    from ..data import is_synthetic
     kwargs = {}
     if is_synthetic(args.dataset) and is_synthetic(train_args.get('dataset') or ''):
         trained = train_args.get('dataset_kwargs') or {}
@@ -210,8 +211,8 @@ def _view(x: torch.Tensor, data_config) -> np.ndarray:
 
 def _score(loaded: _Loaded, args, dataset_kwargs, device):
     """``evaluate(..., return_scores=True)`` of one model on --hist-samples images of each set."""
-    from ..evaluate._data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, default_ood_specs,
-                            is_synthetic, make_loader)
+    from ..data import cut, is_synthetic, make_loader
+    from ..evaluate import EvalDataError, build_id_dataset, build_ood_datasets, default_ood_specs
     from ..evaluate import evaluate
     num_classes = loaded.model.num_classes
     if not args.ood and not is_synthetic(args.dataset):

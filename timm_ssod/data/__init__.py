@@ -7,7 +7,8 @@
 - ``write_image_folder(dataset, root)`` and ``ImageFolderOOD(root)`` for data on disk.
 - ``create_id_dataset`` / ``class_names`` ... (``_id_data``): ID images as timm reads them, split
   folders checked, class names, clear errors; ``parse_ood_spec`` / ``open_ood_set``
-  (``_ood_specs``): the OOD sets named on the command line.
+  (``_ood_specs``): the OOD sets named on the command line; ``cut`` / ``make_loader`` (``_loading``):
+  reading a dataset in order for scoring.
 """
 from .factory import create_dataset, parse_synthetic_name
 from .folders import ImageFolderOOD, expand_image_paths, find_image_files, load_rgb, try_load_rgb, write_image_folder
@@ -20,6 +21,7 @@ from ._id_data import (HELD_OUT_SPLIT, TRAIN_SPLIT, check_evaluation_split, chec
                        create_id_dataset, dataset_num_classes, folder_summary, is_image_folder, model_class_map,
                        recorded_training_folder, resolve_split)
 from ._unreadable import drop_unreadable, leave_out_unreadable, readable_batches
+from ._loading import cut, make_loader, same_folder, subsample_indices
 
 __all__ = [
     'SyntheticDataset', 'Rendered', 'OOD_SETS', 'BACKGROUNDS', 'DEFAULT_BACKGROUND', 'SYNTHETIC_PREFIX', 'SPLITS', 'ID_SHAPES', 'NOVEL_SHAPES',
@@ -29,5 +31,5 @@ __all__ = [
     'check_evaluation_split', 'class_names', 'create_id_dataset', 'dataset_num_classes', 'folder_summary',
     'is_image_folder', 'model_class_map', 'recorded_training_folder', 'resolve_split',
     'TRAIN_SPLIT', 'HELD_OUT_SPLIT', 'check_held_out_split', 'drop_unreadable', 'leave_out_unreadable',
-    'readable_batches',
+    'readable_batches', 'cut', 'make_loader', 'same_folder', 'subsample_indices',
 ]

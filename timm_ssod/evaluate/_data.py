@@ -13,15 +13,14 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
 import torch.utils.data as tud
 
 from ..data import create_dataset, list_ood_sets
-from ._evaluate import AVERAGE, subsample_indices
+from ._evaluate import AVERAGE
 from ..data import create_id_dataset
 from ..data import is_synthetic, open_ood_set, parse_ood_spec
 from ..data import dataset_num_classes
-from ..data import drop_unreadable, leave_out_unreadable, readable_batches
+from ..data import cut, make_loader, same_folder  # noqa: F401  (names of this module's __all__)
 
 __all__ = ['EvalDataError', 'build_id_dataset', 'build_ood_datasets', 'cut', 'make_loader', 'same_folder',
            'dataset_num_classes']
@@ -49,12 +48,6 @@ def build_id_dataset(name: str, root: Optional[str], split: str, num_classes: Op
                              **kwargs)
 
 
-def same_folder(a, b) -> bool:
-    """True when two timm folder datasets read the same folder (no split sub-folders found)."""
-    roots = [getattr(getattr(d, 'reader', None), 'root', None) for d in (a, b)]
-    return roots[0] is not None and os.path.realpath(str(roots[0])) == os.path.realpath(str(roots[1] or ''))
-
-
 def build_ood_datasets(specs: Sequence[str], root: Optional[str], split: str,
                        synthetic_kwargs: Optional[Dict[str, Any]] = None) -> 'OrderedDict[str, Any]':
     """``NAME=SPEC`` strings -> ``{name: dataset}`` (see the module docstring); an empty
@@ -80,40 +73,3 @@ def build_ood_datasets(specs: Sequence[str], root: Optional[str], split: str,
 def default_ood_specs() -> List[str]:
     """Every built-in synthetic OOD set, ``NAME=synthetic/NAME``."""
     return [f'{s}=synthetic/{s}' for s in list_ood_sets()]
-
-
-class _Take(tud.IterableDataset):
-    """The first ``n`` items of an iterable dataset."""
-
-    def __init__(self, dataset, n: int):
-        self.dataset, self.n = dataset, n
-
-    def __iter__(self):
-        for i, item in enumerate(self.dataset):
-            if i >= self.n:
-                break
-            yield item
-
-
-def cut(dataset, n: int, seed: int):
-    """At most ``n`` items: a deterministic random subset (``subsample_indices``) of a
-    map-style dataset, the first ``n`` items of an iterable one."""
-    if isinstance(dataset, tud.IterableDataset):
-        return _Take(dataset, n)
-    if n >= len(dataset):
-        return dataset
-    return tud.Subset(dataset, subsample_indices(len(dataset), n, seed).tolist())
-
-
-def make_loader(dataset, transform, batch_size: int, workers: int, device: torch.device):
-    """An in-order DataLoader, ``transform`` set on the dataset (or the one a Subset wraps). An
-    image file that cannot be read is left out (``timm_ssod.data._unreadable``): its batch is
-    shorter, so counts and scores are of the images read."""
-    base = dataset
-    while isinstance(base, (tud.Subset, _Take)):
-        base = base.dataset
-    base.transform = transform
-    leave_out_unreadable(base)
-    return readable_batches(tud.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                           pin_memory=device.type == 'cuda', drop_last=False,
-                                           collate_fn=drop_unreadable()))

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data import subsample_indices
 from ..detectors import Detector, ModelOutputs, compute_outputs, create_detector
 from ..metrics import ood_metrics
 from ..core import is_ssod_model
@@ -95,14 +96,6 @@ class EvalScores:
     @property
     def detectors(self) -> List[str]:
         return list(self.id_scores)
-
-
-def subsample_indices(n: int, k: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``k`` of ``n`` items, drawn without replacement by
-    ``numpy.random.default_rng(seed)``; all ``n`` when ``k >= n``. Deterministic."""
-    if k >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def _model_name(model: nn.Module) -> str:
