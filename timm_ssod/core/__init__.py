@@ -27,10 +27,10 @@ from ._loss import BALANCE, BALANCE_SCHEMES, LAMBDA, OOD_WEIGHT, SSODLoss, ood_t
 from ._model import (DEFAULT_ALPHA, DEFAULT_DETECTOR, SSODMixin, SSODOutput, SSODPrediction, attach_ssod, is_ssod_model,
                      label_names, set_label_names)
 from ._posterior import ID_INDEX, OOD_INDEX, id_probability, unified_posterior
-from ._sampler import GAMMA, IGNORED, check_gamma, label_patches, model_gamma, sample_patches, target_confidence
+from ._sampler import GAMMA, IGNORED, check_gamma, model_gamma, sample_patches, target_confidence
 
 __all__ = ['OODHead', 'UnsupportedBackboneError', 'head_per_location', 'merge_heads', 'pool_locations', 'to_locations',
            'BALANCE_SCHEMES', 'SSODLoss', 'ood_term', 'ood_warmup_scale', 'SSODMixin', 'SSODOutput', 'SSODPrediction',
            'attach_ssod', 'is_ssod_model', 'label_names', 'set_label_names', 'ID_INDEX', 'OOD_INDEX', 'id_probability',
            'unified_posterior', 'IGNORED', 'check_gamma', 'sample_patches', 'target_confidence', 'GAMMA', 'LAMBDA',
-           'BALANCE', 'OOD_WEIGHT', 'model_gamma', 'label_patches', 'DEFAULT_ALPHA', 'DEFAULT_DETECTOR']
+           'BALANCE', 'OOD_WEIGHT', 'model_gamma', 'DEFAULT_ALPHA', 'DEFAULT_DETECTOR']
