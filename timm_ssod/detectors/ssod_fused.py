@@ -56,6 +56,15 @@ EVIDENCE_RULE = {'sources': 'no_local', 'threshold': 0.5, 'top': 2, 'weighting':
 # the default *decision* (timm-ssod calibrate, calibration.calibrate(), model.calibrate()): ssod_fused with
 # select='evidence'; the detector's own default (select='all', Fisher over DEFAULT_COMPONENTS) is the harness's row
 DECISION_KWARGS = {'select': 'evidence'}
+# each select mode's defaults, the one table __init__ reads: 'all' fuses the a-priori components; 'evidence' the
+# rule's choice from EVIDENCE_POOL
+SELECT_DEFAULTS = {
+    'all': dict(components=DEFAULT_COMPONENTS, method='fisher', threshold=0.6, evidence_sources=SOURCES,
+                weighting='none', top=None),
+    'evidence': dict(components=EVIDENCE_POOL, method=EVIDENCE_RULE['method'], threshold=EVIDENCE_RULE['threshold'],
+                     evidence_sources=SOURCE_SETS[EVIDENCE_RULE['sources']], weighting=EVIDENCE_RULE['weighting'],
+                     top=EVIDENCE_RULE['top']),
+}
 
 
 def select_outputs(outputs: ModelOutputs, index: torch.Tensor) -> ModelOutputs:
@@ -102,18 +111,18 @@ class SSODFused(Detector):
                  evidence_sources: Optional[Sequence[str]] = None, weighting: Optional[str] = None,
                  evidence_images: Optional[int] = None, min_samples: int = 20, gamma: Optional[float] = None,
                  top: Optional[int] = None):
-        rule = EVIDENCE_RULE if select == 'evidence' else {}  # select='evidence''s measured defaults
-        method = method or rule.get('method', 'fisher')
-        threshold = rule.get('threshold', 0.6) if threshold is None else threshold
-        if evidence_sources is None:
-            evidence_sources = SOURCE_SETS[rule['sources']] if rule else SOURCES
-        weighting = weighting or ('none' if method == 'tippett' else rule.get('weighting', 'none'))
-        top = rule.get('top') if top is None else top
+        if select not in SELECT_MODES:
+            raise ValueError(f'unknown select {select!r}; available: {", ".join(SELECT_MODES)}')
+        defaults = SELECT_DEFAULTS[select]
+        method = method or defaults['method']
+        threshold = defaults['threshold'] if threshold is None else threshold
+        evidence_sources = defaults['evidence_sources'] if evidence_sources is None else evidence_sources
+        weighting = weighting or ('none' if method == 'tippett' else defaults['weighting'])
+        top = defaults['top'] if top is None else top
+        components = defaults['components'] if components is None else components
         super().__init__()
         if method not in COMBINE_METHODS:
             raise ValueError(f'unknown combination {method!r}; available: {", ".join(COMBINE_METHODS)}')
-        if select not in SELECT_MODES:
-            raise ValueError(f'unknown select {select!r}; available: {", ".join(SELECT_MODES)}')
         if isinstance(evidence_sources, str):
             evidence_sources = [v.strip() for v in evidence_sources.split(',') if v.strip()]
         bad = [v for v in evidence_sources if v not in SOURCES]
@@ -124,8 +133,6 @@ class SSODFused(Detector):
             raise ValueError(f'unknown weighting {weighting!r}; available: {", ".join(WEIGHTINGS)}')
         if weighting != 'none' and method == 'tippett':
             raise ValueError('tippett (the smallest p-value) takes no weights: weighting must be none')
-        if components is None:
-            components = EVIDENCE_POOL if select == 'evidence' else DEFAULT_COMPONENTS
         if isinstance(components, str):
             components = [c for c in components.split(',') if c.strip()]
         names = [c.strip().lower() for c in components]
