@@ -230,8 +230,10 @@ def unreadable_checkpoint(path: str, e: BaseException, what: str = 'checkpoint')
     """The error for a checkpoint that ``torch.load(weights_only=True)`` could not read: refused
     pickled objects, or a truncated / corrupt file (torch's own first line is often misleading,
     e.g. a truncated file read with ``mmap=True`` is said to need ``_use_new_zipfile_serialization``)."""
-    if isinstance(e, pickle.UnpicklingError) or isinstance(e.__cause__, pickle.UnpicklingError):
-        found = re.search(r'Unsupported globals?: (GLOBAL )?[\w.]+(, [\w.]+)*', f'{e} {e.__cause__ or ""}')
+    text = f'{e} {e.__cause__ or ""}'
+    unpickling = isinstance(e, pickle.UnpicklingError) or isinstance(e.__cause__, pickle.UnpicklingError)
+    if unpickling and 'global' in text.lower():  # a refused class or function; else the file is garbage
+        found = re.search(r'Unsupported globals?: (GLOBAL )?[\w.]+(, [\w.]+)*', text)
         detail = found.group(0).rstrip('.') if found else type(e).__name__
         return CheckpointError(f'{what} {path!r} was refused by torch.load(weights_only=True): it holds pickled '
                                f'objects other than tensors and plain containers ({detail}). Such files are never '

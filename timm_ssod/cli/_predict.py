@@ -67,9 +67,9 @@ def predict_files(model, files: List[str], transform, alpha: Optional[float], ba
     decision ``unreadable`` and the reason in ``error``."""
     import torch
 
+    from ..core import label_names
     from ..evaluate import with_progress
-    names = model.pretrained_cfg.get('label_names') if model.pretrained_cfg.get('num_classes') == model.num_classes \
-        else None
+    names = label_names(model)  # the class names when they name every class of the classifier, else None
     rows = {}
     chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
     for chunk in with_progress(chunks, 'predicting', progress, size=len):
@@ -82,7 +82,7 @@ def predict_files(model, files: List[str], transform, alpha: Optional[float], ba
         prob, index = pred.class_probs.max(dim=-1)
         for i, f in enumerate(read):
             k = int(index[i])
-            label = (names[k] if isinstance(names, list) else names.get(str(k), names.get(k))) if names else str(k)
+            label = names[k] if names else str(k)
             p = None if pred.p_value is None else float(pred.p_value[i])
             rows[f] = {'file': f, 'class_index': k, 'class': label, 'class_prob': float(prob[i]),
                        'p_id': float(pred.id_prob[i]), 'p_value': p,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import timm
 import torch
 import torch.nn as nn
-from timm.models import parse_model_name
+from timm.models import parse_model_name, split_model_name_tag
 
 from ..checkpoints import classifier_classes, read_checkpoint, resolve_checkpoint, ssod_cfg_from_args
 from ..core import OODHead, is_ssod_model, set_label_names
@@ -90,6 +90,10 @@ def _from_checkpoint(name, path, ssod, use_ema, num_classes, model_kwargs, info)
                              f'{tuple(state_dict[classifier_key].shape)}) but --num-classes {num_classes} was given')
 
     def mismatch(e, kwargs):
+        if recorded and split_model_name_tag(str(recorded))[0] != split_model_name_tag(name)[0]:
+            return ModelLoadError(f'checkpoint {path!r} was trained as {recorded!r}, not {name!r}: its weights do not '
+                                  f'fit {name}. Leave --model out (the checkpoint names its architecture) or give '
+                                  f'--model {recorded}.')
         detail = ' '.join(str(e).split())[:600]
         return ModelLoadError(f'{key} of checkpoint {path!r} does not fit {name} ({kwargs}): {detail}. Check --model, '
                               '--num-classes and --model-kwargs.')
