@@ -31,7 +31,7 @@ __all__ = ['SINGLE_DETECTORS', 'EXPERIMENTAL_DETECTORS', 'register_detector', 's
 
 # The detectors a user sees (``registry.DETECTORS`` adds ssod_fused): the harness's default set
 # is a separate, explicit list (timm_ssod.evaluate.DEFAULT_DETECTORS); the post-hoc baselines of
-# issue 12 (rmds ... dice) are here, to be asked for by name, not in that list.
+# the later literature (rmds ... dice) are here, to be asked for by name, not in that list.
 SINGLE_DETECTORS: Dict[str, Type[Detector]] = {
     cls.name: cls for cls in (MSP, MaxLogit, Energy, ODIN, KLMatching, Mahalanobis, KNN, ReAct, ViM,
                               SSOD, SSODMSP,
