@@ -14,7 +14,7 @@ from timm_ssod.hub import ModelLoadError, load_model
 from timm_ssod.train import run as train_run
 
 CLASSES = ['disc', 'square', 'triangle']
-IMG = 32
+IMG = 64
 
 
 @pytest.fixture(scope='module')
