@@ -1,7 +1,7 @@
-"""Every code block of README.md and docs/*.md runs as pasted (issue 15: the Python API block used
+"""Every code block of README.md and docs/**/*.md runs as pasted (issue 15: the Python API block used
 ``x`` and ``target`` without defining them; issue 23: the docs pages are covered too).
 
-The blocks run in order, README.md first, then docs/*.md, in one temporary folder, as a reader
+The blocks run in order, README.md first, then docs/**/*.md (docs/study/ too), in one temporary folder, as a reader
 pastes them:
 
 * python blocks: each in a fresh namespace (each imports what it uses);
@@ -37,8 +37,8 @@ RUN_SECTIONS = {('README.md', 'Your own photos')}  # bash blocks that run; pytho
 
 
 def pages():
-    """README.md, then every page of docs/ (relative paths)."""
-    return ['README.md'] + sorted(f'docs/{p.name}' for p in (REPO / 'docs').glob('*.md'))
+    """README.md, then every page of docs/ and its sub-folders (docs/study/), relative paths."""
+    return ['README.md'] + sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'docs').rglob('*.md'))
 
 
 def readme_blocks(pages_=None):
@@ -80,8 +80,8 @@ def test_every_block_is_python_bash_or_text():
     assert blocks and {lang for _, lang, _, _ in blocks} <= {'python', 'bash', 'text'}, \
         [(i, lang) for i, lang, _, _ in blocks if lang not in ('python', 'bash', 'text')]
     assert any(section in RUN_SECTIONS and lang == 'bash' for _, lang, section, _ in blocks)
-    assert {page for _, _, (page, _), _ in blocks} >= {'README.md', 'docs/benchmark.md', 'docs/study.md',
-                                                       'docs/decisions.md', 'docs/guide.md'}
+    assert {page for _, _, (page, _), _ in blocks} >= {'README.md', 'docs/benchmark.md', 'docs/study/regime.md',
+                                                       'docs/study/standins.md', 'docs/decisions.md', 'docs/guide.md'}
 
 
 def test_readme_code_blocks_run_as_pasted(tmp_path, monkeypatch, capsys):
