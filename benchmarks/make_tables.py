@@ -11,8 +11,8 @@ converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_c
 weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
-``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
-they are, and tests/test_benchmarks.py checks they match the committed JSON. A missing JSON file
+``glance_*`` ones are short summaries: the README's, docs/decisions.md's, docs/study/README.md's);
+``--docs`` rewrites only those blocks, wherever they are (README.md and docs/**/*.md), and tests/test_benchmarks.py checks they match the committed JSON. A missing JSON file
 is skipped with a note. Metrics are printed in percent.
 """
 import argparse
