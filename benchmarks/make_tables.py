@@ -1,7 +1,7 @@
 """The result tables of README.md and docs/, generated from the committed JSON (numbers are never
 typed by hand), and the CLI reference docs/cli.md, generated from the argument parsers.
 
-    python benchmarks/make_tables.py --docs        # rewrite every generated block of README.md and docs/*.md, and docs/cli.md
+    python benchmarks/make_tables.py --docs        # rewrite every generated block of README.md and docs/**/*.md, and docs/cli.md
     python benchmarks/make_tables.py               # print the tables, write benchmarks/tables.md
     python benchmarks/make_tables.py --quality other.json --out other_tables.md
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
@@ -11,8 +11,8 @@ converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_c
 weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
-``glance_*`` ones are the README's short tables); ``--docs`` rewrites only those blocks, wherever
-they are, and tests/test_benchmarks.py checks they match the committed JSON. A missing JSON file
+``glance_*`` ones are short summaries: the README's, docs/decisions.md's, docs/study/README.md's);
+``--docs`` rewrites only those blocks, wherever they are (README.md and docs/**/*.md), and tests/test_benchmarks.py checks they match the committed JSON. A missing JSON file
 is skipped with a note. Metrics are printed in percent.
 """
 import argparse
@@ -688,7 +688,7 @@ def glance_deploy(quality, fused, evidence=None):
                 f"(Fisher over ssod, mahalanobis, energy) and the best of {len(first['components'])} single "
                 f"detectors picked on the test results (the oracle); then the share of ID test images the calibrated "
                 f"default rejects at α = 5% (per seed; the guarantee: 5% in expectation). From "
-                f"`benchmarks/evidence.json`; per model: [docs/decisions.md](docs/decisions.md).\n\n"
+                f"`benchmarks/evidence.json`; per model: [study/evidence.md](study/evidence.md).\n\n"
                 + md_table(['SSOD model', 'default decision', 'earlier default', 'oracle',
                             'ID test images rejected at α = 5%'], rows))
     rows = []
@@ -944,9 +944,11 @@ CLI_PAGE = 'docs/cli.md'
 
 
 def pages(root=ROOT):
-    """The pages that may hold generated blocks: README.md and docs/*.md (relative paths)."""
+    """The pages that may hold generated blocks: README.md and docs/**/*.md, the study's pages in
+    docs/study/ included (relative paths, with '/')."""
     docs = os.path.join(root, 'docs')
-    return ['README.md'] + sorted(f'docs/{n}' for n in os.listdir(docs) if n.endswith('.md'))
+    return ['README.md'] + sorted(os.path.relpath(os.path.join(d, n), root).replace(os.sep, '/')
+                                  for d, _, names in os.walk(docs) for n in names if n.endswith('.md'))
 
 
 def block_pattern(name):
@@ -1004,7 +1006,7 @@ def parse_args(argv=None):
                    help='also draw the regime study figure (e.g. docs/figures/regime.png; needs matplotlib)')
     p.add_argument('--out', default=os.path.join(HERE, 'tables.md'))
     p.add_argument('--docs', action='store_true',
-                   help=f'rewrite the generated blocks of README.md and docs/*.md, and {CLI_PAGE}')
+                   help=f'rewrite the generated blocks of README.md and docs/**/*.md, and {CLI_PAGE}')
     return p.parse_args(argv)
 
 

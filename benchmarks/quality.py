@@ -42,7 +42,7 @@ images rejected at each alpha against its expected value, and the share of each 
 
 Writes benchmarks/quality.json (or --out) atomically after every run; a rerun with the same
 settings skips the runs already there (and reuses each backbone's stage 1), so an interrupted
-run resumes. ``make_tables.py --docs`` turns it into the tables of docs/study.md. Prints one line
+run resumes. ``make_tables.py --docs`` turns it into the tables of docs/study/quality.md. Prints one line
 per step.
 """
 import argparse

@@ -34,7 +34,7 @@ total epoch budget as stage 1 + fine-tune.
     python benchmarks/regime.py                      # the whole study (about 3 h of 2 CPU cores, 2 processes)
     python benchmarks/regime.py --shard 0/2 & python benchmarks/regime.py --shard 1/2; wait   # the same, in parallel
     python benchmarks/regime.py --quick --out output/regime_quick.json   # tiny sizes (tests)
-    python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # docs/study.md, figure
+    python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # docs/study/regime.md, figure
 
 Every finished cell is added to ``--out`` at once (under a file lock, written atomically);
 a rerun skips the cells already there, so an interrupted study resumes where it stopped,

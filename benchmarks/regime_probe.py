@@ -11,7 +11,7 @@ most-ID location). When all three aggregations fail on a set whose cells get as 
 ID object cells, the head itself misjudges those images: pooling is not the cause.
 
     python benchmarks/regime_probe.py natural/native/resnet10t smooth/native/resnet10t   # ~4 min each on 1 core
-    python benchmarks/make_tables.py --docs                # the probe's table (docs/study.md)
+    python benchmarks/make_tables.py --docs                # the probe's table (docs/study/regime.md)
 
 Needs the configuration's stage 1 from ``regime.py`` (its marker under --runs-dir). Writes
 ``benchmarks/regime_probe.json`` (or --out) after every configuration; a rerun skips the ones

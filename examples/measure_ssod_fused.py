@@ -11,7 +11,7 @@ Per data seed (the synthetic images' seed; the checkpoint is the same): detector
 images and 600 images of each OOD set (``lib.measure_decisions``,
 the protocol's evaluation transforms), rendered and resized as the checkpoint was trained
 (its run's ``--img-size`` and ``--dataset-kwargs img_size=... background=...``). It produced the numbers in
-``timm_ssod/detectors/ssod_fused.py`` and docs/decisions.md; ``--summary`` prints them (mean ± std
+``timm_ssod/detectors/ssod_fused.py`` and docs/study/evidence.md; ``--summary`` prints them (mean ± std
 over the seeds). About 4 minutes on 2 CPU cores for three seeds, after the demo.
 """
 import json

@@ -31,7 +31,7 @@ the rule chosen on the *design* models (among those whose ID rejection is within
 on every design model: the smallest largest gap to the oracle, then the smallest mean gap, then the
 key), reported on the held-out models against the oracle and the earlier default. No OOD test set makes
 a choice on a held-out model. With models trained after ``REGISTERED_RULE`` was registered
-(``trained_after``), ``adoption`` judges that rule against the design choice (docs/decisions.md).
+(``trained_after``), ``adoption`` judges that rule against the design choice (docs/study/evidence.md).
 """
 import time
 from collections import OrderedDict
@@ -64,7 +64,7 @@ DEFAULT_RULE = dict(EVIDENCE_RULE)
 PLACEHOLDER_RULE = {'sources': 'all', 'threshold': 0.6, 'top': None, 'weighting': 'none', 'method': 'fisher'}
 # the rule registered (commit d4dc72f) before the models trained after it were scored: the design choice
 # without the source background_local. ``summarize_evidence`` judges it against the design choice by the
-# adoption criterion of docs/decisions.md
+# adoption criterion of docs/study/evidence.md
 REGISTERED_RULE = {'sources': 'no_local', 'threshold': 0.5, 'top': 2, 'weighting': 'informedness', 'method': 'fisher'}
 # the registered rule replaces the design choice only if its largest gap to the oracle over the judged models
 # is smaller by more than this (FPR95 as a fraction)
@@ -314,7 +314,7 @@ def _common_rules(records: Mapping[str, Dict]) -> List[str]:
 
 
 def adoption(records: Mapping[str, Dict], design: Sequence[str], trained_after: Sequence[str], chosen: str) -> Dict:
-    """The adoption criterion of docs/decisions.md: the design choice ``chosen`` and ``REGISTERED_RULE``
+    """The adoption criterion of docs/study/evidence.md: the design choice ``chosen`` and ``REGISTERED_RULE``
     over the judged models (the design models and those trained after the registration): the registered
     rule is adopted if its ID rejection holds on all of them and its largest gap to the oracle is smaller
     than the design choice's by more than ``ADOPTION_MARGIN``. Both rules are also reported on the design
