@@ -20,7 +20,7 @@ By default ``ssod_fused`` keeps the components (of ssod, mahalanobis, energy, kn
 evidence supports (``--select evidence``): pseudo-OOD made from the fit images (Eq. 12's background
 locations and their crops, patch-shuffled, blurred and pixel-permuted images, left-out classes; the
 image sources from one in 8 fit images, 40 to 500, ``--evidence-images``).
-The rule measured in ``benchmarks/evidence.json`` (docs/decisions.md) keeps the two with the
+The rule measured in ``benchmarks/evidence.json`` (docs/study/evidence.md) keeps the two with the
 highest mean pseudo-AUROC, Fisher-weighted by it. It prints which components were kept and why,
 and saves that record with the model. ``--select all``: the earlier default, Fisher over ssod,
 mahalanobis and energy.

@@ -1,6 +1,6 @@
 """Evidence from ID data only on what a fused score should trust: pseudo-OOD samples made from
 ID images, and each detector's AUROC on them (its pseudo-AUROC). How well each source predicts real
-OOD performance is measured in docs/decisions.md.
+OOD performance is measured in docs/study/evidence.md.
 
 No OOD image is used anywhere. Each source is a set of pseudo-OOD samples that a detector
 scores like images (``ModelOutputs``: features, logits, SSOD logits), against an ID side:
@@ -69,7 +69,7 @@ TRANSFORM_SOURCES = ('patch_shuffle', 'blur', 'pixel_permutation')
 IMAGE_SOURCES = LOCATION_SOURCES + TRANSFORM_SOURCES
 SOURCES = IMAGE_SOURCES + ('leave_classes_out',)
 # named sets of sources a rule may average (a rule's ``sources``). ``no_local``: every source but
-# background_local, which predicted nothing (docs/decisions.md); registered after the held-out misses it caused,
+# background_local, which predicted nothing (docs/study/evidence.md); registered after the held-out misses it caused,
 # judged on models trained after it was added, and the default rule's sources since (ssod_fused.EVIDENCE_RULE)
 SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('transforms', TRANSFORM_SOURCES),
                            *((s, (s,)) for s in SOURCES),
@@ -81,7 +81,7 @@ SOURCE_SETS = OrderedDict([('all', SOURCES), ('locations', LOCATION_SOURCES), ('
 # passes at half a pass over the fit images; capped at EVIDENCE_IMAGES, and at least MIN_EVIDENCE_IMAGES (or every
 # fit image) so that a small fit set still gets twice the default min_samples (below 320 fit images that floor
 # costs more than half a pass, on a fit that takes seconds). Measured against the rule's quality
-# at 500, 250 and 125 images (benchmarks/evidence_images.json, docs/decisions.md).
+# at 500, 250 and 125 images (benchmarks/evidence_images.json, docs/study/evidence.md).
 EVIDENCE_IMAGES = 500
 EVIDENCE_SHARE = 8
 MIN_EVIDENCE_IMAGES = 40

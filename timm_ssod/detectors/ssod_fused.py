@@ -32,7 +32,7 @@ components are scored at prediction time, from the same single backbone pass; th
 choice (``evidence``: rule, pseudo-AUROCs, kept, reasons, fallback) is saved with the model. The
 image sources need the images: ``fit(model, loader)`` (``fits_on_images``) or
 ``fit_evidence(collect_evidence(...))``; ``fit_outputs`` alone has only ``leave_classes_out``.
-What each choice measured (Fisher vs Stouffer, the components, the rule): docs/decisions.md.
+What each choice measured (Fisher vs Stouffer, the components, the rule): docs/study/evidence.md.
 """
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -51,7 +51,7 @@ EVIDENCE_POOL = ('ssod', 'mahalanobis', 'energy', 'knn', 'vim')
 SELECT_MODES = ('all', 'evidence')
 # select='evidence''s rule (its key in benchmarks/evidence.json: sources|t=threshold[|topK]|weighting|method): the
 # rule the design models chose without the source background_local, registered before it was tested and adopted
-# on the design models and the models trained after it (REGISTERED_RULE, summary['adoption']; docs/decisions.md)
+# on the design models and the models trained after it (REGISTERED_RULE, summary['adoption']; docs/study/evidence.md)
 EVIDENCE_RULE = {'sources': 'no_local', 'threshold': 0.5, 'top': 2, 'weighting': 'informedness', 'method': 'fisher'}
 # the default *decision* (timm-ssod calibrate, calibration.calibrate(), model.calibrate()): ssod_fused with
 # select='evidence'; the detector's own default (select='all', Fisher over DEFAULT_COMPONENTS) is the harness's row
