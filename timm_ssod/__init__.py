@@ -7,4 +7,5 @@ from .conformal import CalibrationError, NotCalibratedError
 from .core import (BALANCE_SCHEMES, SSODLoss, SSODOutput, SSODPrediction, UnsupportedBackboneError, attach_ssod,
                    id_probability, is_ssod_model, ood_warmup_scale, sample_patches, target_confidence,
                    unified_posterior)
+from .export import export_onnx
 from .hub import CheckpointError, HubError, create_model, push_to_hub, push_training_run, save_pretrained

@@ -12,6 +12,7 @@ layer              what it holds
 ``data``           the built-in benchmark, image folders, ID data, OOD set specs
 ``detectors``      the post-hoc scores, one file each, their registry
 ``calibration``    a detector's score -> p-value and OOD decision on ID data
+``export``         the model and its calibrated decision as one ONNX file
 ``checkpoints``    the one torch.load, training checkpoints, the atomic saver
 ``hub``            create_model, save_pretrained / push_to_hub, loading saved folders
 ``evaluate``       the harness: scores, metrics, tables, the model of ``timm-ssod eval``
@@ -29,6 +30,7 @@ LAYERS = (
     ('data',),
     ('detectors',),
     ('calibration',),
+    ('export',),
     ('checkpoints',),
     ('hub',),
     ('evaluate',),
@@ -45,4 +47,5 @@ LAYERS = (
 FACADES = (
     ('timm_ssod.core._model', 'timm_ssod.calibration'),
     ('timm_ssod.core._model', 'timm_ssod.hub'),
+    ('timm_ssod.core._model', 'timm_ssod.export'),
 )

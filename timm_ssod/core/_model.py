@@ -148,6 +148,12 @@ class SSODMixin:
             calibration.check_model(self)
         self.ssod_calibration = calibration
 
+    def export_onnx(self, path, **kwargs):
+        """Write ``path`` (ONNX: logits, class_probs, id_prob, posterior and, calibrated, score, p_value,
+        is_ood) and its preprocessing JSON beside it (``timm_ssod.export.export_onnx``)."""
+        from ..export import export_onnx
+        return export_onnx(self, path, **kwargs)
+
     # Hub (timm_ssod.hub): thin methods, so ``model.save_pretrained(...)`` reads like transformers
     def save_pretrained(self, save_directory, **kwargs):
         """Write model.safetensors, config.json and README.md (``timm_ssod.hub.save_pretrained``)."""
