@@ -165,3 +165,69 @@ def test_failed_export_leaves_the_old_file(monkeypatch, tmp_path):
     with pytest.raises(ExportError, match='could not be exported to ONNX: disk full'):
         export_onnx(tiny('test_resnet'), path)
     assert path.read_bytes() == b'old' and sorted(os.listdir(tmp_path)) == ['model.onnx']
+
+
+# ------------------------------------------------------------------------ the commands
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory, data):
+    fit, cal_batches, _ = data
+    root = tmp_path_factory.mktemp('onnx_cli')
+    model = tiny('test_resnet', output_stride=16)
+    model.calibrate(cal_batches, detector_kwargs={'select': 'all', 'components': ['ssod', 'mahalanobis', 'knn'],
+                                                  'component_kwargs': {'knn': {'k': 5}}}, fit_loader=fit, alpha=0.1)
+    folder = model.save_pretrained(root / 'model', data_config={'input_size': (3, IMG, IMG)},
+                                   label_names=['cross', 'disc', 'ring'])
+    from timm_ssod.data import create_dataset, write_image_folder
+    images = write_image_folder(create_dataset('synthetic/noise', split='test', num_images=4, img_size=IMG),
+                                str(root / 'images'))
+    write_image_folder(create_dataset('synthetic/id', split='test', num_images=4, img_size=IMG, num_classes=3),
+                       str(root / 'images'))
+    return root, folder, images
+
+
+def read_rows(folder):
+    with open(folder / 'predictions.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_export_command_then_predict_on_the_file(saved, capsys):
+    from timm_ssod.cli import main
+    root, folder, images = saved
+    onnx_path = root / 'deploy' / 'model.onnx'
+    assert main(['export', f'local-dir:{folder}', '--output', str(onnx_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f'to {onnx_path} (' in printed and f'{onnx_path}.json' in printed
+    assert 'outputs: logits, class_probs, id_prob, posterior, score, p_value, is_ood; input: input (N x 3x64x64)' in printed
+    assert 'decision: ssod_fused [ssod, mahalanobis, knn] score, is_ood when p_value <= alpha = 0.1 (40 ID' in printed
+    side = json.loads((root / 'deploy' / 'model.onnx.json').read_text())
+    assert side['label_names'] == ['cross', 'disc', 'ring'] and side['input_size'] == [3, IMG, IMG]
+
+    tables = {}
+    for name, model in (('torch', f'local-dir:{folder}'), ('onnx', str(onnx_path))):
+        assert main(['predict', model, str(root / 'images'), '--output', str(root / name), '--quiet']) == 0
+        tables[name] = capsys.readouterr().out
+    torch_rows, onnx_rows = read_rows(root / 'torch'), read_rows(root / 'onnx')
+    assert len(onnx_rows) == 8 and [r['file'] for r in onnx_rows] == [r['file'] for r in torch_rows]
+    for a, b in zip(torch_rows, onnx_rows):
+        assert (a['class'], a['decision']) == (b['class'], b['decision']) and a['class'] in ('cross', 'disc', 'ring')
+        assert abs(float(a['p_id']) - float(b['p_id'])) < PROB_TOL and abs(float(a['p_value']) - float(b['p_value'])) < P_TOL
+    assert tables['onnx'].splitlines()[:10] == tables['torch'].splitlines()[:10]  # the same table
+    assert 'OOD when p-value <= alpha = 0.1 (ssod_fused score, 40 ID calibration images)' in tables['onnx']
+    saved_json = json.loads((root / 'onnx' / 'predictions.json').read_text())
+    assert saved_json['calibrated'] and saved_json['alpha'] == 0.1 and saved_json['model'] == str(onnx_path)
+    # --alpha re-decides from the p-values the file gives; an unreachable alpha is refused as for the model
+    assert main(['predict', str(onnx_path), str(root / 'images'), '--alpha', '0.5', '--quiet']) == 0
+    assert 'alpha = 0.5' in capsys.readouterr().out
+    assert main(['predict', str(onnx_path), images, '--alpha', '0.001']) == 1
+    assert 'timm-ssod predict: error: 40 ID calibration images cannot give a decision at alpha=0.001' in capsys.readouterr().err
+
+
+def test_export_command_errors(saved, tmp_path, capsys):
+    from timm_ssod.cli import main
+    root, folder, images = saved
+    assert main(['export', 'nowhere.pth', '--output', str(tmp_path / 'm.onnx')]) == 1
+    assert 'timm-ssod export: error: MODEL ' in capsys.readouterr().err
+    os.makedirs(tmp_path / 'alone')
+    (tmp_path / 'alone' / 'model.onnx').write_bytes(b'')
+    assert main(['predict', str(tmp_path / 'alone' / 'model.onnx'), images]) == 1
+    assert 'model.onnx.json is missing' in capsys.readouterr().err

@@ -13,7 +13,7 @@ Two kinds of subcommands:
   some 150 flags). Imported only when that command runs.
 * ``SUBPARSER_MODULES``: a module with ``add_parser(subparsers)`` that registers an argparse
   subparser whose defaults hold ``func=run(args) -> exit code`` (``push``; ``eval``,
-  ``calibrate``, ``predict``, ``visualize``, ``demo`` are added the same way: one line in this tuple). ``add_command``,
+  ``calibrate``, ``predict``, ``visualize``, ``demo``, ``export`` are added the same way: one line in this tuple). ``add_command``,
   ``report_errors`` and ``parse_and_run`` are their ``add_parser``, ``run`` and ``main``.
 """
 import argparse
@@ -36,7 +36,7 @@ RAW_COMMANDS = {
     'train': ('timm_ssod.train', 'run', 'train a timm model with the SSOD objective (timm train.py flags, --config YAML)'),
 }
 SUBPARSER_MODULES = ('timm_ssod.cli._eval', 'timm_ssod.cli._push', 'timm_ssod.cli._calibrate', 'timm_ssod.cli._predict',
-                     'timm_ssod.cli._visualize', 'timm_ssod.cli._demo')
+                     'timm_ssod.cli._visualize', 'timm_ssod.cli._demo', 'timm_ssod.cli._export')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,9 @@
     timm-ssod predict local-dir:out/ssod-r10 photo.jpg more/photos/ --output out/pred
     timm-ssod predict hf-hub:org/ssod-r50 images/ --alpha 0.01
 
-MODEL is a saved model (``local-dir:PATH`` / ``hf-hub:org/name``) or a training checkpoint.
+MODEL is a saved model (``local-dir:PATH`` / ``hf-hub:org/name``) or a training checkpoint,
+or a ``.onnx`` file written by ``timm-ssod export`` (run with ONNX Runtime, preprocessed with
+the JSON beside it; the same table and files).
 Folders are read recursively (every image file PIL reads). Each image is preprocessed with
 the model's data config and goes through the backbone once. Printed per image: the class
 (its name when config.json has ``label_names``), P(ID) (Eq. 15), and, for a model calibrated
@@ -27,7 +29,8 @@ UNREADABLE = 'unreadable'  # the decision of a file that could not be read as an
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument('model', metavar='MODEL', help='local-dir:PATH / hf-hub:org/name, or a training checkpoint')
+    p.add_argument('model', metavar='MODEL', help='local-dir:PATH / hf-hub:org/name, a training checkpoint, or a '
+                                                 'model.onnx written by timm-ssod export (run with ONNX Runtime)')
     p.add_argument('paths', metavar='PATH', nargs='+', help='image files and/or folders (read recursively)')
     p.add_argument('--alpha', type=float, default=None,
                    help="share of ID images the decision may reject (default: the calibration's alpha)")
@@ -102,12 +105,17 @@ def _predict(args) -> int:
     from ._common import load_ssod_model
     files = expand_image_paths(args.paths)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    model, _, save_kwargs = load_ssod_model(args.model)
-    model.to(device)
+    if args.model.lower().endswith('.onnx') and os.path.isfile(args.model):  # timm-ssod export's file: ONNX Runtime
+        from ..export import OnnxModel
+        model = OnnxModel(args.model)
+        data_config = model.data_config
+    else:
+        model, _, save_kwargs = load_ssod_model(args.model)
+        model.to(device)
+        data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
     cal = model.ssod_calibration
     if args.alpha is not None and cal is not None:
         cal.check_alpha(args.alpha)
-    data_config = resolve_data_config(dict(save_kwargs.get('data_config') or {}), model=model)
     transform = create_transform(**data_config, is_training=False)
     rows = predict_files(model, files, transform, args.alpha, args.batch_size, device, progress=not args.quiet)
     read = [r for r in rows if r['decision'] != UNREADABLE]
