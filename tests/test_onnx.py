@@ -231,3 +231,22 @@ def test_export_command_errors(saved, tmp_path, capsys):
     (tmp_path / 'alone' / 'model.onnx').write_bytes(b'')
     assert main(['predict', str(tmp_path / 'alone' / 'model.onnx'), images]) == 1
     assert 'model.onnx.json is missing' in capsys.readouterr().err
+
+
+def test_save_pretrained_with_onnx_and_the_card_snippet(saved, tmp_path, capsys):
+    import re
+    from timm_ssod.cli._calibrate import load_model
+    root, folder, _ = saved
+    model, _ = load_model(f'local-dir:{folder}')
+    out = model.save_pretrained(tmp_path / 'with_onnx', onnx=True, repo_id='org/tiny')
+    assert (out / 'model.onnx').is_file() and (out / 'model.onnx.json').is_file()
+    card = (out / 'README.md').read_text()
+    assert '## ONNX' in card and '`model.onnx` (' in card and '`p_value`, `is_ood`' in card
+    code = re.search(r'## ONNX\n.*?```python\n(.*?)```', card, re.S).group(1)
+    code = code.replace("snapshot_download('org/tiny', allow_patterns=['model.onnx*'])", repr(str(out)))
+    exec(compile(code, 'README.md', 'exec'), {})
+    assert re.search(r'class: \d P\(in-distribution\): [\d.e-]+\np-value: [\d.e-]+ OOD: (True|False)',
+                     capsys.readouterr().out)
+    model.save_pretrained(out)  # saved again without onnx: the old file would not match the weights
+    assert not (out / 'model.onnx').exists() and not (out / 'model.onnx.json').exists()
+    assert '## ONNX' not in (out / 'README.md').read_text()

@@ -1,6 +1,6 @@
 """``timm-ssod push``: upload a training run (or one checkpoint) to the Hugging Face Hub.
 
-    timm-ssod push output/train/run-1 org/ssod-resnet50 --eval-json eval.json [--private] [--revision B]
+    timm-ssod push output/train/run-1 org/ssod-resnet50 --eval-json eval.json [--private] [--revision B] [--onnx]
 
 The token comes from the usual places (``HF_TOKEN``, ``hf auth login``), never from the
 command line. ``--save-dir DIR`` writes the same folder locally instead of uploading.
@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='push the raw weights even if the checkpoint holds EMA weights')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=_ModelKwargs, metavar='K=V',
                    help='create_model arguments overriding those read from the checkpoint, e.g. output_stride=16')
+    p.add_argument('--onnx', action='store_true',
+                   help='also upload model.onnx and model.onnx.json (timm-ssod export: the model and its calibrated '
+                        'OOD decision for ONNX Runtime); the model card shows how to run it')
     p.add_argument('--save-dir', metavar='DIR', default=None,
                    help='write the folder (model.safetensors, config.json, README.md) here instead of pushing')
     return p
@@ -61,11 +64,12 @@ def _push(args: argparse.Namespace) -> int:
     from ..hub import push_training_run, save_training_run
     if args.save_dir:
         folder = save_training_run(args.run, args.save_dir, repo_id=args.repo_id, eval_json=args.eval_json,
-                                   use_ema=args.use_ema, model_kwargs=args.model_kwargs)
+                                   use_ema=args.use_ema, model_kwargs=args.model_kwargs, onnx=args.onnx)
         print(f'Saved {args.run} to {folder}')
         return 0
     info = push_training_run(args.run, args.repo_id, eval_json=args.eval_json, use_ema=args.use_ema,
-                             model_kwargs=args.model_kwargs, private=args.private, revision=args.revision)
+                             model_kwargs=args.model_kwargs, private=args.private, revision=args.revision,
+                             onnx=args.onnx)
     print(f'Pushed to {getattr(info, "commit_url", None) or args.repo_id}')
     return 0
 

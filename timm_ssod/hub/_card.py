@@ -167,10 +167,43 @@ def _choices_rows(choices: Optional[Dict]) -> List[str]:
     return rows
 
 
+def onnx_snippet(repo_id: str, info: Dict) -> str:
+    """Python code that runs the folder's model.onnx in ONNX Runtime (the card's ONNX section)."""
+    decision = ("print('p-value:', out['p_value'][0], 'OOD:', out['is_ood'][0])  # alpha="
+                f"{info['decision']['alpha']:g}\n" if info.get('decision') else '')
+    return (
+        'import json\n'
+        'import onnxruntime as ort\n'
+        'from huggingface_hub import snapshot_download\n'
+        'from PIL import Image\n'
+        'from timm.data import create_transform\n\n'
+        f"folder = snapshot_download('{repo_id}', allow_patterns=['model.onnx*'])\n"
+        "cfg = json.load(open(f'{folder}/model.onnx.json'))  # preprocessing, class names, outputs\n"
+        "session = ort.InferenceSession(f'{folder}/model.onnx')\n"
+        "transform = create_transform(**{k: cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', "
+        "'crop_pct', 'crop_mode')})\n\n"
+        "image = Image.new('RGB', (256, 256))  # your image: Image.open('photo.jpg').convert('RGB')\n"
+        "out = dict(zip(cfg['output_names'], session.run(None, {cfg['input_name']: transform(image)[None].numpy()})))\n"
+        "print('class:', out['class_probs'][0].argmax(), 'P(in-distribution):', out['id_prob'][0])\n"
+        + decision)
+
+
+def onnx_section(repo_id: str, info: Dict) -> str:
+    """The card's section on ``model.onnx`` (``save_pretrained(onnx=True)``)."""
+    outputs = ', '.join(f'`{n}`' for n in info['output_names'])
+    return ('## ONNX\n'
+            f"`model.onnx` ({info['size_mb']:.1f} MB, opset {info['opset']}) is this model and its OOD decision for "
+            f"ONNX Runtime or TensorRT, without PyTorch: input `{info['input_name']}`, a batch of preprocessed "
+            f"{' x '.join(map(str, info['input_size']))} images; outputs {outputs}. `model.onnx.json` holds the "
+            'preprocessing (as timm\'s `pretrained_cfg`), the class names and the decision.\n'
+            '```python\n' + onnx_snippet(repo_id, info) + '```')
+
+
 def render_model_card(config: Dict, repo_id: str, eval_results: Optional[Dict] = None,
-                      card: Optional[Dict] = None) -> str:
+                      card: Optional[Dict] = None, onnx: Optional[Dict] = None) -> str:
     """README.md text for a folder whose config.json is ``config``. ``card``: optional
-    ``training_data``, ``datasets``, ``license``, ``description``, ``base_model``."""
+    ``training_data``, ``datasets``, ``license``, ``description``, ``base_model``. ``onnx``: the
+    JSON of the folder's ``model.onnx`` (``export_onnx``), shown with how to run it."""
     card = dict(card or {})  # training_data, datasets, license, description, base_model
     block = config.get('ssod', {})
     pcfg = config.get('pretrained_cfg', {})
@@ -222,5 +255,7 @@ def render_model_card(config: Dict, repo_id: str, eval_results: Optional[Dict] =
                  'Without timm_ssod, stock timm loads the classifier of this folder (`model.safetensors` holds only '
                  f"the timm weights): `timm.create_model('hf-hub:{repo_id}', pretrained=True)`. The OOD head and the "
                  'calibration are in `ssod.safetensors` and the `ssod` block of `config.json`.')
+    if onnx:
+        parts.append(onnx_section(repo_id, onnx))
     parts.append('## Citation\n```bibtex\n' + CITATION + '\n```')
     return '\n\n'.join(parts) + '\n'

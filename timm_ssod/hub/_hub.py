@@ -81,6 +81,8 @@ _logger = logging.getLogger(__name__)
 
 SSOD_ARCHITECTURE = 'ssod'  # config.json "architecture" of old SSOD folders = the timm entrypoint below
 README_NAME = 'README.md'
+ONNX_NAME = 'model.onnx'  # save_pretrained(onnx=True) / timm-ssod push --onnx, with its JSON beside it
+ONNX_FILES = (ONNX_NAME, ONNX_NAME + '.json')
 FOLDER_FILES = (WEIGHTS_NAME, SSOD_WEIGHTS_NAME, README_NAME, CONFIG_NAME)  # written in this order, config.json last
 _BLOCK_FILE_KEYS = ('weights', 'calibration')  # entries of the ssod block that are not model settings
 # create-time options, never reconstruction arguments of the model
@@ -93,7 +95,8 @@ _CALLER_ALLOW_PICKLE: ContextVar[Optional[bool]] = ContextVar('timm_ssod_allow_p
 # ----------------------------------------------------------------------------------------- save
 def save_pretrained(model: nn.Module, save_directory: Union[str, Path], *, eval_results=None,
                     model_card: Optional[Dict] = None, label_names=None, repo_id: Optional[str] = None,
-                    model_args: Optional[Dict] = None, data_config: Optional[Dict] = None) -> Path:
+                    model_args: Optional[Dict] = None, data_config: Optional[Dict] = None,
+                    onnx: bool = False) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``save_directory``.
 
     Args:
@@ -106,6 +109,10 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, Path], *, eval_
         repo_id: the Hub id the folder is meant for (used in the card's usage snippet).
         model_args / data_config: passed to timm's ``save_config_for_hf`` (explicit
             reconstruction arguments; the preprocessing used in training).
+        onnx: also write ``model.onnx`` and ``model.onnx.json`` (``timm_ssod.export.export_onnx``: the
+            model and its calibrated decision for ONNX Runtime); the card says how to run it. Without
+            it, an ``model.onnx`` left in an existing folder by an earlier save is removed (it would
+            no longer match the weights).
 
     The folder is written atomically: into a temporary folder next to it, then renamed
     into place; into an existing folder, each file is replaced only once all new files
@@ -123,14 +130,14 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, Path], *, eval_
     tmp.mkdir()  # mode 0o777 minus the umask, like any new folder
     try:
         _write_folder(model, tmp, evals, model_card, label_names, repo_id or f'your-org/{target.name}',
-                      model_args, data_config)
+                      model_args, data_config, onnx)
         _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, model_args, data_config):
+def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, model_args, data_config, onnx=False):
     from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     backbone, ood_head = split_ood_head(state)
@@ -158,7 +165,11 @@ def _write_folder(model, folder: Path, evals, model_card, label_names, repo_id, 
     if config['architecture'] != block['backbone']:
         raise ValueError(f"pretrained_cfg names architecture {config['architecture']!r} but the backbone is "
                          f"{block['backbone']!r}")
-    card = render_model_card(config, repo_id=repo_id, eval_results=evals, card=model_card)
+    onnx_info = None
+    if onnx:
+        from ..export import export_onnx
+        onnx_info = export_onnx(model, folder / ONNX_NAME, data_config=data_config)
+    card = render_model_card(config, repo_id=repo_id, eval_results=evals, card=model_card, onnx=onnx_info)
     (folder / README_NAME).write_text(card, encoding='utf-8')
     for name in FOLDER_FILES:
         fsync_path(folder / name)
@@ -198,6 +209,11 @@ def _move_into_place(tmp: Path, target: Path):
     except OSError:
         if not target.is_dir():
             raise
+    for name in ONNX_FILES:  # present in both or neither: an old model.onnx would not match the new weights
+        if (tmp / name).exists():
+            os.replace(tmp / name, target / name)
+        elif (target / name).exists():
+            os.remove(target / name)
     for name in FOLDER_FILES:  # config.json last: it marks a model folder
         os.replace(tmp / name, target / name)
 

@@ -35,22 +35,24 @@ def _prepare_run(run, use_ema, model_kwargs, model_card, eval_json):
 
 
 def save_training_run(output_dir, save_directory, *, repo_id: Optional[str] = None, eval_json=None,
-                      use_ema: bool = True, model_kwargs: Optional[Dict] = None, model_card: Optional[Dict] = None):
+                      use_ema: bool = True, model_kwargs: Optional[Dict] = None, model_card: Optional[Dict] = None,
+                      onnx: bool = False):
     """``push_training_run`` into a local folder (no upload). Returns the folder."""
     _, model, save_kwargs = _prepare_run(output_dir, use_ema, model_kwargs, model_card, eval_json)
-    return save_pretrained(model, save_directory, repo_id=repo_id, **save_kwargs)
+    return save_pretrained(model, save_directory, repo_id=repo_id, onnx=onnx, **save_kwargs)
 
 
 def push_training_run(output_dir, repo_id: str, *, eval_json=None, use_ema: bool = True,
                       model_kwargs: Optional[Dict] = None, model_card: Optional[Dict] = None,
                       private: Optional[bool] = None, revision: Optional[str] = None, token: Optional[str] = None,
-                      commit_message: Optional[str] = None):
+                      commit_message: Optional[str] = None, onnx: bool = False):
     """Push a finished training run (its folder, or one checkpoint file) to the Hub repo
     ``repo_id``: model.safetensors, config.json with the run's preprocessing and SSOD
     settings, and the model card (with the evaluation table of ``eval_json``, if given).
     What ``timm-ssod train --push-to-hub`` and ``timm-ssod push`` call. Returns the
-    ``CommitInfo``."""
+    ``CommitInfo``. ``onnx``: include ``model.onnx`` (``save_pretrained``)."""
     checkpoint, model, save_kwargs = _prepare_run(output_dir, use_ema, model_kwargs, model_card, eval_json)
     _logger.info(f'Pushing {checkpoint} to the Hub repo {repo_id}')
     return push_to_hub(model, repo_id, token=token, private=private, revision=revision,
-                       commit_message=commit_message or f'Add SSOD model from {checkpoint.name}', **save_kwargs)
+                       commit_message=commit_message or f'Add SSOD model from {checkpoint.name}', onnx=onnx,
+                       **save_kwargs)
