@@ -25,7 +25,6 @@ the outputs. A detector that cannot be expressed in the graph is refused in one 
 """
 import io
 import json
-import math
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -51,8 +50,7 @@ INSTALL_HINT = 'pip install timm-ssod[onnx]'
 SIDECAR_SUFFIX = '.json'
 LARGE_BANK_MB = 50.0  # a KNN bank above this many MB is named with its size when exported
 # the scores whose ``_score`` traces as it is (float32 / float64 elementwise ops, matmuls, reductions)
-TRACED_AS_IS = ('ssod', 'msp', 'maxlogit', 'energy', 'mahalanobis', 'rmds', 'vim', 'fdbd', 'gen', 'she', 'ssod_msp',
-                'energy_ssod')
+TRACED_AS_IS = ('ssod', 'msp', 'maxlogit', 'energy', 'mahalanobis', 'rmds', 'vim', 'fdbd', 'gen', 'she', 'ssod_msp')
 EXPORTABLE_DETECTORS = TRACED_AS_IS + ('knn', 'klm', 'ssod_fused')
 
 
@@ -315,7 +313,3 @@ def large_banks(info: Dict) -> Optional[str]:
     if mb is None or mb < LARGE_BANK_MB:
         return None
     return f'the KNN bank holds {mb:.1f} MB of the {info["size_mb"]:.1f} MB file'
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
