@@ -7,7 +7,7 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small}.json,
+converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small,onnx_latency}.json,
 weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
@@ -905,6 +905,28 @@ def calibrate_cost_tables(d):
     return '\n'.join(out)
 
 
+def onnx_latency_tables(d):
+    """``benchmarks/onnx_latency.py``: the exported decision's latency in ONNX Runtime against the plain model's."""
+    s, env = d['settings'], d['environment']
+    names = {'plain': 'plain timm model (logits, class_probs)',
+             'ssod_default_decision': 'SSOD + default decision',
+             'ssod_all_components': 'SSOD + every pool component'}
+    out = [f"Command: `{d['command']}` (`{s['model']}`, {s['img_size']} px, {s['num_classes']} classes, CPU, ONNX "
+           f"Runtime {env['onnxruntime']}, {env['threads']} thread(s) on a {env['cpu_count']}-core machine; median of "
+           f"{s['repeats']} interleaved runs; goal ≤ {d['target_ratio']:.2f}× the plain model). Each cell: the median time, "
+           'and in brackets the median of the per-run ratios to the plain model run in the same round (the robust '
+           'figure on a loaded machine, where the medians of separate columns drift).\n']
+    batches = list(d['results'])
+    rows = []
+    for name, dec in d['decisions'].items():
+        comps = ', '.join(dec['components']) if dec.get('components') else '–'
+        cells = [f"{d['results'][b][name]['median_ms']:.1f} ms ({d['results'][b][name]['ratio']:.3f}×)"
+                 for b in batches]
+        rows.append([names.get(name, name), comps, f"{dec['size_mb']:.1f}", *cells])
+    out.append(md_table(['exported model', 'decision components', 'file MB', *[f'batch {b}' for b in batches]], rows))
+    return '\n'.join(out)
+
+
 SOURCES = {  # flag name -> committed JSON, relative to the repository
     'overhead': 'benchmarks/overhead.json', 'quality': 'benchmarks/quality.json',
     'ablations': 'benchmarks/ablations.json', 'regime': 'benchmarks/regime.json',
@@ -912,7 +934,7 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'converged': 'benchmarks/converged.json', 'quality_converged': 'benchmarks/quality_converged.json',
     'evidence': 'benchmarks/evidence.json', 'evidence_images': 'benchmarks/evidence_images.json',
     'evidence_cost': 'benchmarks/evidence_cost.json', 'calibrate_cost': 'benchmarks/calibrate_cost.json',
-    'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json',
+    'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json', 'onnx_latency': 'benchmarks/onnx_latency.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
 }
@@ -931,6 +953,7 @@ SECTIONS = (
     ('evidence_cost', ('evidence_cost',), evidence_cost_tables),
     ('calibrate_cost', ('calibrate_cost',), calibrate_cost_tables),
     ('calibrate_cost_small', ('calibrate_cost_small',), calibrate_cost_tables),
+    ('onnx_latency', ('onnx_latency',), onnx_latency_tables),
     ('standin', ('standin_resnet18', 'standin_mobilenetv3_small_075?'), standin_tables),
     ('demo', ('demo',), demo_tables),
     ('fused', ('fused',), fused_measurement_tables),

@@ -344,3 +344,18 @@ def test_calibrate_cost_times_each_decision_as_its_own_command(tmp_path):
         _script('calibrate_cost').main([*common, '--variants', '--select nope', '--out', str(tmp_path / 'x.json')])
     with pytest.raises(SystemExit, match='no checkpoint'):
         _script('calibrate_cost').main([str(tmp_path / 'absent.pth.tar'), '--out', str(tmp_path / 'x.json')])
+
+
+def test_onnx_latency_times_the_exported_decision_against_the_plain_model(tmp_path):
+    """benchmarks/onnx_latency.py: every variant timed on each batch size, ratios to the plain model's (1 for it),
+    the components of each decision, the command."""
+    out = tmp_path / 'onnx.json'
+    _script('onnx_latency').main(['--quick', '--repeats', '2', '--warmup', '0', '--batch-sizes', '2',
+                                  '--fit-images', '40', '--calib-images', '20', '--out', str(out)])
+    d = json.loads(out.read_text())
+    assert list(d['results']) == ['2'] and set(d['results']['2']) == {'plain', 'ssod_default_decision',
+                                                                      'ssod_all_components'}
+    assert d['results']['2']['plain']['ratio'] == 1.0 and len(d['results']['2']['plain']['ms']) == 2
+    assert d['decisions']['plain']['components'] is None
+    assert d['decisions']['ssod_all_components']['components'] == ['ssod', 'mahalanobis', 'energy', 'knn', 'vim']
+    assert d['command'].startswith('python benchmarks/onnx_latency.py --quick')

@@ -235,9 +235,8 @@ def test_export_command_errors(saved, tmp_path, capsys):
 
 def test_save_pretrained_with_onnx_and_the_card_snippet(saved, tmp_path, capsys):
     import re
-    from timm_ssod.cli._calibrate import load_model
     root, folder, _ = saved
-    model, _ = load_model(f'local-dir:{folder}')
+    model = timm_ssod.create_model(f'local-dir:{folder}', pretrained=True).eval()
     out = model.save_pretrained(tmp_path / 'with_onnx', onnx=True, repo_id='org/tiny')
     assert (out / 'model.onnx').is_file() and (out / 'model.onnx.json').is_file()
     card = (out / 'README.md').read_text()
