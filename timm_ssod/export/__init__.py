@@ -3,5 +3,5 @@ from ._onnx import (DECISION_OUTPUTS, DEFAULT_OPSET, EXPORTABLE_DETECTORS, INSTA
                     ExportModule, export_onnx, large_banks, read_sidecar, sidecar_path)
 from ._runtime import OnnxModel
 
-__all__ = ['export_onnx', 'OnnxModel', 'ExportModule', 'ExportError', 'sidecar_path', 'read_sidecar', 'large_banks', 'OUTPUTS',
-           'DECISION_OUTPUTS', 'EXPORTABLE_DETECTORS', 'DEFAULT_OPSET', 'INSTALL_HINT']
+__all__ = ['export_onnx', 'OnnxModel', 'ExportModule', 'ExportError', 'sidecar_path', 'read_sidecar', 'large_banks',
+           'OUTPUTS', 'DECISION_OUTPUTS', 'EXPORTABLE_DETECTORS', 'DEFAULT_OPSET', 'INSTALL_HINT']
