@@ -589,6 +589,10 @@ def test_push_training_run_and_cli(tmp_path, fake_api, args_type):
     assert loaded.ssod_cfg == dict(model.ssod_cfg, gamma=0.9, lam=0.5, balance='lw', ood_weight=0.3)
     assert tuple(loaded.pretrained_cfg['input_size']) == (3, 64, 64)
     assert '`synthetic/id` (num_images=300)' in (tmp_path / 'out' / 'README.md').read_text()
+    if args_type is dict:  # --onnx: model.onnx and its JSON ride along, and the card says how to run them
+        assert main(['push', str(run), 'org/run', '--onnx']) == 0
+        assert {'model.onnx', 'model.onnx.json'} <= set(fake_api.uploads[-1])
+        assert '## ONNX' in fake_api.uploads[-1]['README.md'].decode()
 
     eval_json = tmp_path / 'eval.json'
     eval_json.write_text(json.dumps(EVAL))
