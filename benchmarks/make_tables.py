@@ -7,7 +7,7 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small,onnx_latency}.json,
+converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small,onnx_latency,mechanism}.json,
 weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
@@ -927,6 +927,13 @@ def onnx_latency_tables(d):
     return '\n'.join(out)
 
 
+def mechanism_tables(d):
+    """The sampler's mechanism by number of classes M and map size (``benchmarks/mechanism.py``)."""
+    sys.path.insert(0, HERE)
+    from mechanism import table
+    return f"Command: `{d['command']}` (then `python benchmarks/make_tables.py --docs`). In percent.\n\n" + table(d)
+
+
 SOURCES = {  # flag name -> committed JSON, relative to the repository
     'overhead': 'benchmarks/overhead.json', 'quality': 'benchmarks/quality.json',
     'ablations': 'benchmarks/ablations.json', 'regime': 'benchmarks/regime.json',
@@ -937,6 +944,7 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'calibrate_cost_small': 'benchmarks/calibrate_cost_small.json', 'onnx_latency': 'benchmarks/onnx_latency.json',
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
+    'mechanism': 'benchmarks/mechanism.json',
 }
 # block name, the sources it reads (all required but those marked optional), the function of their data
 SECTIONS = (
@@ -958,6 +966,7 @@ SECTIONS = (
     ('demo', ('demo',), demo_tables),
     ('fused', ('fused',), fused_measurement_tables),
     ('fused_natural', ('fused_natural',), fused_measurement_tables),
+    ('mechanism', ('mechanism',), mechanism_tables),
     ('glance_demo', ('demo',), demo_glance),
     ('glance_help', ('quality', 'regime?', 'converged?', 'quality_converged?'), glance_help),
     ('glance_cost', ('overhead',), glance_cost),
