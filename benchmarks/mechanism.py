@@ -24,7 +24,8 @@ Two kinds of piece, each its own JSON under ``--pieces`` (a finished piece is sk
   set's validation split, the most-ID location's AUROC beside it, and ID validation accuracy.
 
     python benchmarks/mechanism.py epoch0                     # every M x map x model, ~2 min
-    python benchmarks/mechanism.py ssod --seeds 0             # 12 fine-tunes, a few min each on 1 core
+    python benchmarks/mechanism.py ssod --seeds 0 1 2         # 12 fine-tunes per seed, on one core: ResNet-18 7x7
+                                                              # 5-8 min each, MobileNetV3 7x7 about 2 min
     python benchmarks/mechanism.py --summary                  # benchmarks/mechanism.json + the table
     python benchmarks/make_tables.py --docs                   # docs/study/sampler.md
 
@@ -238,7 +239,8 @@ def summary(pieces, out):
         c['stats'] = {k: _mean_std([f.get(k) for f in flats]) for k in flats[0]}
         c['seconds'] = [p['seconds'] for p in c['pieces']]
         del c['pieces']
-    record = {'command': 'python benchmarks/mechanism.py epoch0; python benchmarks/mechanism.py ssod --seeds 0 [1 2]; '
+    record = {'command': 'python benchmarks/mechanism.py epoch0; python benchmarks/mechanism.py ssod --seeds 0 1 2 '
+                         '(run in parts: --models / --maps / --classes choose cells, each piece one cell and seed); '
                          'python benchmarks/mechanism.py --summary',
               'settings': {'render_size': RENDER, 'background': BACKGROUND, 'gamma': GAMMA, 'finetune': FINETUNE,
                            'models': {k: {f'{s}x{s}': v for s, v in d.items()} for k, d in MODELS.items()},
@@ -255,7 +257,8 @@ def summary(pieces, out):
 def _f(stat, scale=100, digits=0):
     if not stat:
         return '–'
-    s = f"{scale * stat['mean']:.{digits}f}"
+    s = f"{scale * stat['mean']:.{digits}f}".replace('-0', '0') if abs(scale * stat['mean']) < 0.5 * 10 ** -digits \
+        else f"{scale * stat['mean']:.{digits}f}"
     if stat.get('std') is not None:
         s += f" ± {scale * stat['std']:.{digits}f}"
     return s
