@@ -173,7 +173,7 @@ def run_epoch0(model_name, side, m, num_images):
 
 def run_ssod(model_name, side, m, seed, num_images, runs_dir):
     from timm_ssod.evaluate import load_eval_model
-    from timm_ssod.experiments import train_stage
+    from timm_ssod.demo import train_stage
     out_dir = os.path.join(runs_dir, model_name, f'{side}x{side}', f'M{m}', f'seed{seed}')
     t = time.time()
     rec = train_stage('finetune_ssod', out_dir, backbone=model_name, model_kwargs=MODEL_KWARGS[model_name],
