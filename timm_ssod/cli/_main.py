@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_text, add_help=False)
     for module_name in SUBPARSER_MODULES:
         importlib.import_module(module_name).add_parser(sub)
+    parser.set_defaults(_subparsers=sub)
     return parser
 
 
@@ -58,7 +59,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         with one_line_warnings(f'timm-ssod {argv[0]}'):
             return getattr(importlib.import_module(module), function)(argv[1:], prog=f'timm-ssod {argv[0]}')
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top level's (argparse reports them on the top parser)
+        command = getattr(args, 'command', None)
+        (args._subparsers.choices[command] if command else parser).error(
+            f'unrecognized arguments: {" ".join(unknown)}')
+    del args._subparsers
     if args.version:
         from .._version import __version__
         print(__version__)
