@@ -76,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group('histograms (Fig. 6)')
     g.add_argument('--hist', action='store_true', help='also draw ID-vs-OOD score histograms')
     g.add_argument('--ood', nargs='+', action='extend', default=[], metavar='NAME=SPEC',
-                   help='OOD sets as in timm-ssod eval (default with synthetic data: all built-in sets)')
+                   help='OOD sets as in timm-ssod eval (default with synthetic data: all built-in sets); '
+                        'implies --hist')
     g.add_argument('--hist-detectors', nargs='+', default=['msp', 'energy', 'ssod'], metavar='NAME',
                    help='scores to compute (detectors without fitting); plotted per model: ssod and the best other')
     g.add_argument('--hist-samples', type=int, default=300, metavar='N', help='images per set (default 300)')
@@ -256,6 +257,9 @@ def _histograms(models: List[_Loaded], tags, args, dataset_kwargs, out_dir, devi
 
 def _visualize(args) -> int:
     require_matplotlib()  # fail before any model is loaded
+    if args.ood and not args.hist:  # OOD sets are only for the histograms: asking for them asks for those
+        print('--ood given: drawing the score histograms too (--hist)')
+        args.hist = True
     from ..checkpoints import check_output_dir
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     models = [_load(args.model, args.checkpoint, args, device)]
