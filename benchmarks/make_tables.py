@@ -493,7 +493,8 @@ def demo_tables(d):
             f"backgrounds resized to {c.get('img_size')} px; {stage1}fine-tunes {c.get('finetune_epochs')} epochs, "
             f"seed {c.get('seed')}; detectors fitted on {c.get('num_fit')} ID training images, tested on "
             f"{c.get('num_test')} ID test images and {c.get('num_ood')} per OOD set. Protocol "
-            f"{sec.get('total', 0):.0f} s ({timing}).\n\n" + d['table_md'].strip())
+            f"{sec.get('total', 0):.0f} s ({timing}).\n\n" + d['table_md'].strip()
+            + ('\n\n' + FUSION_NOTE if 'ssod_fused (SSOD model)' in d['table_md'] else ''))
 
 
 def demo_glance(d):
@@ -509,7 +510,14 @@ def demo_glance(d):
                       + [pct(avg[r]['fpr95']), pct(avg[r]['auroc'])] for r in rows])
     return (f"ID accuracy on {t['num_id']} test images: SSOD fine-tune {pct(acc['ssod'])}%, vanilla fine-tune "
             f"{pct(acc['vanilla'])}%. SSOD's two scores, and the best logit and feature-space baselines of the vanilla "
-            f"model (lowest average FPR95, picked on these test results), in percent:\n\n" + table)
+            f"model (lowest average FPR95, picked on these test results), in percent:\n\n" + table
+            + ('\n\n' + FUSION_NOTE if 'ssod_fused (SSOD model)' in rows else ''))
+
+
+FUSION_NOTE = ("Which fusion each row is: `ssod_fused` here is the detector's own default, the fixed fusion (Fisher "
+               "over ssod, mahalanobis, energy), fitted by the protocol; it is not the decision `calibrate` deploys "
+               "(components chosen from ID-only evidence). `timm-ssod eval` on a calibrated model adds that decision "
+               "as its own row, `<detector> (deployed)`.")
 
 
 # -- calibrated decisions: docs/measurements/ssod_fused*.json (examples/measure_ssod_fused.py) ----

@@ -14,6 +14,11 @@ and writes ``results.json``, ``results.csv``, ``results.md`` and, with matplotli
 score histogram per OOD set (``hist_<set>.png``) to ``--output``. By default each OOD set
 and the ID set are cut to the smaller count (paper A.4), deterministically with ``--seed``;
 ``--use-all`` keeps every image. ID accuracy is over the whole ID split.
+
+A calibrated model (``timm-ssod calibrate --save-dir``) also gets the decision it deploys as its
+own row, ``<detector> (deployed)``: its saved detector as calibrate fitted it, not refitted. The
+other rows are fitted here on ``--fit-split``; ``ssod_fused`` among them is the detector's own
+default (the fixed fusion of ssod, mahalanobis, energy), not calibrate's evidence-chosen decision.
 """
 import argparse
 import os
@@ -107,7 +112,7 @@ def _evaluate(args) -> int:
     from ..detectors import DETECTORS
     from ..data import cut, dataset_num_classes, is_synthetic, make_loader, same_folder
     from ..evaluate import EvalDataError, build_id_dataset, build_ood_datasets, default_ood_specs
-    from ..evaluate import DEFAULT_DETECTORS, evaluate
+    from ..evaluate import DEFAULT_DETECTORS, DeployedDetector, evaluate
     from ..data import check_held_out_split, class_names, folder_summary, model_class_map
     from ..core import label_names
     from ..evaluate import format_table, plot_histograms, write_results
@@ -181,13 +186,23 @@ def _evaluate(args) -> int:
     def loader(ds):
         return make_loader(ds, transform, args.batch_size, args.workers, device)
 
+    cal = getattr(model, 'ssod_calibration', None)
+    deployed = [] if cal is None or not info['ssod'] and cal.detector.needs_ood_head else [DeployedDetector(cal)]
+
     result, scores = evaluate(
-        model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()}, names, fit_loader=fit_loader,
+        model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()}, names + deployed, fit_loader=fit_loader,
         device=device, progress=not args.quiet, equal_counts=not args.use_all, seed=args.seed,
         detector_kwargs={'odin': {'std': data_config['std']}}, return_scores=True)
     result['model'] = info['model']
     if label_names(model):
         result['label_names'] = label_names(model)
+    if deployed:
+        result['deployed'] = deployed[0].name
+        info['notes'].append(
+            f'{deployed[0].name}: the decision this calibrated model makes (its saved detector, as fitted by '
+            f'calibrate, not refitted; OOD when p-value <= alpha = {cal.alpha:g}); the other rows are fitted here on '
+            f'--fit-split {args.fit_split!r}' + (' (ssod_fused: the fixed-component fusion, not the calibration\'s '
+                                                 'choice)' if 'ssod_fused' in names else ''))
     result['notes'] = info['notes'] + result['notes']
     result['config'] = dict(
         checkpoint=info['checkpoint'], weights=info['weights'], dataset=args.dataset, data_dir=args.data_dir,

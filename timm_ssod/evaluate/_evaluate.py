@@ -64,7 +64,8 @@ from ..metrics import ood_metrics
 from ..core import is_ssod_model
 
 __all__ = ['DEFAULT_DETECTORS', 'SSOD_DETECTORS', 'AVERAGE', 'EvalScores', 'NonFiniteOutputError',
-           'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors', 'with_progress']
+           'DeployedDetector', 'evaluate', 'compute_scores', 'summarize', 'subsample_indices', 'resolve_detectors',
+           'with_progress']
 
 # The default set (demo, benchmarks, `timm-ssod eval` without --detectors), explicit rather than
 # "everything registered": every detector added to the registry would otherwise slow the demo and
@@ -96,6 +97,23 @@ class EvalScores:
     @property
     def detectors(self) -> List[str]:
         return list(self.id_scores)
+
+
+class DeployedDetector(Detector):
+    """The detector a calibrated model decides with (``model.ssod_calibration.detector``), as
+    saved: scored as it is, never refitted, under the name ``<detector> (deployed)``. Its
+    FPR95 / AUROC are those of the model's p-value (a monotone map of this score, ties aside)."""
+    SUFFIX = ' (deployed)'
+
+    def __init__(self, calibration):
+        super().__init__()
+        self.inner = calibration.detector
+        self.name = f'{self.inner.name}{self.SUFFIX}'
+        self.needs_ood_head = self.inner.needs_ood_head
+        self._fitted = True
+
+    def score_outputs(self, outputs: ModelOutputs) -> torch.Tensor:
+        return self.inner.score_outputs(outputs)
 
 
 def _model_name(model: nn.Module) -> str:
