@@ -1,11 +1,17 @@
 """A user's own photos, third pass (issue 31): what a timm user expects from the command line.
 Each test failed before its fix."""
+import csv
+import json
+import shlex
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from timm_ssod.cli import main as cli_main
+from timm_ssod.train import _main as train_mod
+from timm_ssod.train import run as train_run
 
 from test_own_photos import CLASSES, IMG, TRAIN, calibrate, calibrated, error_line, root  # noqa: F401 (fixtures)
 
@@ -29,3 +35,73 @@ def test_visualize_ood_without_hist_draws_the_histograms(root, capsys, tmp_path)
                      '--output', str(tmp_path)]) == 0
     assert '--ood given: drawing the score histograms too (--hist)' in capsys.readouterr().out
     assert (tmp_path / 'hist_other.png').is_file()
+
+
+# ------------------------------------------------- item 4: a second run never replaces the first's files
+def test_rerunning_train_with_the_same_experiment_writes_a_new_numbered_folder(root, tmp_path):
+    argv = ['--data-dir', str(root / 'photos'), *TRAIN, '--output', str(tmp_path), '--experiment', 'r']
+    assert train_run(argv) == 0
+    first = (tmp_path / 'r' / 'model_best.pth.tar').read_bytes()
+    assert train_run(argv) == 0  # timm's get_outdir(output, experiment, inc=True)
+    assert (tmp_path / 'r' / 'model_best.pth.tar').read_bytes() == first
+    assert (tmp_path / 'r-1' / 'model_best.pth.tar').is_file()
+    assert train_run(argv + ['--resume', 'auto', '--epochs', '2']) == 0  # resuming continues in its folder
+    assert not (tmp_path / 'r-2').exists() and len(_summary(tmp_path / 'r')) == 2
+
+
+def _summary(run_dir):
+    with open(run_dir / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------- item 5: Ctrl-C exits 130 and says how to resume
+def test_ctrl_c_exits_130_names_the_epoch_and_the_resume_command(root, tmp_path, capsys, monkeypatch):
+    real = train_mod._train_epoch
+
+    def interrupted(epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(epoch, *args, **kwargs)
+    monkeypatch.setattr(train_mod, '_train_epoch', interrupted)
+    argv = ['--data-dir', str(root / 'photos'), *TRAIN, '--epochs', '3', '--output', str(tmp_path),
+            '--experiment', 'c']
+    assert train_run(argv) == 130
+    err = capsys.readouterr().err
+    assert 'Best metric' not in err
+    assert 'timm-ssod train: interrupted during epoch 1 of 3 (epoch 0 saved in' in err
+    resume = err.strip().splitlines()[-1]
+    assert resume.startswith('To continue: timm-ssod train ') and resume.endswith(f'--resume {tmp_path / "c"}')
+    monkeypatch.setattr(train_mod, '_train_epoch', real)
+    assert train_run(shlex.split(resume[len('To continue: timm-ssod train '):])) == 0
+    assert [r['epoch'] for r in _summary(tmp_path / 'c')] == ['0', '1', '2'] and not (tmp_path / 'c-1').exists()
+
+
+# ------------------------------------------------- item 1: eval scores the decision calibrate deploys
+def test_eval_of_a_calibrated_model_scores_the_deployed_detector_itself(root, tmp_path, capsys):
+    import timm_ssod
+    from timm.data import create_transform, resolve_model_data_config
+
+    from timm_ssod.data import load_rgb
+    from timm_ssod.detectors import compute_outputs
+    from timm_ssod.metrics import ood_metrics
+    cal_dir = tmp_path / 'cal'
+    assert calibrate(root, '--data-dir', root / 'photos', '--detector', 'knn', '--save-dir', cal_dir, '--quiet') == 0
+    out = tmp_path / 'eval'
+    assert cli_main(['eval', '--model', f'local-dir:{cal_dir}', '--data-dir', str(root / 'photos'), '--ood',
+                     f'other={root / "photos" / "test"}', '--detectors', 'knn', 'msp', '--fit-samples', '3',
+                     '--use-all', '--no-plots', '--quiet', '--output', str(out)]) == 0
+    table = capsys.readouterr().out
+    assert '| knn (deployed) |' in table and 'knn (deployed): the decision this calibrated model makes' in table
+    result = json.loads((out / 'results.json').read_text())
+    assert list(result['results']) == ['knn', 'msp', 'knn (deployed)']
+    # expected: the saved detector's own scores (its KNN bank of the calibration's fit), never refitted
+    model = timm_ssod.create_model(f'local-dir:{cal_dir}', pretrained=True).eval()
+    transform = create_transform(**resolve_model_data_config(model), is_training=False)
+
+    def scores(folder):
+        x = torch.stack([transform(load_rgb(str(f))) for f in sorted(folder.rglob('*.png'))])
+        with torch.no_grad():
+            return model.ssod_calibration.detector.score_outputs(compute_outputs(model, x)).numpy()
+    expected = ood_metrics(scores(root / 'photos' / 'val'), scores(root / 'photos' / 'test'))
+    assert result['results']['knn (deployed)']['other'] == pytest.approx(expected)
+    assert result['results']['knn']['other'] != pytest.approx(expected)  # refitted on 3 images: another detector

@@ -24,6 +24,7 @@ SSOD adds:
 Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m timm_ssod.train ...`` (on CPU add
 ``--device cpu``; the backend defaults to gloo there). Only rank 0 writes files.
 """
+import glob
 import logging
 import os
 import sys
@@ -48,8 +49,9 @@ from timm.utils import ModelEmaV3, NativeScaler
 
 from .._util import atomic_write_text
 from ..checkpoints import (AtomicCheckpointSaver, CheckpointError, NonFiniteWeightsError, OutputDirError,
-                         check_output_dir, estimate_checkpoint_bytes, load_training_state, read_checkpoint,
-                         remove_partial_files, resolve_resume, rng_state, ssod_cfg_from_args, trim_summary)
+                         check_output_dir, checkpoint_in_run, estimate_checkpoint_bytes, load_training_state,
+                         read_checkpoint, remove_partial_files, resolve_resume, rng_state, ssod_cfg_from_args,
+                         trim_summary)
 from ..hub import PretrainedWeightsError, create_model, unknown_model_message
 from ..data import class_names, drop_unreadable, leave_out_unreadable, readable_batches
 from ..core import label_names, set_label_names
@@ -202,10 +204,20 @@ def _resolve_lr(args) -> None:
 
 def _output_dir(args, data_config, resume_path: Optional[str]) -> str:
     """timm's ``output/train/<timestamp>-<model>-<img>``; ``--experiment`` names the folder;
-    a resumed run continues in its checkpoint's folder unless ``--experiment`` is given."""
+    a resumed run continues in its checkpoint's folder unless ``--experiment`` names another.
+    A new run never writes into a folder holding another run's checkpoints: as timm's
+    ``get_outdir(output, experiment, inc=True)``, it gets ``<experiment>-1``, ``-2`` ..."""
     root = args.output or './output/train'
     if args.experiment:
-        return os.path.join(root, args.experiment)
+        folder = os.path.join(root, args.experiment)
+        if resume_path and os.path.abspath(os.path.dirname(resume_path)) == os.path.abspath(folder):
+            return folder
+        if glob.glob(os.path.join(glob.escape(folder), '*.pth.tar')):
+            new = utils.get_outdir(root, args.experiment, inc=True)
+            _logger.warning(f'{folder} holds the checkpoints of another run: this run writes to {new} '
+                            f'(to continue that run instead: --resume {folder})')
+            return new
+        return folder
     if resume_path:
         return os.path.dirname(os.path.abspath(resume_path))
     name = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
@@ -549,15 +561,19 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     best_metric, best_epoch, eval_metrics = None, None, None
     if saver is not None and saver.best_metric is not None:
         best_metric, best_epoch = saver.best_metric, saver.best_epoch
+    interrupted = None
     try:
         for epoch in range(start_epoch, end_epoch):
+            interrupted = epoch
             eval_metrics, best = _train_epoch(
                 epoch, args, device, task, model, model_ema, optimizer, lr_scheduler, loss_scaler, amp_autocast,
                 dataset_train, loader_train, mixup_fn, loader_eval, ood_loaders, detectors, saver, summary_path)
             if best is not None:
                 best_metric, best_epoch = best
-    except KeyboardInterrupt:
-        pass
+        interrupted = None
+    except KeyboardInterrupt:  # Ctrl-C: the run is not finished; ``run`` says how to continue it (exit 130)
+        return dict(output_dir=output_dir, best_metric=best_metric, best_epoch=best_epoch,
+                    eval_metrics=eval_metrics, interrupted=(interrupted, num_epochs))
 
     if best_metric is not None:
         _logger.info('*** Best metric: {0} (epoch {1})'.format(best_metric, best_epoch))
@@ -568,10 +584,37 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     return dict(output_dir=output_dir, best_metric=best_metric, best_epoch=best_epoch, eval_metrics=eval_metrics)
 
 
+def _report_interrupt(result: Dict[str, Any], argv: Optional[List[str]], prog: str) -> None:
+    """Ctrl-C: the epoch it stopped in, the last one saved and the command that continues the run."""
+    epoch, num_epochs = result['interrupted']
+    output_dir = result['output_dir']
+    if output_dir is None:  # not rank 0
+        return
+    import shlex
+    saved = checkpoint_in_run(output_dir) if os.path.isdir(output_dir) else None
+    print(f'{prog}: interrupted during epoch {epoch} of {num_epochs} ('
+          + (f'epoch {epoch - 1} saved in {output_dir})' if saved else f'no epoch finished, nothing saved in {output_dir})'),
+          file=sys.stderr)
+    kept, skip = [], False
+    for a in (sys.argv[1:] if argv is None else [str(a) for a in argv]):
+        if skip:
+            skip = False
+        elif a == '--resume':
+            skip = True
+        elif not a.startswith('--resume='):
+            kept.append(a)
+    if saved:
+        kept += ['--resume', output_dir]
+    print(f'To continue: {prog} {shlex.join(kept)}', file=sys.stderr)
+
+
 def run(argv: Optional[List[str]] = None, prog: str = 'timm-ssod train') -> int:
     """Command-line entry: ``main`` with user errors printed as one line (exit code 1)."""
     try:
-        main(argv, prog=prog)
+        result = main(argv, prog=prog)
+        if result.get('interrupted'):
+            _report_interrupt(result, argv, prog)
+            return 130  # as a shell reports a process stopped by SIGINT
     except USER_ERRORS as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         return 1
