@@ -218,3 +218,18 @@ def test_docs_pages_named_in_the_code_exist():
             if not (REPO / doc).is_file() and doc not in IN_PROGRESS:
                 stale.append(f'{name}: {doc}')
     assert not stale, 'pages named that do not exist:\n' + '\n'.join(stale)
+
+
+def test_the_readme_writes_its_own_photo_layout(tmp_path, monkeypatch):
+    """Issue 31: the layout the README shows (``my_photos/train/cat/*.jpg``) is what its
+    stand-in block writes, so that the blocks after it run on that layout ("From Python"
+    globbed ``*.png`` on a ``*.jpg`` layout: IndexError)."""
+    blocks = [b for b in readme_blocks(['README.md']) if b[2] == ('README.md', 'Your own photos')]
+    layout = next(code for _, lang, _, code in blocks if lang == 'text')
+    exts = set(re.findall(r'\*\.(\w+)', layout))
+    assert len(exts) == 1, layout
+    writer = next(code for _, lang, _, code in blocks if lang == 'python' and 'write_image_folder' in code)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(writer, 'README stand-in block', 'exec'), {'__name__': '__main__'})
+    written = {p.suffix[1:] for p in tmp_path.rglob('*') if p.is_file()}
+    assert written == exts, (written, exts)

@@ -38,15 +38,22 @@ def expand_image_paths(paths: List[str], flag: Optional[str] = None) -> List[str
             raise FileNotFoundError(f'{name}: no such image file or folder')
     return files
 
-def write_image_folder(dataset, root: str) -> str:
-    """Write every ``(PIL image, label)`` of ``dataset`` as PNG to an ImageFolder layout:
-    ``root/<classes[label]>/<index>.png``, label -1 to ``root/ood/<index>.png``.
+_FORMATS = {'png': 'PNG', 'jpg': 'JPEG', 'jpeg': 'JPEG'}
+
+
+def write_image_folder(dataset, root: str, ext: str = 'png') -> str:
+    """Write every ``(PIL image, label)`` of ``dataset`` as PNG (``ext='jpg'``: JPEG, quality 95)
+    to an ImageFolder layout: ``root/<classes[label]>/<index>.png``, label -1 to
+    ``root/ood/<index>.png``.
 
     The dataset's ``transform`` is bypassed while writing. Each file is written under a
     temporary name and renamed (``timm_ssod._util.atomic_write``), so a reader never sees a half file.
     SyntheticDataset class names are sorted, so timm's folder reader gives the same labels.
     Returns ``root``.
     """
+    if ext.lower() not in _FORMATS:
+        raise ValueError(f'write_image_folder: ext {ext!r} is not one of {", ".join(_FORMATS)}')
+    fmt = _FORMATS[ext.lower()]
     classes = getattr(dataset, 'classes', None) or []
     width = max(5, len(str(len(dataset) - 1)))
     transform = getattr(dataset, 'transform', None)
@@ -61,7 +68,8 @@ def write_image_folder(dataset, root: str) -> str:
             folder = os.path.join(root, OOD_FOLDER if label < 0 else (classes[label] if classes else str(label)))
             os.makedirs(folder, exist_ok=True)
             rgb = img.convert('RGB')
-            atomic_write(os.path.join(folder, f'{index:0{width}d}.png'), lambda f: rgb.save(f, format='PNG'),
+            atomic_write(os.path.join(folder, f'{index:0{width}d}.{ext}'),
+                         lambda f: rgb.save(f, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {})),
                          durable=False)  # regenerable data: no fsync per image
     finally:
         if transform is not None:
