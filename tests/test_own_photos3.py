@@ -105,3 +105,14 @@ def test_eval_of_a_calibrated_model_scores_the_deployed_detector_itself(root, tm
     expected = ood_metrics(scores(root / 'photos' / 'val'), scores(root / 'photos' / 'test'))
     assert result['results']['knn (deployed)']['other'] == pytest.approx(expected)
     assert result['results']['knn']['other'] != pytest.approx(expected)  # refitted on 3 images: another detector
+
+
+# ------------------------------------------------- item 11: eval says it cut the OOD sets, counts what it read
+def test_eval_says_it_cut_an_ood_set_and_counts_only_the_images_read(root, tmp_path, capsys):
+    assert cli_main(['eval', '--model', f'local-dir:{root / "model"}', '--data-dir', str(root / 'broken'),
+                     '--ood', f'other={root / "photos" / "train"}', '--detectors', 'msp', '--quiet', '--no-plots',
+                     '--workers', '0', '--output', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("- OOD set 'other': 9 of its 12 files used, a random subset as large as the ID set (seed 0; "
+            "--use-all keeps every image)") in out
+    assert '- ID set: 1 of its 10 files could not be read as an image: not counted (9 ID images)' in out

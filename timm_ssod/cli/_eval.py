@@ -203,7 +203,17 @@ def _evaluate(args) -> int:
             f'calibrate, not refitted; OOD when p-value <= alpha = {cal.alpha:g}); the other rows are fitted here on '
             f'--fit-split {args.fit_split!r}' + (' (ssod_fused: the fixed-component fusion, not the calibration\'s '
                                                  'choice)' if 'ssod_fused' in names else ''))
-    result['notes'] = info['notes'] + result['notes']
+    counts = []  # what was cut and what could not be read: the counts of the table are of the images read
+    if hasattr(id_set, '__len__') and result['num_id'] < len(id_set):
+        counts.append(f"ID set: {len(id_set) - result['num_id']} of its {len(id_set)} files could not be read as an "
+                      f"image: not counted ({result['num_id']} ID images)")
+    for set_name, n_files in available.items():
+        used = result['num_used'].get(set_name, {}).get('ood')
+        if used is not None and used < n_files:
+            counts.append(f"OOD set {set_name!r}: {used} of its {n_files} files used" + (
+                f', a random subset as large as the ID set (seed {args.seed}; --use-all keeps every image)'
+                if not args.use_all and n_files > result['num_id'] else ' (the others could not be read as images)'))
+    result['notes'] = info['notes'] + counts + result['notes']
     result['config'] = dict(
         checkpoint=info['checkpoint'], weights=info['weights'], dataset=args.dataset, data_dir=args.data_dir,
         split=args.split, fit_split=args.fit_split if fit_loader else None,
