@@ -3,6 +3,7 @@ Each test failed before its fix."""
 import csv
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -116,3 +117,19 @@ def test_eval_says_it_cut_an_ood_set_and_counts_only_the_images_read(root, tmp_p
     assert ("- OOD set 'other': 9 of its 12 files used, a random subset as large as the ID set (seed 0; "
             "--use-all keeps every image)") in out
     assert '- ID set: 1 of its 10 files could not be read as an image: not counted (9 ID images)' in out
+
+
+# ------------------------------------------------- item 8: a folder of class folders gets advice that works
+def test_a_folder_of_class_folders_gets_one_piece_of_advice_that_works(root, capsys, tmp_path):
+    flat = tmp_path / 'flat'
+    shutil.copytree(root / 'photos' / 'train', flat)
+    argv = ['--data-dir', str(flat), *TRAIN, '--output', str(tmp_path / 'runs'), '--experiment', 'f']
+    assert train_run(argv) == 1
+    line = error_line(capsys, 'timm-ssod train')
+    assert (f'Move its class folders ({", ".join(CLASSES)}) into {flat / "train"} and put evaluation images in '
+            f'{flat / "val"} (the same class sub-folders), then run the same command again.') in line
+    (flat / 'train').mkdir()  # follow the advice
+    for c in CLASSES:
+        shutil.move(str(flat / c), str(flat / 'train' / c))
+    shutil.copytree(root / 'photos' / 'val', flat / 'val')
+    assert train_run(argv) == 0

@@ -101,6 +101,12 @@ def check_evaluation_split(root: str, split: str, flag: str, training: Sequence[
     elif beside:
         way_out = (f'Pass the parent folder, --data-dir {parent}, with {flag} {beside[0]} (it reads '
                    f'{os.path.join(parent, beside[0])}).')
+    elif same and _real(resolve_split(parent, TRAIN_SPLIT).folder) != _real(root):
+        # a folder of class folders: the parent would not read it as its training split either
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+        shown = ', '.join(classes[:5]) + (', ...' if len(classes) > 5 else '')
+        way_out = (f'Move its class folders ({shown}) into {os.path.join(root, TRAIN_SPLIT)} and put evaluation images '
+                   f'in {os.path.join(root, "val")} (the same class sub-folders), then run the same command again.')
     elif same:
         way_out = (f'Put evaluation images in a folder beside it ({os.path.join(parent, "val")}, class sub-folders as '
                    f'in {clash}) and pass the parent folder {parent} as --data-dir.')
