@@ -340,3 +340,17 @@ def test_eval_and_hub_rebuild_a_checkpoint_with_its_recorded_bn_eps(tmp_path):
     for rebuilt in (load_eval_model(checkpoint=str(path))[0], model_from_checkpoint(path)[0]):
         assert {m.eps for m in rebuilt.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {1e-3}
         assert rebuilt.num_classes == 3
+
+
+def test_format_table_marks_an_inverted_auroc():
+    """Issue 31: an AUROC below 50 on a set (the score ranks the OOD images above the ID ones) is
+    marked in the table, with a footnote saying what it means."""
+    m = lambda f, a: {'fpr95': f, 'auroc': a, 'aupr_in': 0.5, 'aupr_out': 0.5}  # noqa: E731
+    res = {'model': 'r18', 'id_accuracy': 0.9, 'num_id': 100,
+           'results': {'msp': {'s': m(0.5, 0.9)}, 'ssod': {'s': m(0.99, 0.037)}},
+           AVERAGE: {'msp': m(0.5, 0.9), 'ssod': m(0.99, 0.037)}, 'skipped': {}, 'notes': []}
+    table = format_table(res)
+    assert '| ssod | 99.00 | 3.70 ⁱ | 99.00 | 3.70 ⁱ |' in table
+    assert '| msp | **50.00** | **90.00** | **50.00** | **90.00** |' in table
+    assert ('- ⁱ inverted: AUROC below 50, this score ranks these OOD images as more in-distribution than the ID '
+            'images (ssod on s)') in table

@@ -21,6 +21,7 @@ __all__ = ['format_table', 'result_rows', 'write_results', 'best_baseline', 'plo
 METRIC_KEYS = ('fpr95', 'auroc', 'aupr_in', 'aupr_out')
 CSV_FIELDS = ('detector', 'ood_set') + METRIC_KEYS + ('num_id', 'num_ood', 'id_accuracy')
 _LOWER_IS_BETTER = {'fpr95'}
+INVERTED = 'ⁱ'  # the marker of an AUROC below 50 (the score is inverted on that set), explained under the table
 
 
 def _ood_sets(result: Dict) -> List[str]:
@@ -49,7 +50,8 @@ def _best(values: List[Optional[float]], key: str) -> Optional[float]:
 def format_table(result: Dict, metrics=('fpr95', 'auroc')) -> str:
     """Markdown: an ID-accuracy line, then rows = detectors, columns = each OOD set and the
     average, each with ``metrics`` (FPR95 ↓ / AUROC ↑ by default) in percent, 2 decimals;
-    the best value of each column in bold; skipped detectors and notes listed below."""
+    the best value of each column in bold; an AUROC below 50 marked ``ⁱ`` (inverted); skipped
+    detectors and notes listed below."""
     titles = {'fpr95': 'FPR95↓', 'auroc': 'AUROC↑', 'aupr_in': 'AUPR-In↑', 'aupr_out': 'AUPR-Out↑'}
     sets = _ood_sets(result)
     columns = [(s, k) for s in sets for k in metrics]
@@ -57,11 +59,12 @@ def format_table(result: Dict, metrics=('fpr95', 'auroc')) -> str:
     cells = {d: [_with_average(result, d).get(s, {}).get(k) for s, k in columns] for d in detectors}
     best = [_best([cells[d][i] for d in detectors], k) for i, (_, k) in enumerate(columns)]
 
-    def cell(v, b):
+    def cell(v, b, key=None):
         if v is None:
             return '–'
         text = f'{100 * v:.2f}'
-        return f'**{text}**' if b is not None and round(100 * v, 2) == round(100 * b, 2) else text
+        text = f'**{text}**' if b is not None and round(100 * v, 2) == round(100 * b, 2) else text
+        return f'{text} {INVERTED}' if key == 'auroc' and v < 0.5 else text
 
     acc = result.get('id_accuracy')
     lines = [f"Model: {result.get('model', '?')}, ID accuracy: "
@@ -74,8 +77,12 @@ def format_table(result: Dict, metrics=('fpr95', 'auroc')) -> str:
     lines.append('| Detector | ' + ' | '.join(f'{s} {titles[k]}' for s, k in columns) + ' |')
     lines.append('|---|' + '---:|' * len(columns))
     for d in detectors:
-        lines.append(f'| {d} | ' + ' | '.join(cell(v, b) for v, b in zip(cells[d], best)) + ' |')
-    extra = [f'- skipped {name}: {why}' for name, why in (result.get('skipped') or {}).items()]
+        lines.append(f'| {d} | ' + ' | '.join(cell(v, b, k) for v, b, (_, k) in zip(cells[d], best, columns)) + ' |')
+    inverted = [f'{d} on {s}' for d in detectors for s in sets if s != AVERAGE
+                and (_with_average(result, d).get(s) or {}).get('auroc', 1.0) < 0.5]
+    extra = [f'- {INVERTED} inverted: AUROC below 50, this score ranks these OOD images as more in-distribution than '
+             f'the ID images ({", ".join(inverted)})'] if inverted else []
+    extra += [f'- skipped {name}: {why}' for name, why in (result.get('skipped') or {}).items()]
     extra += [f'- {note}' for note in result.get('notes') or ()]
     return '\n'.join(lines + ([''] + extra if extra else []))
 
