@@ -133,3 +133,14 @@ def test_a_folder_of_class_folders_gets_one_piece_of_advice_that_works(root, cap
         shutil.move(str(flat / c), str(flat / 'train' / c))
     shutil.copytree(root / 'photos' / 'val', flat / 'val')
     assert train_run(argv) == 0
+
+
+# ------------------------------------------------- item 3 (predict): which score decides when P(ID) disagrees
+def test_predict_says_which_score_decides_when_p_id_disagrees_with_the_decision():
+    from timm_ssod.cli._predict import decision_footnote
+    rows = [{'file': 'a.jpg', 'p_id': 0.87, 'decision': 'OOD'}, {'file': 'b.jpg', 'p_id': 0.2, 'decision': 'OOD'},
+            {'file': 'c.jpg', 'p_id': 0.3, 'decision': 'ID'}, {'file': 'd.jpg', 'p_id': None, 'decision': 'unreadable'}]
+    assert decision_footnote(rows, 'ssod_fused') == (
+        'Which score decides: the p-value of the ssod_fused score, not P(ID) (the OOD head alone). They disagree on '
+        '2 of 3 images (P(ID) >= 0.5 but OOD, or below 0.5 but ID).')
+    assert decision_footnote(rows[1:2], 'ssod_fused') is None

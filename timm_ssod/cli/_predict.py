@@ -93,6 +93,17 @@ def predict_files(model, files: List[str], transform, alpha: Optional[float], ba
     return [rows[f] for f in files]
 
 
+def decision_footnote(rows: List[Dict], detector: str) -> Optional[str]:
+    """A line saying which score decides, when P(ID) and the decision disagree on some image
+    (P(ID) >= 0.5 and ``OOD``, or below 0.5 and ``ID``); None when they agree on every image."""
+    decided = [r for r in rows if r['decision'] in ('ID', 'OOD') and r['p_id'] is not None]
+    disagree = sum((r['p_id'] >= 0.5) == (r['decision'] == 'OOD') for r in decided)
+    if not disagree:
+        return None
+    return (f'Which score decides: the p-value of the {detector} score, not P(ID) (the OOD head alone). They disagree '
+            f'on {disagree} of {len(decided)} images (P(ID) >= 0.5 but OOD, or below 0.5 but ID).')
+
+
 def _fmt(value, spec: str) -> str:
     return '-' if value is None else format(value, spec)
 
@@ -135,6 +146,9 @@ def _predict(args) -> int:
     else:
         print(f'\nOOD when p-value <= alpha = {alpha:g} ({cal.detector.name} score, {cal.n} ID calibration images): '
               f"{sum(r['decision'] == 'OOD' for r in read)} of {len(read)} images.")
+        footnote = decision_footnote(read, cal.detector.name)
+        if footnote:
+            print(footnote)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, 'predictions.csv'), 'w', newline='', encoding='utf-8') as f:
