@@ -2,6 +2,7 @@
 Each test failed before its fix."""
 import csv
 import json
+import logging
 import shlex
 import shutil
 import subprocess
@@ -144,3 +145,23 @@ def test_predict_says_which_score_decides_when_p_id_disagrees_with_the_decision(
         'Which score decides: the p-value of the ssod_fused score, not P(ID) (the OOD head alone). They disagree on '
         '2 of 3 images (P(ID) >= 0.5 but OOD, or below 0.5 but ID).')
     assert decision_footnote(rows[1:2], 'ssod_fused') is None
+
+
+# ------------------------------------------------- item 3 (train): too few OOD samples for the head is said
+def test_train_warns_once_when_ood_samples_are_too_scarce_for_the_head(root, tmp_path, caplog, monkeypatch):
+    from timm_ssod.train import _loop
+    real = _loop.train_one_epoch
+
+    def scarce(*args, **kwargs):  # the shares a converged classifier gives: almost no location below 1 - gamma
+        return dict(real(*args, **kwargs), id_frac=0.7, ood_frac=0.02, ignored_frac=0.28)
+    monkeypatch.setattr(train_mod, 'train_one_epoch', scarce)
+    with caplog.at_level(logging.INFO):
+        assert train_run(['--data-dir', str(root / 'photos'), *TRAIN, '--epochs', '2', '--output', str(tmp_path),
+                          '--experiment', 's']) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and 'too few OOD' in r.getMessage()]
+    assert warnings == [
+        "too few OOD samples for SSOD's OOD head: 2.0% of the locations in epoch 0 (70.0% ID, 28.0% ignored); the "
+        'head cannot learn what OOD looks like from so few. Try a lower --gamma (now 0.95; OOD is a confidence below '
+        '1 - gamma), or larger inputs (--resize-up 224: more background locations per image).']
+    assert any(r.getMessage() == 'Sampler shares of the last epoch: 70.0% ID, 2.0% OOD, 28.0% ignored '
+               '(too few OOD samples: see the warning above)' for r in caplog.records)

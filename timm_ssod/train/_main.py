@@ -534,7 +534,24 @@ def _train_epoch(epoch, args, device, task, model, model_ema, optimizer, lr_sche
         utils.update_summary(epoch, train_metrics, eval_metrics, filename=summary_path,
                              lr=sum(lrs) / len(lrs), write_header=None)
     best = saver.save_checkpoint(epoch, metric=save_metric) if saver is not None else None
-    return eval_metrics, best
+    return eval_metrics, best, train_metrics
+
+
+SCARCE_OOD = 0.05  # below this share of OOD locations per epoch, SSOD's head has (almost) nothing to learn OOD from
+
+
+def _shares(train_metrics) -> Optional[Dict[str, float]]:
+    """The sampler's ``id_frac`` / ``ood_frac`` / ``ignored_frac`` of an epoch (None without SSOD)."""
+    keys = ('id_frac', 'ood_frac', 'ignored_frac')
+    return {k: float(train_metrics[k]) for k in keys} if all(k in (train_metrics or {}) for k in keys) else None
+
+
+def _warn_scarce_ood(args, shares: Dict[str, float], epoch: int) -> None:
+    _logger.warning(
+        f"too few OOD samples for SSOD's OOD head: {100 * shares['ood_frac']:.1f}% of the locations in epoch {epoch} "
+        f"({100 * shares['id_frac']:.1f}% ID, {100 * shares['ignored_frac']:.1f}% ignored); the head cannot learn what "
+        f'OOD looks like from so few. Try a lower --gamma (now {args.gamma:g}; OOD is a confidence below 1 - gamma), '
+        'or larger inputs (--resize-up 224: more background locations per image).')
 
 
 def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[str, Any]:
@@ -561,15 +578,19 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     best_metric, best_epoch, eval_metrics = None, None, None
     if saver is not None and saver.best_metric is not None:
         best_metric, best_epoch = saver.best_metric, saver.best_epoch
-    interrupted = None
+    interrupted, warned, shares = None, False, None
     try:
         for epoch in range(start_epoch, end_epoch):
             interrupted = epoch
-            eval_metrics, best = _train_epoch(
+            eval_metrics, best, train_metrics = _train_epoch(
                 epoch, args, device, task, model, model_ema, optimizer, lr_scheduler, loss_scaler, amp_autocast,
                 dataset_train, loader_train, mixup_fn, loader_eval, ood_loaders, detectors, saver, summary_path)
             if best is not None:
                 best_metric, best_epoch = best
+            shares = _shares(train_metrics)
+            if shares is not None and shares['ood_frac'] < SCARCE_OOD and not warned and utils.is_primary(args):
+                _warn_scarce_ood(args, shares, epoch)  # once: the first epoch that has too few
+                warned = True
         interrupted = None
     except KeyboardInterrupt:  # Ctrl-C: the run is not finished; ``run`` says how to continue it (exit 130)
         return dict(output_dir=output_dir, best_metric=best_metric, best_epoch=best_epoch,
@@ -577,6 +598,10 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
 
     if best_metric is not None:
         _logger.info('*** Best metric: {0} (epoch {1})'.format(best_metric, best_epoch))
+    if shares is not None and utils.is_primary(args):
+        _logger.info(f"Sampler shares of the last epoch: {100 * shares['id_frac']:.1f}% ID, "
+                     f"{100 * shares['ood_frac']:.1f}% OOD, {100 * shares['ignored_frac']:.1f}% ignored"
+                     + (' (too few OOD samples: see the warning above)' if shares['ood_frac'] < SCARCE_OOD else ''))
     if args.push_to_hub and output_dir is not None and end_epoch == num_epochs:
         _push_to_hub(output_dir, args.push_to_hub)
     if args.distributed:
