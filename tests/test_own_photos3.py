@@ -165,3 +165,21 @@ def test_train_warns_once_when_ood_samples_are_too_scarce_for_the_head(root, tmp
         '1 - gamma), or larger inputs (--resize-up 224: more background locations per image).']
     assert any(r.getMessage() == 'Sampler shares of the last epoch: 70.0% ID, 2.0% OOD, 28.0% ignored '
                '(too few OOD samples: see the warning above)' for r in caplog.records)
+
+
+# ------------------------------------------------- item 7: calibrate --push-to-hub saves first, always
+def test_calibrate_push_to_an_unreachable_hub_keeps_the_calibration(root, tmp_path, capsys, monkeypatch):
+    import timm_ssod.hub as hub
+
+    def offline(*args, **kwargs):
+        raise hub.HubError("pushing to Hub repo 'org/cal' at http://127.0.0.1:9 failed: ConnectError: refused")
+    monkeypatch.setattr(hub, 'push_to_hub', offline)
+    monkeypatch.chdir(tmp_path)
+    assert calibrate(root, '--data-dir', root / 'photos', '--push-to-hub', 'org/cal', '--quiet') == 1
+    out, err = capsys.readouterr()
+    saved = 'output/calibrated/cal'
+    assert (tmp_path / saved / 'ssod.safetensors').is_file() and f'Saved to {saved}' in out
+    assert err.strip().splitlines()[-1] == (
+        "timm-ssod calibrate: error: pushing to Hub repo 'org/cal' at http://127.0.0.1:9 failed: ConnectError: "
+        f"refused. The calibrated model is saved in {saved} (calibrate --save-dir); upload that folder once the Hub "
+        f"can be reached: hf upload org/cal {saved}")

@@ -26,8 +26,9 @@ and saves that record with the model. ``--select all``: the earlier default, Fis
 mahalanobis and energy.
 
 The model is written with the calibration (``config.json``'s ``ssod`` block, ``ssod.safetensors``,
-the model card) to ``--save-dir`` and/or pushed with ``--push-to-hub``; ``timm-ssod predict``
-and ``model.predict`` then give p-values and decisions. Preprocessing is the model's data
+the model card) to ``--save-dir`` (default with ``--push-to-hub``: ``output/calibrated/<name>``),
+then pushed with ``--push-to-hub``: saved first, so a push that fails keeps the calibration.
+``timm-ssod predict`` and ``model.predict`` then give p-values and decisions. Preprocessing is the model's data
 config (what training recorded), the one ``predict`` will use.
 """
 import argparse
@@ -89,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         'them, 40 to 500; timm_ssod.detectors.evidence.evidence_budget): fewer is faster, and noisier')
     g.add_argument('--alpha', type=float, default=DEFAULT_ALPHA, help=f'target share of ID images rejected (default {DEFAULT_ALPHA})')
     g = p.add_argument_group('run')
-    g.add_argument('--save-dir', metavar='DIR', default=None, help='write the calibrated model folder here')
+    g.add_argument('--save-dir', metavar='DIR', default=None,
+                   help='write the calibrated model folder here (default with --push-to-hub: output/calibrated/<name>)')
     g.add_argument('--push-to-hub', metavar='ORG/NAME', default=None, help='push the calibrated model to the Hub')
     g.add_argument('--seed', type=int, default=0, help='seed of the subsampling (default 0)')
     g.add_argument('--batch-size', '-b', type=int, default=64)
@@ -196,15 +198,33 @@ def _calibrate(args) -> int:
     if callable(describe) and describe():
         print(describe())  # which components were kept, and why (--select evidence)
     model.cpu()
-    if args.save_dir:
-        from ..hub import save_pretrained
-        folder = save_pretrained(model, args.save_dir, repo_id=args.push_to_hub, **save_kwargs)
-        print(f'Saved to {folder}')
+    from .. import hub
+    # saved first, always: a push that fails (offline, no token) must not throw the calibration away
+    save_dir = args.save_dir or _default_save_dir(args.push_to_hub)
+    folder = hub.save_pretrained(model, save_dir, repo_id=args.push_to_hub, **save_kwargs)
+    print(f'Saved to {folder}')
     if args.push_to_hub:
-        from ..hub import push_to_hub
-        info = push_to_hub(model, args.push_to_hub, commit_message='Add ID calibration (timm_ssod)', **save_kwargs)
+        try:
+            info = hub.push_to_hub(model, args.push_to_hub, commit_message='Add ID calibration (timm_ssod)',
+                                   **save_kwargs)
+        except hub.HubError as e:
+            text = str(e).rstrip('.').split('. Check the network')[0]
+            raise hub.HubError(f'{text}. The calibrated model is saved in {save_dir} (calibrate --save-dir); upload '
+                               f'that folder once the Hub can be reached: hf upload {args.push_to_hub} {save_dir}') \
+                from e
         print(f'Pushed to {getattr(info, "commit_url", None) or args.push_to_hub}')
     return 0
+
+
+def _default_save_dir(repo_id: str) -> str:
+    """``output/calibrated/<name>`` for ``--push-to-hub org/name`` without ``--save-dir``; a
+    new folder (``-1``, ``-2`` ... as timm's ``get_outdir``) when that one holds something."""
+    base = os.path.join('output', 'calibrated', repo_id.split('/')[-1])
+    folder, count = base, 0
+    while os.path.exists(folder) and os.listdir(folder):
+        count += 1
+        folder = f'{base}-{count}'
+    return folder
 
 
 def run(args: argparse.Namespace, prog: str = 'timm-ssod calibrate') -> int:
