@@ -9,7 +9,8 @@ It answers ``huggingface_hub.hf_hub_download`` the way the Hub does:
   (another origin, like the Hub's CDN), which serves the bytes (``Range`` supported, ``206``);
 * errors: ``404`` with ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound`` /
   ``EntryNotFound`` (the latter with ``X-Repo-Commit``);
-* ``GET /api/models/{org}/{name}[/revision/{rev}]``: a minimal ``model_info`` JSON.
+* ``GET /api/models/{org}/{name}[/revision/{rev}]``: a minimal ``model_info`` JSON;
+* ``GET /api/whoami-v2``: the user of ``Authorization: Bearer HubServer.TOKEN``, else ``401``.
 
 Faults, for reliability tests: ``server.fail(filename, *faults)`` makes the next GETs of that
 file's bytes misbehave, one fault per GET: ``'close-mid-file'`` (half the body, then the
@@ -33,6 +34,8 @@ LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt')
 
 
 class HubServer:
+    TOKEN = 'hf_test_token'  # the one token /api/whoami-v2 accepts
+
     def __init__(self):
         self.repos: Dict[str, Dict] = {}      # repo_id -> {'refs': {name: commit}, 'commits': {commit: {path: bytes}}}
         self.blobs: Dict[str, tuple] = {}     # sha256 -> (filename, bytes), served by the "CDN"
@@ -120,6 +123,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if blob is None:
                 return self._error(404, 'EntryNotFound', 'blob not found')
             return self._content(blob[1], head, fault_key=blob[0])
+        if parts[:2] == ['api', 'whoami-v2']:
+            if self.headers.get('Authorization') != f'Bearer {hub.TOKEN}':
+                return self._error(401, None, 'Invalid credentials in Authorization header')
+            return self._content(json.dumps({'type': 'user', 'name': 'tester'}).encode(), head,
+                                 headers={'Content-Type': 'application/json'})
         if parts[:2] == ['api', 'models'] and len(parts) >= 4:
             return self._model_info('/'.join(parts[2:4]), parts[5] if len(parts) >= 6 else 'main', head)
         if len(parts) < 5 or parts[2] != 'resolve':

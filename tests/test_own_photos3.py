@@ -183,3 +183,30 @@ def test_calibrate_push_to_an_unreachable_hub_keeps_the_calibration(root, tmp_pa
         "timm-ssod calibrate: error: pushing to Hub repo 'org/cal' at http://127.0.0.1:9 failed: ConnectError: "
         f"refused. The calibrated model is saved in {saved} (calibrate --save-dir); upload that folder once the Hub "
         f"can be reached: hf upload org/cal {saved}")
+
+
+# ------------------------------------------------- item 6: train --push-to-hub checks the Hub before training
+def test_train_push_to_hub_checks_endpoint_and_token_before_training(root, tmp_path, capsys, monkeypatch):
+    import timm_ssod.hub as hub
+    from hub_server import HubServer, patch_hub_env
+    pushed = []
+    monkeypatch.setattr(hub, 'push_training_run', lambda out, repo: pushed.append((out, repo)))
+    argv = ['--data-dir', str(root / 'photos'), *TRAIN, '--output', str(tmp_path / 'runs'), '--experiment', 'p',
+            '--push-to-hub', 'org/p']
+    patch_hub_env(monkeypatch, tmp_path / 'hf', 'http://127.0.0.1:9')  # nothing listens there
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    assert train_run(argv) == 1
+    line = error_line(capsys, 'timm-ssod train')
+    assert line.startswith("timm-ssod train: error: --push-to-hub org/p: http://127.0.0.1:9 cannot be reached")
+    assert line.endswith('nothing was trained. Fix that, or train without --push-to-hub and push the run '
+                         f'afterwards: timm-ssod push {tmp_path / "runs" / "p"} org/p')
+    assert not (tmp_path / 'runs' / 'p').exists()
+    with HubServer() as server:
+        patch_hub_env(monkeypatch, tmp_path / 'hf', server.url)
+        assert train_run(argv) == 1  # no token
+        assert 'no Hugging Face token' in error_line(capsys, 'timm-ssod train')
+        monkeypatch.setenv('HF_TOKEN', 'hf_wrong')
+        assert train_run(argv) == 1
+        assert f'the Hub at {server.url} does not accept the token' in error_line(capsys, 'timm-ssod train')
+        monkeypatch.setenv('HF_TOKEN', server.TOKEN)
+        assert train_run(argv) == 0 and pushed == [(str(tmp_path / 'runs' / 'p'), 'org/p')]

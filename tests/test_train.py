@@ -119,6 +119,7 @@ def test_amp_bf16_channels_last_accumulation_ema_compile_and_push(tmp_path, monk
     pushed = []
     import timm_ssod.hub  # the Hub module is tested on its own
     monkeypatch.setattr(timm_ssod.hub, 'push_training_run', lambda out, repo: pushed.append((out, repo)))
+    monkeypatch.setattr(timm_ssod.hub, 'check_push_access', lambda: 'tester')  # checked before training
     result = train(base_argv(tmp_path) + ['--experiment', 'x', '--amp', '--amp-dtype', 'bfloat16',
                                           '--channels-last', '--grad-accum-steps', '2', '--model-ema',
                                           '--model-ema-decay', '0.9', '--torchcompile', 'aot_eager',

@@ -74,7 +74,7 @@ from ..core import label_names as model_label_names
 from .._util import fsync_path, warn
 from ._card import load_eval_results, render_model_card
 
-__all__ = ['save_pretrained', 'push_to_hub', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config',
+__all__ = ['save_pretrained', 'push_to_hub', 'check_push_access', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config',
            'HubError', 'CheckpointError', 'SSOD_ARCHITECTURE']
 
 _logger = logging.getLogger(__name__)
@@ -238,6 +238,29 @@ def push_to_hub(model: nn.Module, repo_id: str, *, token: Optional[str] = None, 
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                      create_pr=create_pr, commit_message=commit_message)
+
+
+def check_push_access(token: Optional[str] = None) -> str:
+    """Before a long job that ends in a push: the Hub endpoint (``HF_ENDPOINT``) answers and
+    accepts the token (``token``, else ``HF_TOKEN`` / ``hf auth login``), through
+    huggingface_hub's ``whoami``. Returns the user name; a ``HubError`` saying what is missing."""
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+    from ._offline import unreachable_reason
+    reason = unreachable_reason()
+    if reason:
+        raise HubError(reason)
+    token = token or get_token()
+    if not token:
+        raise HubError('no Hugging Face token: log in with `hf auth login` or set HF_TOKEN to a token with write access')
+    try:
+        return HfApi(endpoint=constants.ENDPOINT).whoami(token=token).get('name', '?')
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, 'response', None), 'status_code', None)
+        raise HubError(f'the Hub at {constants.ENDPOINT} does not accept the token (HTTP {status}): log in with '
+                       '`hf auth login` or set HF_TOKEN to a valid token') from e
+    except Exception as e:  # transport errors (httpx's are not OSErrors)
+        raise HubError(f'the Hub at {constants.ENDPOINT} did not answer: {_one_line(e)}') from e
 
 
 @contextmanager

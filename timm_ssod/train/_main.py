@@ -66,7 +66,11 @@ from ._task import ClassifierTask, SSODTask
 _logger = logging.getLogger('train')
 
 # errors with a message meant for the user: the CLI prints them without a traceback
-USER_ERRORS = (OutputDirError, NonFiniteLossError, NonFiniteWeightsError, FileNotFoundError, TrainConfigError,
+class PushError(OSError):
+    """``--push-to-hub`` cannot push (checked before training, or the push at the end failed)."""
+
+
+USER_ERRORS = (PushError, OutputDirError, NonFiniteLossError, NonFiniteWeightsError, FileNotFoundError, TrainConfigError,
                CheckpointError)
 
 
@@ -280,10 +284,30 @@ def _detectors(args) -> List:
     return detectors
 
 
+def _check_push(args, output_dir: Optional[str]) -> None:
+    """``--push-to-hub``: the endpoint answers and takes the token before anything is trained
+    (huggingface_hub's ``whoami``); else one line with what to do, the push command included."""
+    if not args.push_to_hub or output_dir is None:
+        return
+    from .. import hub
+    try:
+        hub.check_push_access()
+    except hub.HubError as e:
+        with suppress(OSError):
+            os.rmdir(output_dir)  # the folder the check made, if nothing is in it
+        raise PushError(f'--push-to-hub {args.push_to_hub}: {str(e).rstrip(".")}; nothing was trained. Fix that, or '
+                        'train without --push-to-hub and push the run afterwards: '
+                        f'timm-ssod push {output_dir} {args.push_to_hub}') from e
+
+
 def _push_to_hub(output_dir: str, repo_id: str) -> None:
     """Upload the finished run (its model_best.pth.tar) with ``timm_ssod.hub``."""
     from .. import hub
-    hub.push_training_run(output_dir, repo_id)
+    try:
+        hub.push_training_run(output_dir, repo_id)
+    except hub.HubError as e:
+        raise PushError(f'the run is saved in {output_dir}, but pushing it failed: {str(e).split(". Check the")[0]}'
+                        f'. Push it once that is fixed: timm-ssod push {output_dir} {repo_id}') from e
 
 
 def _train_loss(args, mixup_active: bool) -> nn.Module:
@@ -565,6 +589,7 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     resume_path, resume_epoch, resume_state, model_ema = _resume(args, model, optimizer, loss_scaler)
     output_dir = _check_output(args, data_config, resume_path, model, optimizer, model_ema)
+    _check_push(args, output_dir)
 
     loader_train, loader_eval, ood_loaders, mixup_fn, mixup_active = _build_loaders(
         args, data_config, device, dataset_train, dataset_eval, ood_sets)
