@@ -233,3 +233,18 @@ def test_the_readme_writes_its_own_photo_layout(tmp_path, monkeypatch):
     exec(compile(writer, 'README stand-in block', 'exec'), {'__name__': '__main__'})
     written = {p.suffix[1:] for p in tmp_path.rglob('*') if p.is_file()}
     assert written == exts, (written, exts)
+
+
+def test_the_readme_note_on_the_timm_safetensors_names_the_runs_model_kwargs():
+    """Issue 31: ``model_best_timm.safetensors`` loads silently into a stock timm model built
+    without the run's ``--model-kwargs`` (other logits): the note and the "From Python" block
+    name the class count and the kwargs of the README's own train command."""
+    text = (REPO / 'README.md').read_text(encoding='utf-8')
+    train = next(argv for _, lang, section, code in readme_blocks(['README.md'])
+                 if lang == 'bash' and section == ('README.md', 'Your own photos')
+                 for argv in commands(code) if argv[:2] == ['timm-ssod', 'train'])
+    kwargs = ', '.join(train[train.index('--model-kwargs') + 1:][:1])  # output_stride=16
+    note = text[text.index('`model_best_timm.safetensors`'):][:400]
+    assert kwargs in note and 'num_classes=3' in note, note
+    block = next(code for _, lang, section, code in readme_blocks(['README.md']) if 'model_best_timm' in code)
+    assert f"timm.create_model('resnet10t', num_classes=3, {kwargs}," in block
