@@ -210,3 +210,16 @@ def test_train_push_to_hub_checks_endpoint_and_token_before_training(root, tmp_p
         assert f'the Hub at {server.url} does not accept the token' in error_line(capsys, 'timm-ssod train')
         monkeypatch.setenv('HF_TOKEN', server.TOKEN)
         assert train_run(argv) == 0 and pushed == [(str(tmp_path / 'runs' / 'p'), 'org/p')]
+
+
+# ------------------------------------------------- item 18: train gives an ETA, the total time and where the outputs are
+def test_train_logs_an_eta_the_total_time_and_where_the_outputs_are(root, tmp_path, caplog):
+    import re
+    with caplog.at_level(logging.INFO):
+        assert train_run(['--data-dir', str(root / 'photos'), *TRAIN, '--epochs', '2', '--output', str(tmp_path),
+                          '--experiment', 'e']) == 0
+    text = '\n'.join(r.getMessage() for r in caplog.records)
+    assert re.search(r'^Epoch 0 of 2 took \d+s; ETA \d+s \(1 epoch left\)$', text, re.M), text
+    assert re.search(r'^Epoch 1 of 2 took \d+s; done$', text, re.M), text
+    assert re.search(rf'^Trained 2 epochs in \d+s\. Outputs in {re.escape(str(tmp_path / "e"))}: model_best.pth.tar, '
+                     r'model_best_timm.safetensors, last.pth.tar, summary.csv, args.yaml$', text, re.M), text

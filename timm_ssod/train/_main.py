@@ -28,6 +28,7 @@ import glob
 import logging
 import os
 import sys
+import time
 from contextlib import suppress
 from datetime import datetime
 from functools import partial
@@ -49,9 +50,9 @@ from timm.utils import ModelEmaV3, NativeScaler
 
 from .._util import atomic_write_text
 from ..checkpoints import (AtomicCheckpointSaver, CheckpointError, NonFiniteWeightsError, OutputDirError,
-                         check_output_dir, checkpoint_in_run, estimate_checkpoint_bytes, load_training_state,
-                         read_checkpoint, remove_partial_files, resolve_resume, rng_state, ssod_cfg_from_args,
-                         trim_summary)
+                         BEST, LAST, TIMM_BEST, check_output_dir, checkpoint_in_run, estimate_checkpoint_bytes,
+                         load_training_state, read_checkpoint, remove_partial_files, resolve_resume, rng_state,
+                         ssod_cfg_from_args, trim_summary)
 from ..hub import PretrainedWeightsError, create_model, unknown_model_message
 from ..data import class_names, drop_unreadable, leave_out_unreadable, readable_batches
 from ..core import label_names, set_label_names
@@ -604,14 +605,21 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
     if saver is not None and saver.best_metric is not None:
         best_metric, best_epoch = saver.best_metric, saver.best_epoch
     interrupted, warned, shares = None, False, None
+    started = time.time()
     try:
         for epoch in range(start_epoch, end_epoch):
             interrupted = epoch
+            epoch_start = time.time()
             eval_metrics, best, train_metrics = _train_epoch(
                 epoch, args, device, task, model, model_ema, optimizer, lr_scheduler, loss_scaler, amp_autocast,
                 dataset_train, loader_train, mixup_fn, loader_eval, ood_loaders, detectors, saver, summary_path)
             if best is not None:
                 best_metric, best_epoch = best
+            if utils.is_primary(args):  # timm logs per batch; an ETA of the run, as the user waits for it
+                took, left = time.time() - epoch_start, end_epoch - epoch - 1
+                eta = (time.time() - started) / (epoch + 1 - start_epoch) * left
+                _logger.info(f'Epoch {epoch} of {num_epochs} took {took:.0f}s; '
+                             + (f'ETA {eta:.0f}s ({left} epoch{"s" if left > 1 else ""} left)' if left else 'done'))
             shares = _shares(train_metrics)
             if shares is not None and shares['ood_frac'] < SCARCE_OOD and not warned and utils.is_primary(args):
                 _warn_scarce_ood(args, shares, epoch)  # once: the first epoch that has too few
@@ -623,6 +631,11 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> Dict[s
 
     if best_metric is not None:
         _logger.info('*** Best metric: {0} (epoch {1})'.format(best_metric, best_epoch))
+    if output_dir is not None and end_epoch > start_epoch:
+        written = [f for f in (BEST, TIMM_BEST, LAST, 'summary.csv', 'args.yaml')
+                   if os.path.isfile(os.path.join(output_dir, f))]
+        _logger.info(f'Trained {end_epoch - start_epoch} epochs in {time.time() - started:.0f}s. Outputs in '
+                     f'{output_dir}: {", ".join(written)}')
     if shares is not None and utils.is_primary(args):
         _logger.info(f"Sampler shares of the last epoch: {100 * shares['id_frac']:.1f}% ID, "
                      f"{100 * shares['ood_frac']:.1f}% OOD, {100 * shares['ignored_frac']:.1f}% ignored"
