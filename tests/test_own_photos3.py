@@ -223,3 +223,21 @@ def test_train_logs_an_eta_the_total_time_and_where_the_outputs_are(root, tmp_pa
     assert re.search(r'^Epoch 1 of 2 took \d+s; done$', text, re.M), text
     assert re.search(rf'^Trained 2 epochs in \d+s\. Outputs in {re.escape(str(tmp_path / "e"))}: model_best.pth.tar, '
                      r'model_best_timm.safetensors, last.pth.tar, summary.csv, args.yaml$', text, re.M), text
+
+
+# ------------------------------------------------- item 16: predict's flags as timm's inference.py
+def test_predict_topk_results_format_class_map_img_size_and_no_table(root, tmp_path, capsys):
+    (tmp_path / 'map.txt').write_text('A\nB\nC\n')
+    folder = root / 'photos' / 'test'
+    assert cli_main(['predict', f'local-dir:{root / "model"}', str(folder), '--topk', '2', '--results-format', 'json',
+                     '--class-map', str(tmp_path / 'map.txt'), '--img-size', '32', '--amp', '--no-table', '--quiet',
+                     '--output', str(tmp_path / 'out')]) == 0
+    out = capsys.readouterr().out
+    assert '| file |' not in out and 'This model is not calibrated' in out
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['predictions.json']
+    saved = json.loads((tmp_path / 'out' / 'predictions.json').read_text())
+    rows = saved['predictions']
+    assert len(rows) == 9 and all(r['class'] in 'ABC' and len(r['topk']) == 2 for r in rows)
+    assert all(r['topk'][0] == {'class': r['class'], 'prob': r['class_prob']} and
+               r['topk'][0]['prob'] >= r['topk'][1]['prob'] for r in rows)
+    assert saved['input_size'] == [3, 32, 32]
