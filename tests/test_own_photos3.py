@@ -241,3 +241,29 @@ def test_predict_topk_results_format_class_map_img_size_and_no_table(root, tmp_p
     assert all(r['topk'][0] == {'class': r['class'], 'prob': r['class_prob']} and
                r['topk'][0]['prob'] >= r['topk'][1]['prob'] for r in rows)
     assert saved['input_size'] == [3, 32, 32]
+
+
+# ------------------------------------------------- item 17: eval's flags as timm's validate.py
+def test_eval_amp_channels_last_results_file_and_top5(root, tmp_path, capsys):
+    import timm_ssod
+    model = timm_ssod.create_model('test_resnet', num_classes=6)
+    model.save_pretrained(tmp_path / 'six', data_config={'input_size': (3, IMG, IMG)})
+    from timm_ssod.data import SyntheticDataset, write_image_folder
+    for split, n in (('train', 12), ('val', 12)):
+        write_image_folder(SyntheticDataset('id', split, num_images=n, img_size=IMG, num_classes=6),
+                           tmp_path / 'six_photos' / split)
+    assert cli_main(['eval', '--model', f'local-dir:{tmp_path / "six"}', '--data-dir', str(tmp_path / 'six_photos'),
+                     '--ood', f'other={root / "photos" / "test"}', '--detectors', 'msp', '--amp', '--channels-last',
+                     '--results-file', str(tmp_path / 'r.json'), '--no-plots', '--quiet', '--workers', '0',
+                     '--output', str(tmp_path / 'out')]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / 'r.json').read_text())
+    assert result == json.loads((tmp_path / 'out' / 'results.json').read_text())
+    top1, top5 = result['id_accuracy'], result['id_accuracy_top5']
+    assert 0 <= top1 <= top5 <= 1 and f'top-5: {100 * top5:.2f}%' in out
+    # 3 classes: no top-5
+    assert cli_main(['eval', '--model', f'local-dir:{root / "model"}', '--data-dir', str(root / 'photos'), '--ood',
+                     f'other={root / "photos" / "test"}', '--detectors', 'msp', '--no-plots', '--quiet',
+                     '--workers', '0', '--output', str(tmp_path / 'out3')]) == 0
+    assert 'top-5' not in capsys.readouterr().out
+    assert json.loads((tmp_path / 'out3' / 'results.json').read_text())['id_accuracy_top5'] is None

@@ -74,6 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     g.add_argument('--output', metavar='DIR', default=None,
                    help='output folder (default: output/eval/<timestamp>-<model>)')
+    g.add_argument('--results-file', metavar='FILE', default=None,
+                   help="also write the results here (as timm's validate.py): JSON, or CSV for a .csv name")
+    g.add_argument('--amp', action='store_true', help='mixed precision on CUDA (float32 on CPU)')
+    g.add_argument('--channels-last', action='store_true', help='channels-last memory layout, as timm')
     g.add_argument('--no-plots', action='store_true', help='skip the score histograms')
     g.add_argument('--quiet', action='store_true', help='no progress lines')
     return p
@@ -189,10 +193,13 @@ def _evaluate(args) -> int:
     cal = getattr(model, 'ssod_calibration', None)
     deployed = [] if cal is None or not info['ssod'] and cal.detector.needs_ood_head else [DeployedDetector(cal)]
 
-    result, scores = evaluate(
-        model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()}, names + deployed, fit_loader=fit_loader,
-        device=device, progress=not args.quiet, equal_counts=not args.use_all, seed=args.seed,
-        detector_kwargs={'odin': {'std': data_config['std']}}, return_scores=True)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    with torch.autocast(device.type, enabled=args.amp and device.type == 'cuda'):
+        result, scores = evaluate(
+            model, loader(id_set), {k: loader(v) for k, v in ood_sets.items()}, names + deployed,
+            fit_loader=fit_loader, device=device, progress=not args.quiet, equal_counts=not args.use_all,
+            seed=args.seed, detector_kwargs={'odin': {'std': data_config['std']}}, return_scores=True)
     result['model'] = info['model']
     if label_names(model):
         result['label_names'] = label_names(model)
@@ -224,7 +231,13 @@ def _evaluate(args) -> int:
                                               for k, v in data_config.items()}, device=str(device))
 
     print(format_table(result))
-    write_results(result, out_dir)
+    paths = write_results(result, out_dir)
+    if args.results_file:
+        from .._util import atomic_write
+        with open(paths['csv'] if args.results_file.endswith('.csv') else paths['json'], 'rb') as f:
+            data = f.read()
+        atomic_write(args.results_file, lambda f: f.write(data))
+        print(f'Results also written to {args.results_file}')
     if not args.no_plots:
         try:
             plot_histograms(scores, result, out_dir)

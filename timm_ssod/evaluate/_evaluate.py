@@ -93,6 +93,7 @@ class EvalScores:
     model: str = ''
     num_classes: int = 0
     skipped: Dict[str, str] = field(default_factory=dict)
+    id_accuracy_top5: Optional[float] = None  # with 5 classes or more
 
     @property
     def detectors(self) -> List[str]:
@@ -242,7 +243,7 @@ def _score(model, loader, detectors: List[Detector], device, where: str, progres
     """({detector: scores}, number correct or None, number of images); labels are read
     (and checked against ``num_classes``) only when ``num_classes`` is given."""
     parts = {d.name: [] for d in detectors}
-    correct, labelled, images = 0, True, 0
+    correct, correct5, labelled, images = 0, 0, True, 0
     for x, y, outputs in _batches(model, loader, device, where, progress):
         images += x.shape[0]
         for d in detectors:
@@ -260,7 +261,10 @@ def _score(model, loader, detectors: List[Detector], device, where: str, progres
             raise ValueError(f'{where}: labels must lie in [0, {num_classes}) for a {num_classes}-class model, '
                              f'got [{int(y.min())}, {int(y.max())}]')
         correct += int((outputs.logits.argmax(dim=-1) == y).sum())
-    return {k: torch.cat(v).numpy() for k, v in parts.items()}, (correct if labelled else None), images
+        if num_classes >= 5:
+            correct5 += int((outputs.logits.topk(5, dim=-1).indices == y[:, None]).any(dim=-1).sum())
+    return ({k: torch.cat(v).numpy() for k, v in parts.items()}, (correct if labelled else None), images,
+            (correct5 if labelled and num_classes >= 5 else None))
 
 
 def compute_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],
@@ -287,14 +291,15 @@ def compute_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[s
     try:
         if fit_loader is not None:
             _fit(model, run, fit_loader, device, progress)
-        id_scores, correct, num_id = _score(model, id_loader, run, device, 'the ID set', progress, num_classes)
+        id_scores, correct, num_id, correct5 = _score(model, id_loader, run, device, 'the ID set', progress,
+                                                      num_classes)
         ood_scores = OrderedDict()
         for name, loader in ood_loaders.items():
             ood_scores[name] = _score(model, loader, run, device, f'OOD set {name!r}', progress)[0]
     finally:
         model.train(was_training)
     return EvalScores(id_scores, dict(ood_scores), None if correct is None else correct / num_id, num_id,
-                      _model_name(model), num_classes, skipped)
+                      _model_name(model), num_classes, skipped, None if correct5 is None else correct5 / num_id)
 
 
 def summarize(scores: EvalScores, equal_counts: bool = True, seed: int = 0) -> Dict:
@@ -315,6 +320,7 @@ def summarize(scores: EvalScores, equal_counts: bool = True, seed: int = 0) -> D
                for det, sets in results.items()}
     return {
         'model': scores.model, 'num_classes': scores.num_classes, 'id_accuracy': scores.id_accuracy,
+        'id_accuracy_top5': scores.id_accuracy_top5,
         'num_id': scores.num_id, 'num_ood': {s: len(next(iter(v.values()))) for s, v in scores.ood_scores.items()},
         'num_used': dict(num_used), 'equal_counts': bool(equal_counts), 'seed': int(seed),
         'detectors': scores.detectors, 'results': {d: dict(s) for d, s in results.items()}, AVERAGE: average,

@@ -69,7 +69,9 @@ def format_table(result: Dict, metrics=('fpr95', 'auroc')) -> str:
     acc = result.get('id_accuracy')
     lines = [f"Model: {result.get('model', '?')}, ID accuracy: "
              + ('– (unlabelled ID data)' if acc is None else f'{100 * acc:.2f}%')
-             + f" on {result.get('num_id', '?')} ID images"]
+             + f" on {result.get('num_id', '?')} ID images"
+             + (f" (top-5: {100 * result['id_accuracy_top5']:.2f}%)" if result.get('id_accuracy_top5') is not None
+                else '')]
     names = result.get('label_names') or []
     if names:
         lines.append(f"Classes ({len(names)}): {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}")
