@@ -267,3 +267,20 @@ def test_eval_amp_channels_last_results_file_and_top5(root, tmp_path, capsys):
                      '--workers', '0', '--output', str(tmp_path / 'out3')]) == 0
     assert 'top-5' not in capsys.readouterr().out
     assert json.loads((tmp_path / 'out3' / 'results.json').read_text())['id_accuracy_top5'] is None
+
+
+# ------------------------------------------------- item 3 (calibrate): SSOD's head separating nothing is said
+def test_calibrate_and_the_card_say_when_ssods_head_separates_nothing_on_the_evidence():
+    from timm_ssod.detectors.evidence import ssod_head_note
+    from timm_ssod.hub._card import _choices_rows
+    choices = {'rule': {'sources': ['background'], 'threshold': 0.5, 'top': 2, 'weighting': 'informedness'},
+               'candidates': ['ssod', 'knn'], 'kept': ['knn'], 'evidence': {'ssod': 0.52, 'knn': 0.9}, 'reasons': {}}
+    note = ("SSOD's OOD head separates nothing on the ID-only evidence (pseudo-AUROC 0.52; 0.50 is chance): its P(ID) "
+            'says little about new images; the decision rests on the other components (knn)')
+    assert ssod_head_note(choices) == note
+    assert f'| SSOD head | {note} |' in _choices_rows(choices)
+    backwards = dict(choices, evidence={'ssod': 0.2, 'knn': 0.9})
+    assert ssod_head_note(backwards).startswith("SSOD's OOD head ranks the ID-only pseudo-OOD above the ID images "
+                                                '(pseudo-AUROC 0.20): it learned OOD backwards')
+    assert ssod_head_note(dict(choices, evidence={'ssod': 0.8, 'knn': 0.9})) is None
+    assert ssod_head_note(dict(choices, evidence={'ssod': None, 'knn': 0.9})) is None

@@ -520,6 +520,24 @@ def _top_text(rule: Mapping) -> str:
     return f", the {rule['top']} highest" if rule.get('top') else ''
 
 
+HEAD_CHANCE = 0.05  # a pseudo-AUROC within this of 0.5: SSOD's head separates nothing on the evidence
+
+
+def ssod_head_note(record: Optional[Mapping]) -> Optional[str]:
+    """A plain sentence when the evidence shows SSOD's OOD head separating nothing (pseudo-AUROC
+    near 0.5) or ranking the pseudo-OOD above the ID images (below 0.5); None otherwise."""
+    e = ((record or {}).get('evidence') or {}).get('ssod')
+    if e is None or e >= 0.5 + HEAD_CHANCE:
+        return None
+    others = ', '.join(n for n in record.get('kept', []) if n != 'ssod') or 'none'
+    if e < 0.5 - HEAD_CHANCE:
+        return (f"SSOD's OOD head ranks the ID-only pseudo-OOD above the ID images (pseudo-AUROC {e:.2f}): it learned "
+                f'OOD backwards, so its P(ID) is misleading on new images; the decision rests on the other components '
+                f'({others})')
+    return (f"SSOD's OOD head separates nothing on the ID-only evidence (pseudo-AUROC {e:.2f}; 0.50 is chance): its "
+            f'P(ID) says little about new images; the decision rests on the other components ({others})')
+
+
 def describe_selection(record: Mapping) -> str:
     """The lines ``timm-ssod calibrate`` prints: which components were kept, and why."""
     rule = record['rule']
@@ -540,4 +558,7 @@ def describe_selection(record: Mapping) -> str:
     for s, note in (record.get('notes') or {}).items():
         if s in rule['sources']:
             lines.append(f'  no evidence from {s}: {note}')
+    head = ssod_head_note(record)
+    if head:
+        lines.append(f'warning: {head}')
     return '\n'.join(lines)

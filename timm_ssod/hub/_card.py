@@ -164,6 +164,10 @@ def _choices_rows(choices: Optional[Dict]) -> List[str]:
             f"weighting {rule.get('weighting')}; pseudo-OOD made from ID images only |"]
     if choices.get('fallback'):
         rows.append(f"| fallback | {choices['fallback']} |")
+    from ..detectors.evidence import ssod_head_note
+    head = ssod_head_note(choices)
+    if head:
+        rows.append(f'| SSOD head | {head} |')
     return rows
 
 
