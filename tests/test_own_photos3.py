@@ -284,3 +284,28 @@ def test_calibrate_and_the_card_say_when_ssods_head_separates_nothing_on_the_evi
                                                 '(pseudo-AUROC 0.20): it learned OOD backwards')
     assert ssod_head_note(dict(choices, evidence={'ssod': 0.8, 'knn': 0.9})) is None
     assert ssod_head_note(dict(choices, evidence={'ssod': None, 'knn': 0.9})) is None
+
+
+# ------------------------------------------------- item 10: a degenerate ViM fit is warned once, never deployed
+def test_calibrate_warns_once_about_a_degenerate_vim_and_does_not_deploy_it(root, tmp_path):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert calibrate(root, '--data-dir', root / 'photos', '--detector', 'ssod_fused', '--evidence-top', '5',
+                         '--evidence-threshold', '0', '--save-dir', tmp_path / 'cal', '--quiet') == 0
+    vim = [str(w.message) for w in caught if str(w.message).startswith('vim: fitted on')]
+    assert len(vim) == 1, vim
+    # the selection: a component whose fit flagged itself degenerate is not deployed (by hand)
+    from types import SimpleNamespace
+
+    from timm_ssod.detectors.ssod_fused import _drop_degenerate
+    why = 'fitted on 12 images, not more than its principal dimension 48'
+    comps = {'ssod': SimpleNamespace(), 'vim': SimpleNamespace(degenerate=why)}
+    record = {'kept': ['ssod', 'vim'], 'weights': [0.4, 0.9], 'reasons': {'ssod': 'kept: a', 'vim': 'kept: b'}}
+    _drop_degenerate(record, comps)
+    assert record == {'kept': ['ssod'], 'weights': [0.4],
+                      'reasons': {'ssod': 'kept: a', 'vim': f'dropped: its fit is degenerate ({why})'}}
+    record = {'kept': ['vim'], 'weights': None, 'reasons': {'vim': 'kept (fallback): b'}}
+    _drop_degenerate(record, comps)
+    assert record['kept'] == ['vim'] and record['reasons']['vim'] == (
+        f'kept (fallback): b; kept although its fit is degenerate ({why}): no other component was kept')

@@ -34,6 +34,7 @@ image sources need the images: ``fit(model, loader)`` (``fits_on_images``) or
 ``fit_evidence(collect_evidence(...))``; ``fit_outputs`` alone has only ``leave_classes_out``.
 What each choice measured (Fisher vs Stouffer, the components, the rule): docs/study/evidence.md.
 """
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -204,6 +205,7 @@ class SSODFused(Detector):
         table = evidence_table(comps, refs, data, self.evidence_sources, factory=factory, min_samples=self.min_samples)
         record = select_components(table['auroc'], self.component_names, self.evidence_sources, self.threshold,
                                    self.weighting, a_priori=DEFAULT_COMPONENTS, top=getattr(self, 'top', None))
+        _drop_degenerate(record, comps)
         if record['fallback']:
             warn(f'{self.name}: {record["fallback"]}')
         self.evidence = dict(record, auroc=table['auroc'], samples=table['samples'], notes=table['notes'],
@@ -262,11 +264,17 @@ class SSODFused(Detector):
                 references.append(c.score_outputs(outputs).double().cpu())
                 continue
             ref = torch.empty(n, dtype=torch.float64)
-            for f in range(self.folds):
-                out_idx, in_idx = (fold == f).nonzero().flatten(), (fold != f).nonzero().flatten()
-                c.fit_outputs([(select_outputs(outputs, in_idx), None if targets is None else targets[in_idx])])
-                ref[out_idx.cpu()] = c.score_outputs(select_outputs(outputs, out_idx)).double().cpu()
-            c.fit_outputs([(outputs, targets)])
+            with warnings.catch_warnings(record=True) as caught:  # the folds' fits and the full one warn alike:
+                warnings.simplefilter('always')                   # shown once (the full fit's, else the first)
+                for f in range(self.folds):
+                    out_idx, in_idx = (fold == f).nonzero().flatten(), (fold != f).nonzero().flatten()
+                    c.fit_outputs([(select_outputs(outputs, in_idx), None if targets is None else targets[in_idx])])
+                    ref[out_idx.cpu()] = c.score_outputs(select_outputs(outputs, out_idx)).double().cpu()
+                folds_warned = len(caught)
+                c.fit_outputs([(outputs, targets)])
+            if caught:
+                shown = caught[folds_warned] if len(caught) > folds_warned else caught[0]
+                warn(str(shown.message), shown.category)
             references.append(ref)
         self.references = [r.sort().values for r in references]
         self.tail_scales = [lower_tail_scale(r) for r in self.references]
@@ -287,3 +295,24 @@ class SSODFused(Detector):
         p = self.component_pvalues(outputs)
         return combine_pvalues(p, self.method, [r.numel() for r in self.references],
                                getattr(self, 'weights', None)).float()
+
+
+def _drop_degenerate(record: Dict, components: Dict[str, Detector]) -> None:
+    """A kept component whose own fit flagged itself degenerate (``degenerate``: why, e.g. ViM fitted
+    on fewer images than its principal dimension) is not deployed; when every kept one is, they
+    stay and the reason says why. Edits the ``select_components`` record in place."""
+    kept = record['kept']
+    bad = {n: getattr(components.get(n), 'degenerate', None) for n in kept}
+    bad = {n: why for n, why in bad.items() if why}
+    if not bad:
+        return
+    if len(bad) == len(kept):
+        for n, why in bad.items():
+            record['reasons'][n] += f'; kept although its fit is degenerate ({why}): no other component was kept'
+        return
+    idx = [i for i, n in enumerate(kept) if n not in bad]
+    if record.get('weights') is not None:
+        record['weights'] = [record['weights'][i] for i in idx]
+    for n, why in bad.items():
+        record['reasons'][n] = f'dropped: its fit is degenerate ({why})'
+    record['kept'] = [kept[i] for i in idx]

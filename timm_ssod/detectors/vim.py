@@ -94,7 +94,9 @@ class ViM(Detector):
             if not 0 < dim < d:
                 raise ValueError(f'vim: the principal dimension must be in (0, {d}), got {dim}')
             self.dim_used = dim
+            self.degenerate = None
             if self._n <= dim:  # then the ID features span at most the principal space: no residual
+                self.degenerate = f'fitted on {self._n} images, not more than its principal dimension {dim}'
                 warn(
                     f'vim: fitted on {self._n} ID images, fewer than the {d} feature dimensions and not more than the '
                     f'principal dimension {dim}. The ID features then lie inside the principal space, so their '
