@@ -158,7 +158,8 @@ def test_train_warns_once_when_ood_samples_are_too_scarce_for_the_head(root, tmp
     with caplog.at_level(logging.INFO):
         assert train_run(['--data-dir', str(root / 'photos'), *TRAIN, '--epochs', '2', '--output', str(tmp_path),
                           '--experiment', 's']) == 0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and 'too few OOD' in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and 'too few OOD' in r.getMessage()]
     assert warnings == [
         "too few OOD samples for SSOD's OOD head: 2.0% of the locations in epoch 0 (70.0% ID, 28.0% ignored); the "
         'head cannot learn what OOD looks like from so few. Try a lower --gamma (now 0.95; OOD is a confidence below '
@@ -212,7 +213,7 @@ def test_train_push_to_hub_checks_endpoint_and_token_before_training(root, tmp_p
         assert train_run(argv) == 0 and pushed == [(str(tmp_path / 'runs' / 'p'), 'org/p')]
 
 
-# ------------------------------------------------- item 18: train gives an ETA, the total time and where the outputs are
+# ------------------------------------------------- item 18: train's ETA, total time and where the outputs are
 def test_train_logs_an_eta_the_total_time_and_where_the_outputs_are(root, tmp_path, caplog):
     import re
     with caplog.at_level(logging.INFO):

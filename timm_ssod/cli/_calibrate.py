@@ -32,6 +32,7 @@ then pushed with ``--push-to-hub``: saved first, so a push that fails keeps the 
 config (what training recorded), the one ``predict`` will use.
 """
 import argparse
+import os
 import sys
 from typing import List, Optional
 

@@ -15,7 +15,8 @@ from ._data import (EvalDataError, build_id_dataset, build_ood_datasets, cut, de
 from ._model import EvalModelError, add_model_arguments, load_eval_model, load_model_of_args, read_checkpoint
 
 __all__ = ['AVERAGE', 'DEFAULT_DETECTORS', 'SMALL_SET', 'SSOD_DETECTORS', 'DeployedDetector', 'EvalScores',
-           'NonFiniteOutputError', 'compute_scores', 'evaluate', 'resolve_detectors', 'subsample_indices', 'summarize', 'CSV_FIELDS',
+           'NonFiniteOutputError', 'compute_scores', 'evaluate', 'resolve_detectors', 'subsample_indices', 'summarize',
+           'CSV_FIELDS',
            'METRIC_KEYS', 'best_baseline', 'format_table', 'plot_histograms', 'result_rows', 'write_results',
            'EvalDataError', 'build_id_dataset', 'build_ood_datasets', 'cut', 'default_ood_specs', 'make_loader',
            'same_folder', 'EvalModelError', 'add_model_arguments', 'load_eval_model', 'load_model_of_args',

@@ -14,7 +14,8 @@ from ..checkpoints import CheckpointError, resolve_checkpoint
 from ._files import CONFIG_NAME, OOD_HEAD_PREFIX, SSOD_WEIGHTS_NAME, WEIGHTS_NAME, HubError, Source, read_config
 from ._card import load_eval_results, render_model_card
 from ._offline import offline_if_unreachable
-from ._hub import SSOD_ARCHITECTURE, check_push_access, create_from_source, is_legacy_ssod_config, is_ssod_config, push_to_hub, save_pretrained
+from ._hub import (SSOD_ARCHITECTURE, check_push_access, create_from_source, is_legacy_ssod_config, is_ssod_config,
+                   push_to_hub, save_pretrained)
 from ._factory import PretrainedWeightsError, create_model, ssod, unknown_model_message
 from ._weights_file import WeightsFileError
 from ._load import ModelLoadError, load_model, rebuild_model
@@ -22,7 +23,8 @@ from ._runs import model_from_checkpoint, push_training_run, save_training_run
 
 __all__ = ['CheckpointError', 'CONFIG_NAME', 'OOD_HEAD_PREFIX', 'SSOD_WEIGHTS_NAME', 'WEIGHTS_NAME', 'HubError', 'Source',
            'read_config', 'load_eval_results', 'render_model_card', 'offline_if_unreachable', 'SSOD_ARCHITECTURE',
-           'check_push_access', 'create_from_source', 'is_legacy_ssod_config', 'is_ssod_config', 'push_to_hub', 'save_pretrained',
+           'check_push_access', 'create_from_source', 'is_legacy_ssod_config', 'is_ssod_config', 'push_to_hub',
+           'save_pretrained',
            'PretrainedWeightsError', 'create_model', 'ssod', 'unknown_model_message', 'model_from_checkpoint',
            'push_training_run', 'rebuild_model', 'resolve_checkpoint', 'save_training_run', 'WeightsFileError',
            'load_model', 'ModelLoadError']

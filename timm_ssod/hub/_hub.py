@@ -74,8 +74,8 @@ from ..core import label_names as model_label_names
 from .._util import fsync_path, warn
 from ._card import load_eval_results, render_model_card
 
-__all__ = ['save_pretrained', 'push_to_hub', 'check_push_access', 'create_from_source', 'is_ssod_config', 'is_legacy_ssod_config',
-           'HubError', 'CheckpointError', 'SSOD_ARCHITECTURE']
+__all__ = ['save_pretrained', 'push_to_hub', 'check_push_access', 'create_from_source', 'is_ssod_config',
+           'is_legacy_ssod_config', 'HubError', 'CheckpointError', 'SSOD_ARCHITECTURE']
 
 _logger = logging.getLogger(__name__)
 
@@ -252,7 +252,8 @@ def check_push_access(token: Optional[str] = None) -> str:
         raise HubError(reason)
     token = token or get_token()
     if not token:
-        raise HubError('no Hugging Face token: log in with `hf auth login` or set HF_TOKEN to a token with write access')
+        raise HubError('no Hugging Face token: log in with `hf auth login` or set HF_TOKEN to a token with write '
+                       'access')
     try:
         return HfApi(endpoint=constants.ENDPOINT).whoami(token=token).get('name', '?')
     except HfHubHTTPError as e:

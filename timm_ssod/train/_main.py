@@ -71,8 +71,8 @@ class PushError(OSError):
     """``--push-to-hub`` cannot push (checked before training, or the push at the end failed)."""
 
 
-USER_ERRORS = (PushError, OutputDirError, NonFiniteLossError, NonFiniteWeightsError, FileNotFoundError, TrainConfigError,
-               CheckpointError)
+USER_ERRORS = (PushError, OutputDirError, NonFiniteLossError, NonFiniteWeightsError, FileNotFoundError,
+               TrainConfigError, CheckpointError)
 
 
 def _setup_logging(rank: int) -> None:
@@ -656,7 +656,8 @@ def _report_interrupt(result: Dict[str, Any], argv: Optional[List[str]], prog: s
     import shlex
     saved = checkpoint_in_run(output_dir) if os.path.isdir(output_dir) else None
     print(f'{prog}: interrupted during epoch {epoch} of {num_epochs} ('
-          + (f'epoch {epoch - 1} saved in {output_dir})' if saved else f'no epoch finished, nothing saved in {output_dir})'),
+          + (f'epoch {epoch - 1} saved in {output_dir})' if saved
+             else f'no epoch finished, nothing saved in {output_dir})'),
           file=sys.stderr)
     kept, skip = [], False
     for a in (sys.argv[1:] if argv is None else [str(a) for a in argv]):
