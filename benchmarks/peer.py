@@ -8,7 +8,8 @@ and the last layer (W, b). What is timed, per library and detector: the fit on t
 not (it is the same for both). timm_ssod fits with ``fit_outputs`` over batches of 4,096 rows
 (its streaming fit) and scores with ``score_outputs``; pytorch-ood with ``fit_features`` and
 ``predict_features`` (or the logit scores' ``score``). The libraries alternate, A B A B ...,
-so machine load hits both alike; each time is the median of the repeats, with min and max.
+so machine load hits both alike; each time is the median of the repeats (at least 7 for a
+detector under 0.5 s, each timing averaging enough calls to last ~0.1 s), with min and max.
 pytorch-ood's scores are higher for OOD: they are negated before the Spearman correlation.
 
 Settings:
@@ -185,18 +186,23 @@ def compare(data, repeats, detectors=DETECTORS):
     for name in detectors:
         ours, peer = _ours(name, data, head), _peer(name, data, head)
         times = {'ours': [], 'peer': []}
-        for rep in range(repeats):
+        with torch.no_grad():  # a first call of each, not kept: warm-up, the scores compared, the calls per timing
+            t0 = time.perf_counter()
+            s_ours, s_peer = ours().float().cpu(), -torch.as_tensor(peer()).float().cpu()  # pytorch-ood: higher = OOD
+            once = time.perf_counter() - t0
+        # calls per timing: a cheap detector (a millisecond) is called enough times for ~0.1 s, so that a
+        # timing is not one scheduler tick on a loaded machine; expensive ones once
+        number = max(1, min(200, int(0.1 / max(once, 1e-6))))
+        reps = max(repeats, 7) if once < 0.5 else repeats
+        for rep in range(reps):
             for who, fn in (('ours', ours), ('peer', peer)) if rep % 2 == 0 else (('peer', peer), ('ours', ours)):
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    s = fn()
-                times[who].append(time.perf_counter() - t0)
-                if who == 'ours':
-                    s_ours = s.float().cpu()
-                else:
-                    s_peer = -torch.as_tensor(s).float().cpu()  # pytorch-ood: higher = OOD
+                    for _ in range(number):
+                        fn()
+                times[who].append((time.perf_counter() - t0) / number)
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows[name] = dict(ours_s=med['ours'], peer_s=med['peer'], ratio=med['ours'] / med['peer'],
+        rows[name] = dict(calls_per_timing=number, timings=reps, ours_s=med['ours'], peer_s=med['peer'], ratio=med['ours'] / med['peer'],
                           ours_range_s=[min(times['ours']), max(times['ours'])],
                           peer_range_s=[min(times['peer']), max(times['peer'])],
                           spearman=_spearman(s_ours, s_peer),
