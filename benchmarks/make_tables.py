@@ -939,15 +939,18 @@ def peer_tables(d):
            f"pytorch-ood {env['pytorch_ood']}, torch {env['torch']}). Timed: {d['timed']}. "
            f"Time ratio = ours / pytorch-ood's (below 1: timm_ssod faster); ρ = Spearman correlation of the "
            f"two score vectors. {d['gen_note']}.\n"]
+    if not d.get('complete', True):
+        out.append('An interrupted run: the settings it finished.\n')
     for r in d['results']:
         what = r.get('note') or (f"synthetic: N_fit {r['n_fit']:,}, D {r['dim']:,}, M {r['classes']}, "
                                  f"{r['queries']:,} queries")
         rows = [[name, f"{x['ours_s']:.3g} s", f"{x['peer_s']:.3g} s", f"{x['ratio']:.2f}×",
-                 f"{x['spearman']:.4f}", f"{100 * x['auroc_ours']:.1f} / {100 * x['auroc_peer']:.1f}"]
+                 f"{x['spearman']:.4f}", f"{100 * x['auroc_ours']:.1f} / {100 * x['auroc_peer']:.1f}",
+                 f"{x.get('timings', r['repeats'])} × {x.get('calls_per_timing', 1)}"]
                 for name, x in r['detectors'].items()]
-        out.append(f"**{what}** (median of {r['repeats']}+ timings per library)\n")
-        out.append(md_table(['detector', 'timm_ssod', 'pytorch-ood', 'time ×', 'ρ', 'AUROC % (ours / peer)'],
-                            rows) + '\n')
+        out.append(f"**{what}**\n")
+        out.append(md_table(['detector', 'timm_ssod', 'pytorch-ood', 'time ×', 'ρ', 'AUROC % (ours / peer)',
+                             'timings × calls'], rows) + '\n')
     return '\n'.join(out).rstrip('\n')
 
 

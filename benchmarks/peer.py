@@ -222,6 +222,8 @@ def parse_args(argv=None):
                    help='repeats for N_fit 50,000 (default: --repeats)')
     p.add_argument('--queries', type=int, default=5000, help='synthetic query features (half ID, half OOD)')
     p.add_argument('--classes', type=int, default=100)
+    p.add_argument('--sizes', nargs='*', default=None, metavar='NxD',
+                   help='synthetic sizes N_fit x D (default: 2000x512 2000x2048 50000x512 50000x2048)')
     p.add_argument('--no-real', action='store_true', help='skip the stand-in ResNet-18 outputs')
     p.add_argument('--num-fit', type=int, default=1500, help='real: ID training images to fit on')
     p.add_argument('--num-test', type=int, default=300, help='real: test images per set (ID and each OOD set)')
@@ -246,7 +248,25 @@ def main(argv=None):
         pass
     torch.manual_seed(0)
     sizes = QUICK if args.quick else SYNTHETIC
+    if args.sizes is not None:
+        sizes = [tuple(int(v) for v in size.lower().split('x')) for size in args.sizes]
     queries, classes, repeats = (200, 10, 2) if args.quick else (args.queries, args.classes, args.repeats)
+    def write(complete):  # after every setting, so an interrupted run keeps what it measured
+        out = dict(
+            command='python benchmarks/peer.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+            timed='fit (fit_outputs / fit_features) + scoring of the queries (score_outputs / predict_features), features '
+                  'in memory; median over the repeats, the two libraries alternating',
+            gen_note='GEN: timm_ssod sums p^g (1-p)^g over the top M = 100 classes (the paper); pytorch-ood 0.4.0 '
+                     'averages over all C classes with p clamped to [1e-7, 1 - 1e-7]: same ranking when M >= C, up to '
+                     'the clamp',
+            environment=dict(threads=args.threads, cpu=platform.processor() or platform.machine(),
+                             cpu_count=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
+                             pytorch_ood=getattr(pytorch_ood, '__version__', '0.4.0'),
+                             timm_ssod=getattr(timm_ssod, '__version__', None)),
+            quick=bool(args.quick), complete=complete, results=results)
+        atomic_write_text(args.out, json.dumps(out, indent=1) + '\n')
+        return out
+
     results = []
     if not args.quick and not args.no_real:
         print('real: stand-in resnet18 outputs', flush=True)
@@ -262,25 +282,15 @@ def main(argv=None):
         results.append(dict(setting='real', note=data.pop('note'), n_fit=len(data['fit']),
                             dim=data['fit'].shape[1], classes=data['weight'].shape[0], queries=len(data['queries']),
                             repeats=repeats, detectors=compare(data, repeats)))
+        write(False)
     for n_fit, dim in sizes:
         reps = args.large_repeats if (args.large_repeats and n_fit >= 50000) else repeats
         print(f'synthetic: N_fit {n_fit}, D {dim}, M {classes}, {queries} queries, {reps} repeats', flush=True)
         data = synthetic_features(n_fit, dim, classes, queries)
         results.append(dict(setting='synthetic', n_fit=n_fit, dim=dim, classes=classes, queries=queries,
                             repeats=reps, detectors=compare(data, reps)))
-    out = dict(
-        command='python benchmarks/peer.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-        timed='fit (fit_outputs / fit_features) + scoring of the queries (score_outputs / predict_features), features '
-              'in memory; median over the repeats, the two libraries alternating',
-        gen_note='GEN: timm_ssod sums p^g (1-p)^g over the top M = 100 classes (the paper); pytorch-ood 0.4.0 '
-                 'averages over all C classes with p clamped to [1e-7, 1 - 1e-7]: same ranking when M >= C, up to '
-                 'the clamp',
-        environment=dict(threads=args.threads, cpu=platform.processor() or platform.machine(),
-                         cpu_count=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
-                         pytorch_ood=getattr(pytorch_ood, '__version__', '0.4.0'),
-                         timm_ssod=getattr(timm_ssod, '__version__', None)),
-        quick=bool(args.quick), results=results)
-    atomic_write_text(args.out, json.dumps(out, indent=1) + '\n')
+        write(False)
+    out = write(True)
     print(f'wrote {args.out}')
     return out
 

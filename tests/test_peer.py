@@ -16,7 +16,7 @@ def test_peer_quick_writes_json_and_the_scores_agree(tmp_path):
     out = tmp_path / 'peer.json'
     peer.main(['--quick', '--out', str(out)])
     d = json.loads(out.read_text())
-    assert d['quick'] is True and d['command'].startswith('python benchmarks/peer.py')
+    assert d['quick'] is True and d['complete'] is True and d['command'].startswith('python benchmarks/peer.py')
     assert {'threads', 'cpu', 'torch', 'pytorch_ood'} <= set(d['environment'])
     assert 'fit' in d['timed'] and 'GEN' in d['gen_note']
     [res] = d['results']
