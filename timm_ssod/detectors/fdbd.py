@@ -44,7 +44,7 @@ class FDBD(Detector):
         self._sum = None
 
     def _update(self, outputs: ModelOutputs, targets, pass_index):
-        f = outputs.features.double()
+        f = outputs.features
         if self._sum is None:
             if outputs.classifier is None:
                 raise ValueError('fdbd needs outputs.classifier (the model last layer); use '
@@ -60,9 +60,9 @@ class FDBD(Detector):
                                          'zero-initialised head?)')
             self.weight, self.bias = w, b
             self._gaps = torch.cdist(w, w).fill_diagonal_(1.0)  # ||w_c - w_j||; the j = c term is 0 / 1
-            self._sum = f.new_zeros(f.shape[1])
+            self._sum = f.new_zeros(f.shape[1], dtype=torch.float64)
             self._n = 0
-        self._sum += f.sum(dim=0)
+        self._sum += f.sum(dim=0, dtype=torch.float64)  # a float64 sum, without a float64 copy of the batch
         self._n += f.shape[0]
 
     def _finish(self, pass_index):
