@@ -28,7 +28,7 @@ classes, so the two rank the images alike up to the clamp.
 
     pip install -e .[bench]                          # pytorch-ood 0.4.0 + scipy (benchmark-only)
     python benchmarks/peer.py                        # full run, writes benchmarks/peer.json
-    python benchmarks/peer.py --quick --out /tmp/p.json   # tiny sizes, seconds
+    python benchmarks/peer.py --quick --out peer_quick.json   # tiny sizes, seconds
 """
 import argparse
 import json
@@ -227,8 +227,9 @@ def parse_args(argv=None):
     p.add_argument('--no-real', action='store_true', help='skip the stand-in ResNet-18 outputs')
     p.add_argument('--num-fit', type=int, default=1500, help='real: ID training images to fit on')
     p.add_argument('--num-test', type=int, default=300, help='real: test images per set (ID and each OOD set)')
-    p.add_argument('--real-cache', default=None,
-                   help='keep the stand-in outputs in this file and reuse them (the forward pass is not timed)')
+    p.add_argument('--real-cache', default=os.path.join(ROOT, 'output', 'peer_real.pt'),
+                   help='the stand-in outputs are kept in this file and reused (the forward pass is not timed; '
+                        "'' keeps none)")
     p.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'peer.json'))
     return p.parse_args(argv)
 
@@ -277,6 +278,7 @@ def main(argv=None):
         else:  # the model's forward over ~3,000 images: minutes on a loaded CPU
             data = real_features(args.num_fit, args.num_test)
             if args.real_cache:
+                os.makedirs(os.path.dirname(os.path.abspath(args.real_cache)), exist_ok=True)
                 torch.save({'key': key, 'data': data}, args.real_cache)
         data = dict(data)
         results.append(dict(setting='real', note=data.pop('note'), n_fit=len(data['fit']),
