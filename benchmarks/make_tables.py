@@ -7,7 +7,7 @@ typed by hand), and the CLI reference docs/cli.md, generated from the argument p
     python benchmarks/make_tables.py --docs --regime-figure docs/figures/regime.png   # and the study's figure
 
 Sources (``SOURCES``, each a flag): benchmarks/{overhead,quality,quality_converged,ablations,regime,regime_probe,
-converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small,onnx_latency,mechanism}.json,
+converged,demo,evidence,evidence_images,evidence_cost,calibrate_cost,calibrate_cost_small,onnx_latency,mechanism,peer}.json,
 weights/*.json
 and docs/measurements/ssod_fused{,_natural}.json. A page holds each table between
 ``<!-- make_tables:NAME -->`` and ``<!-- /make_tables:NAME -->`` (NAME: a ``SECTIONS`` name; the
@@ -940,6 +940,26 @@ def mechanism_tables(d):
     sys.path.insert(0, HERE)
     from mechanism import table
     return f"Command: `{d['command']}` (then `python benchmarks/make_tables.py --docs`). In percent.\n\n" + table(d)
+def peer_tables(d):
+    """``benchmarks/peer.py``: timm_ssod's detectors against pytorch-ood's on the same features."""
+    env = d['environment']
+    out = [f"Command: `{d['command']}` ({env['threads']} threads, {env['cpu_count']} cores, {env['cpu']}; "
+           f"pytorch-ood {env['pytorch_ood']}, torch {env['torch']}). Timed: {d['timed']}. "
+           f"Time ratio = ours / pytorch-ood's (below 1: timm_ssod faster); ρ = Spearman correlation of the "
+           f"two score vectors. {d['gen_note']}.\n"]
+    if not d.get('complete', True):
+        out.append('An interrupted run: the settings it finished.\n')
+    for r in d['results']:
+        what = r.get('note') or (f"synthetic: N_fit {r['n_fit']:,}, D {r['dim']:,}, M {r['classes']}, "
+                                 f"{r['queries']:,} queries")
+        rows = [[name, f"{x['ours_s']:.3g} s", f"{x['peer_s']:.3g} s", f"{x['ratio']:.2f}×",
+                 f"{x['spearman']:.4f}", f"{100 * x['auroc_ours']:.1f} / {100 * x['auroc_peer']:.1f}",
+                 f"{x.get('timings', r['repeats'])} × {x.get('calls_per_timing', 1)}"]
+                for name, x in r['detectors'].items()]
+        out.append(f"**{what}**\n")
+        out.append(md_table(['detector', 'timm_ssod', 'pytorch-ood', 'time ×', 'ρ', 'AUROC % (ours / peer)',
+                             'timings × calls'], rows) + '\n')
+    return '\n'.join(out).rstrip('\n')
 
 
 SOURCES = {  # flag name -> committed JSON, relative to the repository
@@ -953,6 +973,7 @@ SOURCES = {  # flag name -> committed JSON, relative to the repository
     'standin_resnet18': 'weights/resnet18.json', 'standin_mobilenetv3_small_075': 'weights/mobilenetv3_small_075.json',
     'fused': 'docs/measurements/ssod_fused.json', 'fused_natural': 'docs/measurements/ssod_fused_natural.json',
     'mechanism': 'benchmarks/mechanism.json',
+    'peer': 'benchmarks/peer.json',
 }
 # block name, the sources it reads (all required but those marked optional), the function of their data
 SECTIONS = (
@@ -970,6 +991,7 @@ SECTIONS = (
     ('calibrate_cost', ('calibrate_cost',), calibrate_cost_tables),
     ('calibrate_cost_small', ('calibrate_cost_small',), calibrate_cost_tables),
     ('onnx_latency', ('onnx_latency',), onnx_latency_tables),
+    ('peer', ('peer',), peer_tables),
     ('standin', ('standin_resnet18', 'standin_mobilenetv3_small_075?'), standin_tables),
     ('demo', ('demo',), demo_tables),
     ('fused', ('fused',), fused_measurement_tables),

@@ -4,7 +4,8 @@ the plain timm model, same backbone, weights, batch and input, in one process.
 Each repetition times one plain step and one SSOD step back to back (the order alternates),
 so machine load hits both alike; the reported ratio is the median of the per-repetition
 ratios. Training step = forward, loss, backward and an SGD step (plain: cross-entropy;
-SSOD: ``forward_ssod`` + ``SSODLoss``). Inference = plain ``model(x)`` vs ``model.predict(x)``.
+SSOD: ``forward_ssod`` + ``SSODLoss``). Inference = plain ``model(x).softmax(-1)`` (the class
+probabilities, which ``predict`` also returns) vs ``model.predict(x)``, both in eval mode.
 
 Memory: on CUDA, peak allocated memory (``torch.cuda.max_memory_allocated``); on CPU, where
 PyTorch keeps no allocator statistics, the bytes of tensors saved for backward in one
@@ -111,9 +112,9 @@ def make_steps(plain, ssod, x, y, args):
         opts[id(ssod)].zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def infer_plain():
+    def infer_plain():  # what a timm user runs for class probabilities; predict gives them too (and more)
         with _autocast(args):
-            return plain(x)
+            return plain(x).softmax(-1)
 
     @torch.no_grad()
     def infer_ssod():

@@ -647,3 +647,53 @@ def test_she_fallback_and_missing_class():
         SHE().fit_outputs([(out, torch.tensor([0, 0, 0, 0]))])
     with pytest.raises(ValueError, match='she needs the class labels'):
         SHE().fit_outputs([out])
+
+
+def test_precision_is_pinv_through_cholesky_or_pinv_itself():
+    """Mahalanobis / RMDS: the Cholesky inverse of a well-conditioned covariance is pinv's to rounding;
+    a singular or ill-conditioned one goes to pinv itself (what the detector computed before)."""
+    from timm_ssod.detectors.mahalanobis import precision_of
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 12, generator=g, dtype=torch.float64)
+    cov = a.T @ a / 200
+    assert torch.allclose(precision_of(cov), torch.linalg.pinv(cov, hermitian=True), rtol=1e-10, atol=1e-12)
+    singular = torch.cat([a[:, :6], a[:, :6]], dim=1)  # duplicated columns: rank 6 of 12
+    cov = singular.T @ singular / 200
+    assert torch.equal(precision_of(cov), torch.linalg.pinv(cov, hermitian=True))
+
+
+def _vim_float64(out, labels_unused, dim):
+    """ViM computed entirely in float64, as the detector did before its float32 scatter and scoring."""
+    f, w, b = out.features.double(), out.classifier.weight.double(), out.classifier.bias.double()
+    u = -(torch.linalg.pinv(w) @ b)
+    z = f - u
+    null = torch.linalg.eigh(z.T @ z / len(z))[1][:, : f.shape[1] - dim]
+    r = (z @ null).norm(dim=-1)
+    alpha = out.logits.double().amax(dim=-1).sum() / r.sum()
+    return torch.logsumexp(out.logits.double(), dim=-1) - alpha * r
+
+
+def test_vim_scores_match_a_float64_reference_with_the_origin_far_from_the_features():
+    """The per-batch scatter is centred in float32 and shifted back in float64: with u far from the
+    features (a large rank-one term) the scores still match an all-float64 ViM to float tolerance."""
+    out, labels = _outputs(n=300, d=24, m=5, seed=3)
+    out = ModelOutputs(out.features + 50.0, out.classifier(out.features + 50.0), None, out.classifier)
+    det = ViM(dim=8).fit_outputs(_split(out, labels, [120, 100, 80]))
+    expected = _vim_float64(out, labels, 8)
+    got = det.score_outputs(out).double()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_gen_float32_matches_the_float64_log_space_formula():
+    """GEN computes in float32 (log space); against float64 on logits from mild to confident."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(200, 12, generator=g) * torch.linspace(0.1, 30, 200)[:, None]
+    z = logits.double()
+    lse = z.logsumexp(-1, keepdim=True)
+    for top in (3, 12):
+        best, idx = z.topk(top, dim=-1)
+        log_p, log_q = best - lse, torch.log1p(-(best - lse).exp())
+        log_q[:, 0] = (z.scatter(-1, idx[:, :1], float('-inf')).logsumexp(-1, keepdim=True) - lse)[:, 0]
+        expected = -(0.1 * (log_p + log_q)).exp().sum(-1)
+        got = GEN(top=top).score_outputs(ModelOutputs(torch.zeros(200, 1), logits)).double()
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7)

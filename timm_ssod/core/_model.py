@@ -23,7 +23,7 @@ import torch.nn as nn
 from .._util import warn
 from ._layout import head_per_location, merge_heads, pool_locations, to_locations
 from ._head import OODHead
-from ._posterior import id_probability, unified_posterior
+from ._posterior import id_probability, posterior_of
 
 
 # the default decision of ``model.calibrate`` (and of ``timm_ssod.calibration``, ``timm-ssod calibrate``)
@@ -130,8 +130,9 @@ class SSODMixin:
         if self.ssod_calibration is not None or alpha is not None:
             from ..calibration import decide
             p_value, is_ood = decide(self.ssod_calibration, self, x, feats, logits, ood_logits, alpha)
-        return SSODPrediction(logits, torch.softmax(logits.float(), dim=-1), id_probability(ood_logits),
-                              unified_posterior(logits, ood_logits), p_value, is_ood, label_names=label_names(self))
+        class_probs, id_prob = torch.softmax(logits.float(), dim=-1), id_probability(ood_logits)
+        return SSODPrediction(logits, class_probs, id_prob, posterior_of(class_probs, id_prob), p_value, is_ood,
+                              label_names=label_names(self))  # Eq. 7 from the two above, not recomputed
 
     # ID calibration (timm_ssod.calibration)
     def calibrate(self, loader, detector: str = DEFAULT_DETECTOR, alpha: float = DEFAULT_ALPHA, fit_loader=None, **kwargs):

@@ -26,6 +26,11 @@ def unified_posterior(class_logits: torch.Tensor, ood_logits: torch.Tensor) -> t
 
     class_logits: (B, M), ood_logits: (B, 2) -> (B, M + 1), float32.
     """
-    class_probs = F.softmax(class_logits.float(), dim=-1)
-    p_id = id_probability(ood_logits).unsqueeze(-1)
+    return posterior_of(F.softmax(class_logits.float(), dim=-1), id_probability(ood_logits))
+
+
+def posterior_of(class_probs: torch.Tensor, id_prob: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 from the class softmax (B, M) and Eq. 15's P(ID | x) (B,) already computed (what
+    ``unified_posterior`` does after computing them; ``predict`` has them)."""
+    p_id = id_prob.unsqueeze(-1)
     return torch.cat([class_probs * p_id, 1.0 - p_id], dim=-1)

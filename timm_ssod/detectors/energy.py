@@ -11,6 +11,8 @@ from .base import Detector, ModelOutputs
 
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """T * logsumexp(logits / T) over the last dim, in float32 (higher = more ID)."""
+    if temperature == 1.0:  # the default: no division (a pass over the logits saved), same values
+        return torch.logsumexp(logits.float(), dim=-1)
     return temperature * torch.logsumexp(logits.float() / temperature, dim=-1)
 
 

@@ -23,6 +23,7 @@ affine is refused with ``NotApplicableError``, as are two classes with identical
 (no boundary between them). The logits are recomputed as W f + b from the features, so that
 the distance is exact (for every single-head timm model they are the model's logits). Fit:
 the running feature sum (float64); a feature exactly at mu is clamped to a distance of 1e-12.
+Scoring is in float32 (see ``boundary_distance``).
 """
 import torch
 
@@ -43,7 +44,7 @@ class FDBD(Detector):
         self._sum = None
 
     def _update(self, outputs: ModelOutputs, targets, pass_index):
-        f = outputs.features.double()
+        f = outputs.features
         if self._sum is None:
             if outputs.classifier is None:
                 raise ValueError('fdbd needs outputs.classifier (the model last layer); use '
@@ -59,25 +60,30 @@ class FDBD(Detector):
                                          'zero-initialised head?)')
             self.weight, self.bias = w, b
             self._gaps = torch.cdist(w, w).fill_diagonal_(1.0)  # ||w_c - w_j||; the j = c term is 0 / 1
-            self._sum = f.new_zeros(f.shape[1])
+            self._sum = f.new_zeros(f.shape[1], dtype=torch.float64)
             self._n = 0
-        self._sum += f.sum(dim=0)
+        self._sum += f.sum(dim=0, dtype=torch.float64)  # a float64 sum, without a float64 copy of the batch
         self._n += f.shape[0]
 
     def _finish(self, pass_index):
+        # fitted in float64 (a D-vector and a C x C matrix: no cost), scored in float32
         self.mean = self._sum / self._n
         self.inv_gaps = 1.0 / self._gaps
         del self._sum, self._n, self._gaps
 
     def boundary_distance(self, features: torch.Tensor) -> torch.Tensor:
-        """(B,) mean distance of f to the C - 1 boundaries of its predicted class (float64)."""
-        f = features.double()
-        logits = f @ self.weight.to(f.device).T + self.bias.to(f.device)
+        """(B,) mean distance of f to the C - 1 boundaries of its predicted class (float32).
+
+        float32, as the features are: the distances are differences of logits divided by fixed
+        norms, with no cancellation that float64 would save (pytorch-ood computes them so too)."""
+        f = features.float()
+        weight, bias = self.weight.to(f.device, torch.float32), self.bias.to(f.device, torch.float32)
+        logits = torch.addmm(bias, f, weight.T)
         top, pred = logits.max(dim=-1)
-        dist = (top[:, None] - logits) * self.inv_gaps.to(f.device)[pred]
+        dist = (top[:, None] - logits).mul_(self.inv_gaps.to(f.device, torch.float32)[pred])
         return dist.sum(dim=-1) / (logits.shape[-1] - 1)
 
     def _score(self, outputs: ModelOutputs):
-        f = outputs.features.double()
-        ref = f - self.mean.to(f.device) if self.center else f
-        return (self.boundary_distance(f) / ref.norm(dim=-1).clamp_min(1e-12)).float()
+        f = outputs.features.float()
+        ref = f - self.mean.to(f.device, torch.float32) if self.center else f
+        return self.boundary_distance(f) / ref.norm(dim=-1).clamp_min(1e-12)

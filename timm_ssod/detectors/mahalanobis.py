@@ -8,7 +8,8 @@ Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Sample
 Adversarial Attacks", NeurIPS 2018 -- penultimate layer only, without their input
 preprocessing and feature ensemble. As in the paper (and pytorch-ood, OpenOOD) the distance
 is the squared form. Sigma^+ is the pseudo-inverse (``torch.linalg.pinv``, hermitian), plus
-an optional ridge ``ridge * mean(diag Sigma) * I``, so D > N or collinear features work.
+an optional ridge ``ridge * mean(diag Sigma) * I``, so D > N or collinear features work
+(computed through Cholesky when Sigma is well-conditioned: ``precision_of``).
 
 Streaming fit: per-class feature sums and counts plus one running scatter matrix, all in
 float64 and shifted by the first batch's mean to avoid cancellation; no feature is kept.
@@ -16,6 +17,25 @@ float64 and shifted by the first batch's mean to avoid cancellation; no feature 
 import torch
 
 from .base import Detector, ModelOutputs
+
+
+def precision_of(cov: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.pinv(cov, hermitian=True)`` of a float64 covariance, through a Cholesky
+    factorisation when ``cov`` is well-conditioned (several times faster than pinv's eigh).
+
+    float64 because the precision is what the distances hinge on: a float32 inverse loses
+    cond * 6e-8 relative, past 1e-2 for the condition numbers penultimate features have; float64
+    costs little on CPU (2x float32 at most), more on a GPU without fast float64. pinv cuts
+    eigenvalues below about 1e-13 of the largest (``rtol`` = eps * D): when ``||cov||_F
+    ||inverse||_F`` (an upper bound of the condition number) stays below 1e9 nothing is cut, and
+    the two inverses agree to ~1e-7 relative (rounding: cond * eps); otherwise pinv is used.
+    """
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if info.item() == 0:
+        inverse = torch.cholesky_inverse(chol)
+        if bool(torch.isfinite(inverse).all()) and (cov.norm() * inverse.norm()).item() < 1e9:
+            return inverse
+    return torch.linalg.pinv(cov, hermitian=True)
 
 
 class Mahalanobis(Detector):
@@ -59,7 +79,7 @@ class Mahalanobis(Detector):
         cov = within / n
         if self.ridge:
             cov = cov + self.ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-        self.precision = torch.linalg.pinv(cov, hermitian=True)
+        self.precision = precision_of(cov)
         self.shift = self._shift
         self.class_means = means  # relative to self.shift
         self.class_ids = seen.nonzero().squeeze(1)

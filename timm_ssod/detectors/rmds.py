@@ -22,7 +22,7 @@ Needs class labels in the fit data.
 import torch
 
 from .base import ModelOutputs
-from .mahalanobis import Mahalanobis
+from .mahalanobis import Mahalanobis, precision_of
 
 
 class RMDS(Mahalanobis):
@@ -36,7 +36,7 @@ class RMDS(Mahalanobis):
         if self.ridge:
             cov0 = cov0 + self.ridge * cov0.diagonal().mean() * torch.eye(cov0.shape[0], dtype=cov0.dtype,
                                                                           device=cov0.device)
-        self.background_precision = torch.linalg.pinv(cov0, hermitian=True)
+        self.background_precision = precision_of(cov0)
         self.background_mean = mean0  # relative to self.shift
         super()._finish(pass_index)
 
