@@ -364,6 +364,7 @@ def _hand_outputs(class_logits, ood_logits):
 
 
 def test_experimental_detectors_are_created_by_name_outside_the_default_set():
+    import lib  # noqa: F401  benchmarks/lib registers the study's scores (register_detector)
     from timm_ssod.detectors.registry import EXPERIMENTAL_DETECTORS
     assert set(EXPERIMENTAL_DETECTORS) == {'energy_ssod', 'ssod_patch_max', 'ssod_energy_rank'}
     assert not set(EXPERIMENTAL_DETECTORS) & set(DETECTORS)
@@ -371,6 +372,7 @@ def test_experimental_detectors_are_created_by_name_outside_the_default_set():
 
 
 def test_energy_ssod_by_hand():
+    import lib  # noqa: F401  registers energy_ssod
     # logits (0, 0): energy = log 2; OOD logits (0, log 3): P(ID) = 3/4, log-odds = log 3
     out = _hand_outputs([[0.0, 0.0], [1.0, 1.0]], [[0.0, math.log(3)], [0.0, 0.0]])
     score = create_detector('energy_ssod', weight=2.0).score_outputs(out)
