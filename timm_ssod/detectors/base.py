@@ -214,3 +214,36 @@ class Detector:
 
     def __repr__(self):
         return f'{type(self).__name__}(name={self.name!r})'
+
+
+def labelled_features(name: str, outputs: ModelOutputs, targets) -> Tuple[Tensor, Tensor]:
+    """``(features (N, D) float64, labels (N,) long)`` of a fit batch, for a detector ``name`` that
+    needs the class labels: a ValueError when they are missing, fewer or more than the rows, or
+    outside ``[0, M)``."""
+    if targets is None:
+        raise ValueError(f'{name} needs the class labels of the fit data: batches (x, y)')
+    f = outputs.features.double()
+    m = outputs.logits.shape[-1]
+    y = torch.as_tensor(targets, device=f.device).long().reshape(-1)
+    if y.numel() != f.shape[0]:
+        raise ValueError(f'{f.shape[0]} feature rows but {y.numel()} labels')
+    if y.numel() and (y.min() < 0 or y.max() >= m):
+        raise ValueError(f'{name}: labels must lie in [0, {m}), got [{int(y.min())}, {int(y.max())}]')
+    return f, y
+
+
+def top_similarities(features: Tensor, bank: Tensor, k: int, query_chunk: int, bank_chunk: int) -> Tensor:
+    """``(B, min(k, len(bank)))``: each L2-normalised feature's ``k`` largest inner products with
+    the rows of ``bank`` (unit rows), descending; computed in chunks of ``query_chunk`` queries x
+    ``bank_chunk`` rows, so memory stays bounded whatever the bank's size."""
+    bank = bank.to(features.device)
+    out = []
+    for q in torch.nn.functional.normalize(features.float(), dim=-1).split(query_chunk):
+        best = None  # (b, <= k) largest similarities so far
+        for part in bank.split(bank_chunk):
+            sim = q @ part.T
+            if best is not None:
+                sim = torch.cat([best, sim], dim=1)
+            best = sim.topk(min(k, sim.shape[1]), dim=1).values
+        out.append(best)
+    return torch.cat(out)

@@ -15,7 +15,7 @@ warning).
 import torch
 import torch.nn.functional as F
 
-from .base import Detector, ModelOutputs
+from .base import Detector, ModelOutputs, top_similarities
 from .._util import warn
 
 
@@ -47,18 +47,7 @@ class KNN(Detector):
 
     def kth_distance(self, features: torch.Tensor) -> torch.Tensor:
         """(B,) Euclidean distance of each normalised feature to its k-th nearest bank row."""
-        bank = self.bank.to(features.device)
-        k = self.k_used
-        out = []
-        for q in F.normalize(features.float(), dim=-1).split(self.query_chunk):
-            best = None  # (b, k) largest cosine similarities so far
-            for part in bank.split(self.bank_chunk):
-                sim = q @ part.T
-                if best is not None:
-                    sim = torch.cat([best, sim], dim=1)
-                best = sim.topk(min(k, sim.shape[1]), dim=1).values
-            out.append(best[:, k - 1])
-        sim_k = torch.cat(out)
+        sim_k = top_similarities(features, self.bank, self.k_used, self.query_chunk, self.bank_chunk)[:, -1]
         return (2 - 2 * sim_k).clamp_min(0).sqrt()
 
     def _score(self, outputs: ModelOutputs):

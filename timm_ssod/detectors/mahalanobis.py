@@ -16,7 +16,7 @@ float64 and shifted by the first batch's mean to avoid cancellation; no feature 
 """
 import torch
 
-from .base import Detector, ModelOutputs
+from .base import Detector, ModelOutputs, labelled_features
 
 
 def precision_of(cov: torch.Tensor) -> torch.Tensor:
@@ -51,15 +51,8 @@ class Mahalanobis(Detector):
         self._shift = None
 
     def _update(self, outputs: ModelOutputs, targets, pass_index):
-        if targets is None:
-            raise ValueError('mahalanobis needs the class labels of the fit data: batches (x, y)')
-        f = outputs.features.double()
+        f, y = labelled_features(self.name, outputs, targets)
         m = outputs.logits.shape[-1]
-        y = torch.as_tensor(targets, device=f.device).long().reshape(-1)
-        if y.numel() != f.shape[0]:
-            raise ValueError(f'{f.shape[0]} feature rows but {y.numel()} labels')
-        if y.numel() and (y.min() < 0 or y.max() >= m):
-            raise ValueError(f'mahalanobis: labels must lie in [0, {m}), got [{int(y.min())}, {int(y.max())}]')
         if self._shift is None:
             d = f.shape[1]
             self._shift = f.mean(dim=0)

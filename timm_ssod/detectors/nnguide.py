@@ -26,7 +26,7 @@ k = bank size, with a warning.
 import torch
 import torch.nn.functional as F
 
-from .base import Detector, ModelOutputs
+from .base import Detector, ModelOutputs, top_similarities
 from .._util import warn
 
 
@@ -72,18 +72,7 @@ class NNGuide(Detector):
 
     def guidance(self, features: torch.Tensor) -> torch.Tensor:
         """(B,) mean of the k largest inner products of the unit features with the bank."""
-        bank = self.bank.to(features.device)
-        k = self.k_used
-        out = []
-        for q in F.normalize(features.float(), dim=-1).split(self.query_chunk):
-            best = None  # (b, <= k) largest similarities so far
-            for part in bank.split(self.bank_chunk):
-                sim = q @ part.T
-                if best is not None:
-                    sim = torch.cat([best, sim], dim=1)
-                best = sim.topk(min(k, sim.shape[1]), dim=1).values
-            out.append(best.mean(dim=1))
-        return torch.cat(out)
+        return top_similarities(features, self.bank, self.k_used, self.query_chunk, self.bank_chunk).mean(dim=1)
 
     def _score(self, outputs: ModelOutputs):
         energy = torch.logsumexp(outputs.logits.float(), dim=-1)

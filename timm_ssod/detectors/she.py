@@ -24,7 +24,7 @@ labels in the fit data.
 
 import torch
 
-from .base import Detector, ModelOutputs
+from .base import Detector, ModelOutputs, labelled_features
 from .._util import warn
 
 
@@ -37,15 +37,8 @@ class SHE(Detector):
         self._sums = None
 
     def _update(self, outputs: ModelOutputs, targets, pass_index):
-        if targets is None:
-            raise ValueError('she needs the class labels of the fit data: batches (x, y)')
-        f = outputs.features.double()
+        f, y = labelled_features(self.name, outputs, targets)
         m = outputs.logits.shape[-1]
-        y = torch.as_tensor(targets, device=f.device).long().reshape(-1)
-        if y.numel() != f.shape[0]:
-            raise ValueError(f'{f.shape[0]} feature rows but {y.numel()} labels')
-        if y.numel() and (y.min() < 0 or y.max() >= m):
-            raise ValueError(f'she: labels must lie in [0, {m}), got [{int(y.min())}, {int(y.max())}]')
         if self._sums is None:
             self._sums = f.new_zeros(2, m, f.shape[1])  # [correct, all]
             self._counts = f.new_zeros(2, m)
