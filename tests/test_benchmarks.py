@@ -8,6 +8,8 @@ import torch
 
 from bench_scripts import load_script
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
 
 

@@ -19,6 +19,8 @@ from timm_ssod.detectors.ssod_fused import EVIDENCE_RULE
 from timm_ssod.detectors.state import detector_state, load_detector
 from timm_ssod.metrics import auroc
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 MODEL, IMG, CLASSES = 'test_resnet', 64, 3
 
 

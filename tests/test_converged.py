@@ -10,6 +10,8 @@ import yaml
 
 from bench_scripts import load_script
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 
 
 def _script(name):

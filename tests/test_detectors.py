@@ -310,7 +310,8 @@ def tiny_setup():
     return model, DataLoader(data, batch_size=8), torch.randn(5, 3, 32, 32, generator=g)
 
 
-@pytest.mark.parametrize('name', list(DETECTORS))
+@pytest.mark.filterwarnings('ignore:SSODResNet. the feature map is 1x1')  # the tiny input, on purpose (test_model
+@pytest.mark.parametrize('name', list(DETECTORS))                        # asserts that warning)
 def test_every_detector_end_to_end(name, tiny_setup):
     model, loader, x = tiny_setup
     model.train()

@@ -21,6 +21,8 @@ from timm_ssod.hub import CheckpointError, HubError
 from backbones import BACKBONES
 from hub_server import HubServer, patch_hub_env
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 NUM_CLASSES = 4
 FILES = {'model.safetensors', 'ssod.safetensors', 'config.json', 'README.md'}
 EVAL = {'id_accuracy': 0.9417,

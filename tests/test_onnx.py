@@ -18,6 +18,8 @@ from timm_ssod.data import SyntheticDataset
 from timm_ssod.detectors import compute_outputs
 from timm_ssod.export import EXPORTABLE_DETECTORS, ExportError, export_onnx, large_banks, sidecar_path
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 IMG, CLASSES = 64, 3
 PROB_TOL, P_TOL, SCORE_TOL = 1e-4, 1e-6, 1e-5
 

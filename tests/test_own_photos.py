@@ -89,9 +89,10 @@ def test_calibrate_and_eval_count_only_the_images_read(root, capsys, caplog):
     assert str(broken) in caplog.text
     assert json.loads((root / 'cal-broken' / 'config.json').read_text())['ssod']['calibration']['n'] == 9
 
-    rc = cli_main(['eval', '--model', f'local-dir:{root / "model"}', '--data-dir', str(root / 'broken'),
-                   '--ood', f'test={root / "broken" / "test"}', '--detectors', 'msp', '--use-all', '--quiet',
-                   '--no-plots', '--workers', '0', '--output', str(root / 'eval-broken')])
+    with pytest.warns(UserWarning, match='skipping corrupt image file .*broken.png'):
+        rc = cli_main(['eval', '--model', f'local-dir:{root / "model"}', '--data-dir', str(root / 'broken'),
+                       '--ood', f'test={root / "broken" / "test"}', '--detectors', 'msp', '--use-all', '--quiet',
+                       '--no-plots', '--workers', '0', '--output', str(root / 'eval-broken')])
     assert rc == 0, capsys.readouterr().err
     result = json.loads((root / 'eval-broken' / 'results.json').read_text())
     assert result['num_id'] == 9 and result['num_ood'] == {'test': 9}

@@ -17,6 +17,8 @@ from timm_ssod.train import run as train_run
 
 from test_own_photos import CLASSES, IMG, TRAIN, calibrate, calibrated, error_line, root  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 
 # ------------------------------------------------- item 15: an unknown flag gives the subcommand's usage
 @pytest.mark.parametrize('command, flag', [('predict', '--no-such-flag'), ('eval', '--no-such-flag')])
@@ -227,6 +229,7 @@ def test_train_logs_an_eta_the_total_time_and_where_the_outputs_are(root, tmp_pa
 
 
 # ------------------------------------------------- item 16: predict's flags as timm's inference.py
+@pytest.mark.filterwarnings('ignore:SSODResNet. the feature map is 1x1')  # --img-size 32, on purpose
 def test_predict_topk_results_format_class_map_img_size_and_no_table(root, tmp_path, capsys):
     (tmp_path / 'map.txt').write_text('A\nB\nC\n')
     folder = root / 'photos' / 'test'

@@ -32,6 +32,8 @@ from timm_ssod.train import parse_args
 
 from hub_server import HubServer, patch_hub_env
 
+pytestmark = pytest.mark.tiny_fits  # detectors fitted on tens of images (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_SECTIONS = {('README.md', 'Your own photos')}  # bash blocks that run; python blocks always run
 

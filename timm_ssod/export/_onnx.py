@@ -277,7 +277,10 @@ def export_onnx(model: nn.Module, path: str, alpha: Optional[float] = None, data
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-            warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.onnx')  # its own notice
+            # the TorchScript exporter's own notice (attributed to this line by its stacklevel): timm's exporter too
+            warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based ONNX export',
+                                    category=DeprecationWarning)
+            warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.onnx')  # its internals'
             module(example)  # once before tracing, as timm does (Conv2dSameExport fixes its padding)
             torch.onnx.export(module, (example,), buffer, input_names=[INPUT_NAME], output_names=list(names),
                               dynamic_axes={INPUT_NAME: {0: 'batch'}, **{n: {0: 'batch'} for n in names}},
