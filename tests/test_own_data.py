@@ -131,6 +131,7 @@ def test_push_save_dir_carries_the_class_names_to_config_card_and_predict(run, t
     assert config['label_names'] == CLASSES and config['num_classes'] == 3
     card = (tmp_path / 'saved' / 'README.md').read_text()
     assert '- **Classes:** 3 (`disc`, `square`, `triangle`)' in card and 'pred.labels' in card
+    assert '- **Training data:** the image folder `photos`' in card  # the run's --data-dir by name, not its path
     model = timm_ssod.create_model(f'local-dir:{tmp_path / "saved"}', pretrained=True).eval()
     pred = model.predict(torch.randn(3, 3, 64, 64))
     assert pred.label_names == tuple(CLASSES) and len(pred.labels) == 3 and set(pred.labels) <= set(CLASSES)

@@ -3,6 +3,7 @@ needs: its ``create_model`` arguments (``recorded_model_kwargs``), its preproces
 ``pretrained_cfg`` (``apply_run_data_config``) and what ``save_pretrained`` writes of the run
 (``run_save_kwargs``). ``args`` is a plain dict (``timm-ssod train``) or timm's
 ``argparse.Namespace`` turned into one."""
+import os
 from typing import Any, Dict
 
 import torch.nn as nn
@@ -49,9 +50,14 @@ def apply_run_data_config(model: nn.Module, train_args: Dict[str, Any], keep=())
 
 
 def _training_data(args: Dict[str, Any]) -> str:
-    dataset = args.get('dataset') or 'an image folder'
+    """The model card's training data: the dataset name, or the image folder by its name (the last part
+    of ``--data-dir``, never the machine's full path), with the dataset's options."""
+    dataset = args.get('dataset')
+    raw = args.get('data_dir')
+    folder = os.path.basename(os.path.normpath(str(raw))) if raw and not dataset else ''
+    what = f'`{dataset}`' if dataset else (f'the image folder `{folder}`' if folder else 'an image folder')
     extra = args.get('dataset_kwargs') or {}
-    return f'`{dataset}`' + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else '')
+    return what + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else '')
 
 
 def run_save_kwargs(args: Dict[str, Any]) -> Dict[str, Any]:
