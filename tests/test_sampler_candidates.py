@@ -53,3 +53,27 @@ def test_unknown_sampler_and_soft_targets_are_refused():
         select_locations(torch.zeros(1, 2, 3), torch.tensor([0]), 'cam')
     with pytest.raises(ValueError, match='integer class label'):
         select_locations(torch.zeros(1, 2, 3), torch.tensor([0.5]), 'minmax')
+
+
+def test_ssod_loss_trains_on_the_chosen_sampler_and_defaults_to_eq_12():
+    import timm_ssod
+    # one image, 4 locations, 2 classes, label 0: the label's logit -4, 0, 3, 5 (min-max 0, .44, .78, 1)
+    patch = torch.tensor([[[-4.0, 0.0], [0.0, 0.0], [3.0, 0.0], [5.0, 0.0]]])
+    out = timm_ssod.SSODOutput(logits=torch.zeros(1, 2), patch_logits=patch, patch_ood_logits=torch.zeros(1, 4, 2),
+                               ood_logits=torch.zeros(1, 2), grid=(2, 2))
+    target = torch.tensor([0])
+    _, paper = timm_ssod.SSODLoss()(out, target)  # Eq. 12: softmax on the label .018, .5, .95, .993 -> OOD, -, ID, ID
+    _, minmax = timm_ssod.SSODLoss(sampler='minmax')(out, target)  # OOD <= .2, ID >= .8: OOD, -, -, ID
+    assert (paper['num_id'].item(), paper['num_ood'].item()) == (2, 1)
+    assert (minmax['num_id'].item(), minmax['num_ood'].item()) == (1, 1)
+    with pytest.raises(ValueError, match="unknown sampler 'cam'"):
+        timm_ssod.SSODLoss(sampler='cam')
+
+
+def test_train_records_the_sampler_and_an_older_run_keeps_eq_12(tmp_path):
+    from timm_ssod.checkpoints import ssod_cfg_from_args
+    from timm_ssod.train import parse_args
+    args, _ = parse_args(['--sampler', 'quantile'])
+    assert args.sampler == 'quantile' and ssod_cfg_from_args(vars(args))['sampler'] == 'quantile'
+    assert parse_args([])[0].sampler == 'paper'  # the default stays the paper's Eq. 12
+    assert 'sampler' not in ssod_cfg_from_args({'gamma': 0.9})  # a run from before the flag: nothing recorded

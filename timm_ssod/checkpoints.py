@@ -327,12 +327,13 @@ def resolve_checkpoint(output_dir_or_checkpoint) -> Path:
 
 # the training flags that make a model's ``ssod_cfg`` (config key -> ``timm-ssod train`` argument)
 SSOD_CFG_ARGS = {'gamma': 'gamma', 'lam': 'ood_lambda', 'balance': 'balance', 'ood_warmup_epochs': 'ood_warmup_epochs',
-                 'ood_weight': 'ood_weight'}
+                 'ood_weight': 'ood_weight', 'sampler': 'sampler'}
+_TEXT_CFG = ('balance', 'sampler')
 
 
 def ssod_cfg_from_args(args: Dict[str, Any]) -> Dict[str, Any]:
     """The ``ssod_cfg`` entries a training run's arguments set (``SSOD_CFG_ARGS``; unset ones left out)."""
-    return {key: (v if key == 'balance' else float(v)) for key, arg in SSOD_CFG_ARGS.items()
+    return {key: (v if key in _TEXT_CFG else float(v)) for key, arg in SSOD_CFG_ARGS.items()
             if (v := args.get(arg)) is not None}
 
 

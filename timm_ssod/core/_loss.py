@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._posterior import ID_INDEX, OOD_INDEX
-from ._sampler import GAMMA, check_gamma, label_patches, target_confidence
+from ._sampler import DEFAULT_SAMPLER, GAMMA, SAMPLERS, check_gamma, select_locations
 
 BALANCE_SCHEMES = ('lwb', 'lw', 'dr')
 LAMBDA, BALANCE, OOD_WEIGHT = 1.0, 'lwb', 0.2
@@ -85,18 +85,23 @@ class SSODLoss(nn.Module):
     ``lam_scale`` (default 1) multiplies lambda for this call, e.g. ``ood_warmup_scale(...)``.
 
     Args:
-        gamma: sampler threshold, in (0.5, 1).
+        gamma: sampler threshold, in (0.5, 1) (``sampler='paper'``).
         lam: weight of the OOD term (lambda), >= 0.
         balance: 'lwb' (default), 'lw' or 'dr'.
         ood_weight: the OOD-location weight of 'lw'.
         cls_loss: the classification criterion (default cross-entropy; e.g. timm's
             LabelSmoothingCrossEntropy).
+        sampler: how locations become ID / OOD samples: ``'paper'`` (Eq. 12, the default) or a
+            candidate under study (``_sampler.SAMPLERS``: ``'minmax'``, ``'quantile'``).
     """
 
     def __init__(self, gamma: float = GAMMA, lam: float = LAMBDA, balance: str = BALANCE,
-                 ood_weight: float = OOD_WEIGHT, cls_loss: Optional[Callable] = None):
+                 ood_weight: float = OOD_WEIGHT, cls_loss: Optional[Callable] = None, sampler: str = DEFAULT_SAMPLER):
         super().__init__()
         self.gamma = check_gamma(gamma)
+        if sampler not in SAMPLERS:
+            raise ValueError(f'unknown sampler {sampler!r}; choose one of {SAMPLERS}')
+        self.sampler = sampler
         if not lam >= 0:
             raise ValueError(f'lam (lambda, the OOD-term weight) must be >= 0, got {lam}')
         if balance not in BALANCE_SCHEMES:
@@ -108,7 +113,7 @@ class SSODLoss(nn.Module):
 
     def forward(self, out, target: torch.Tensor, lam_scale: float = 1.0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         cls = self.cls_loss(out.logits, target)  # first: its error names an out-of-range target
-        labels = label_patches(target_confidence(out.patch_logits, target), self.gamma)
+        labels = select_locations(out.patch_logits, target, self.sampler, self.gamma)
         ood = ood_term(out.patch_ood_logits, labels, self.balance, self.ood_weight)
         stats = {
             'cls_loss': cls.detach(),
@@ -120,4 +125,4 @@ class SSODLoss(nn.Module):
         return cls + (self.lam * lam_scale) * ood, stats
 
     def extra_repr(self) -> str:
-        return f'gamma={self.gamma}, lam={self.lam}, balance={self.balance!r}'
+        return f'gamma={self.gamma}, lam={self.lam}, balance={self.balance!r}, sampler={self.sampler!r}'

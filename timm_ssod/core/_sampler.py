@@ -63,8 +63,8 @@ def label_patches(confidence: torch.Tensor, gamma: float) -> torch.Tensor:
 
 # Candidate samplers of issue 30 (docs/study/sampler.md, "Registered before the judged runs"): ways
 # to pick ID / OOD locations that depend neither on the number of classes M nor on the logit scale.
-# ``paper`` (Eq. 12) stays the default; the others are selectable by name and not yet wired into
-# training.
+# ``paper`` (Eq. 12) stays the default; the others are selectable by name (``SSODLoss(sampler=...)``,
+# ``timm-ssod train --sampler``), for the study; none is a default before it meets the registered criterion.
 SAMPLERS = ('paper', 'minmax', 'quantile')
 DEFAULT_SAMPLER = 'paper'
 MINMAX_BANDS = (0.2, 0.8)     # minmax: OOD at or below 20% of the image's range, ID at or above 80%
@@ -116,14 +116,14 @@ def quantile_labels(confidence: torch.Tensor, tiebreak: torch.Tensor, id_share: 
 
 
 def select_locations(patch_logits: torch.Tensor, target: torch.Tensor, sampler: str = DEFAULT_SAMPLER,
-                     gamma: float = 0.95) -> torch.Tensor:
+                     gamma: float = GAMMA) -> torch.Tensor:
     """The ID / OOD / ignored label (1 / 0 / -1) of every location, (B, L, M), (B,) -> (B, L), by
     the sampler ``sampler``: ``paper`` (Eq. 12: the softmax confidence on the label against gamma),
     ``minmax`` (the label's logit min-max scaled within the image, ``minmax_labels``) or
     ``quantile`` (Eq. 12's confidence ranked within the image, ``quantile_labels``). gamma is used
     by ``paper`` only."""
     if sampler == 'paper':
-        return sample_patches(target_confidence(patch_logits, target), gamma)
+        return label_patches(target_confidence(patch_logits, target), gamma)
     if sampler == 'minmax':
         return minmax_labels(label_logit(patch_logits, target))
     if sampler == 'quantile':

@@ -30,7 +30,8 @@ CITATION = """@inproceedings{ssod2024,
   archivePrefix = {arXiv}
 }"""
 _SSOD_SETTINGS = (('gamma', 'sampler threshold γ (Eq. 12)'), ('lam', 'OOD-term weight λ (Eq. 14)'),
-                  ('balance', 'balance of the OOD term (Table 5)'), ('ood_weight', 'OOD weight of balance "lw"'))
+                  ('balance', 'balance of the OOD term (Table 5)'), ('ood_weight', 'OOD weight of balance "lw"'),
+                  ('sampler', 'sampler of ID / OOD locations (paper: Eq. 12)'))
 _SHOWN_ELSEWHERE = ('backbone', 'num_features', 'ood_hidden', 'weights', 'calibration')
 
 

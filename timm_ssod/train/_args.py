@@ -52,6 +52,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 from ..core import BALANCE, BALANCE_SCHEMES, GAMMA, LAMBDA, OOD_WEIGHT, check_gamma
+from ..core._sampler import DEFAULT_SAMPLER, SAMPLERS
 from ..data import HELD_OUT_SPLIT, TRAIN_SPLIT
 
 OOD_METRICS = ('fpr95', 'auroc')
@@ -180,6 +181,9 @@ def _add_ssod_args(parser: argparse.ArgumentParser) -> None:
                             '0: full lambda from the start, the paper\'s fine-tuning)')
     group.add_argument('--balance', type=str, default=BALANCE, choices=BALANCE_SCHEMES,
                        help='balance of the OOD term (Table 5)')
+    group.add_argument('--sampler', type=str, default=DEFAULT_SAMPLER, choices=SAMPLERS,
+                       help='how locations become ID / OOD samples: paper (Eq. 12, the default) or a candidate '
+                            'under study (docs/study/sampler.md)')
     group.add_argument('--ood-weight', type=float, default=OOD_WEIGHT,
                        help='OOD-location weight of --balance lw')
     group.add_argument('--ood-hidden', type=int, default=0,

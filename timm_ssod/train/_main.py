@@ -322,7 +322,7 @@ def _train_loss(args, mixup_active: bool) -> nn.Module:
     if not args.ssod:
         return cls_loss
     return SSODLoss(gamma=args.gamma, lam=args.ood_lambda, balance=args.balance, ood_weight=args.ood_weight,
-                    cls_loss=cls_loss)
+                    cls_loss=cls_loss, sampler=args.sampler)
 
 
 def _validate_epoch(model, model_ema, loader_eval, ood_loaders, detectors, args, device, amp_autocast):
