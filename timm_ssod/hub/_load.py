@@ -135,7 +135,8 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[str] = None, *, 
     training run's arguments, when the checkpoint has them), ``notes``. A training checkpoint's
     class names go to ``pretrained_cfg['label_names']``."""
     info: Dict[str, Any] = dict(notes=[], data_args={}, train_args={})
-    if name and not checkpoint and not name.startswith(('hf-hub:', 'local-dir:')) and os.path.exists(name):
+    if (name and not checkpoint and not name.startswith(('hf-hub:', 'local-dir:')) and os.path.exists(name)
+            and (os.path.isfile(name) or not timm.is_model(name))):  # a timm name wins over a folder of that name
         name, checkpoint = None, name  # a checkpoint file or run folder given as the model
     if name and not checkpoint and unknown_model_message(name):
         raise ModelLoadError(f'--model {name!r}: {unknown_model_message(name)}')
