@@ -200,7 +200,11 @@ def test_links_stay_inside_the_repository():
                 continue
             target = ((REPO / page).parent / link.partition('#')[0]).resolve()
             assert REPO in target.parents, f'{page}: {link} leaves the repository'
-        assert 'DESIGN.md' not in text and '../shared' not in text, f'{page} names a file outside the repository'
+        for path in re.findall(r'(?<![\w/.])((?:\.\./)+[\w.-]+)', text):  # a relative path written as text
+            assert REPO in ((REPO / page).parent / path).resolve().parents, f'{page}: {path} leaves the repository'
+        names = {p.name for p in REPO.rglob('*.md') if '.venv' not in p.parts}
+        for name in re.findall(r'\b([A-Z][A-Z_]+\.md)\b', text):  # an upper-case note named in words
+            assert name in names, f'{page} names {name}, which is not in the repository'
 
 
 IN_PROGRESS = set()  # docs pages named before they are written (none now)

@@ -10,7 +10,8 @@ name here (``timm_ssod.detectors.register_detector``) so that the harness runs t
 """
 from timm_ssod.demo import *  # noqa: F401,F403  the protocol the benchmarks build on
 from timm_ssod.demo import __all__ as _demo_names
-from timm_ssod.detectors.registry import EXPERIMENTAL_DETECTORS, register_detector
+from timm_ssod.demo import ssod_only
+from timm_ssod.detectors.registry import DETECTORS, EXPERIMENTAL_DETECTORS, register_detector
 
 from .decisions import format_decisions, measure_decisions
 from .energy_ssod import EnergySSOD, log_odds
@@ -24,7 +25,7 @@ from .standin import (WEIGHTS_DIR, export_standin, learning_curve, recipe_path, 
 for _cls in (EnergySSOD, SSODPatchMax, SSODEnergyRank):
     if _cls.name not in EXPERIMENTAL_DETECTORS:
         register_detector(_cls)
-SSOD_ONLY = frozenset(n for n in ('ssod', 'ssod_msp', 'ssod_fused', *EXPERIMENTAL_DETECTORS))  # need the OOD head
+SSOD_ONLY = frozenset(n for n in (*DETECTORS, *EXPERIMENTAL_DETECTORS) if ssod_only(n))  # need the OOD head
 
 __all__ = list(_demo_names) + [
     'format_decisions', 'measure_decisions', 'EnergySSOD', 'log_odds', 'cost_checkpoint', 'evidence_checkpoint',
